@@ -1,0 +1,1 @@
+"""Thin Typer commands: parse, call, print. No logic lives here."""

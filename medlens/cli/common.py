@@ -1,0 +1,48 @@
+"""Shared pieces of the command line: consoles, options, progress."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from medlens.data.sources import SOURCE_HELP
+
+console = Console()
+err_console = Console(stderr=True)
+
+SOURCE_ARG_HELP = f"What to read: {SOURCE_HELP}."
+SKIP_BAD_HELP = "Continue past unreadable files and list what was skipped (default: stop at the first one)."
+
+
+def print_json(obj: Any) -> None:
+    """Plain JSON on stdout (no colour codes), for scripts."""
+    from medlens.runs import _json_default
+
+    sys.stdout.write(json.dumps(obj, indent=2, default=_json_default) + "\n")
+
+
+def progress(disable: bool = False) -> Progress:
+    """A rich progress bar on stderr, so that stdout stays clean for --json output."""
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=err_console,
+        disable=disable,
+        transient=False,
+    )
+
+
+def report_skipped(problems: list) -> None:
+    """List what --skip-bad passed over, so nothing is dropped silently."""
+    if not problems:
+        return
+    err_console.print(f"[yellow]skipped {len(problems)} file(s):[/yellow]")
+    for p in problems:
+        err_console.print(f"  {p}", markup=False, highlight=False)

@@ -1,0 +1,82 @@
+"""The `medlens` command."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+import typer
+
+from medlens import __version__
+from medlens.cli import data as data_cli
+from medlens.cli.common import err_console
+from medlens.errors import MedlensError
+
+app = typer.Typer(
+    name="medlens",
+    help="Medical image analysis with deep and classical learning: read, learn, explain, compare, serve.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    rich_markup_mode="rich",
+)
+app.add_typer(data_cli.app, name="data")
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"medlens {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+) -> None:
+    """medlens: read medical images correctly, learn, explain, compare and serve."""
+
+
+def _register_optional_commands() -> None:
+    """Verb groups added by later stages register themselves here (one module per group)."""
+    import importlib
+
+    for module in ("models", "train", "study", "serving", "demo"):
+        try:
+            mod = importlib.import_module(f"medlens.cli.{module}")
+        except ModuleNotFoundError as e:
+            if e.name != f"medlens.cli.{module}":
+                raise
+            continue
+        mod.register(app)
+
+
+_register_optional_commands()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; return the exit code. User mistakes print one line and return 2."""
+    try:
+        app(args=argv, standalone_mode=False)
+    except MedlensError as e:
+        err_console.print(f"[bold red]error:[/bold red] {e}", highlight=False)
+        return e.exit_code
+    except click.exceptions.Exit as e:
+        return e.exit_code
+    except click.exceptions.Abort:
+        err_console.print("aborted")
+        return 130
+    except click.ClickException as e:
+        e.show()
+        return e.exit_code
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
+        return 130
+    return 0
+
+
+def run() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,1 @@
+"""Models: a registry of classical and deep models by stable name."""
