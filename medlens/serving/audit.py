@@ -1,0 +1,104 @@
+"""Audit trail: every prediction is recorded before it is acknowledged.
+
+SQLite by default (WAL journal, synchronous=FULL, so a committed row survives a SIGKILL or a power
+cut), or any SQLAlchemy URL (e.g. ``postgresql+psycopg://...``). Rows hold no patient information:
+input identifiers are stored as keyed hashes (:func:`medlens.data.deid.pseudonym` style), never raw.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import hmac
+import json
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import JSON, Column, DateTime, Integer, MetaData, String, Table, create_engine, event, insert, select
+from sqlalchemy.engine import Engine
+
+metadata = MetaData()
+predictions_table = Table(
+    "predictions",
+    metadata,
+    Column("row", Integer, primary_key=True, autoincrement=True),
+    Column("prediction_id", String(64), nullable=False, unique=True, index=True),
+    Column("time", DateTime(timezone=True), nullable=False),
+    Column("input_hash", String(64), nullable=False),
+    Column("input_ids_hashed", JSON, nullable=False),
+    Column("model", String(200), nullable=False),
+    Column("model_sha256", String(64), nullable=False),
+    Column("output", JSON, nullable=False),
+    Column("key_id", String(64), nullable=True),
+    Column("client", String(200), nullable=True),
+)
+
+
+def hash_identifier(value: str, key: str) -> str:
+    """Keyed hash of an identifier (UID, file name): stable for look-ups, useless to re-identify."""
+    return hmac.new(key.encode(), value.encode(), hashlib.sha256).hexdigest()
+
+
+class AuditLog:
+    def __init__(self, url: str | Path):
+        url = str(url)
+        if "://" not in url:
+            Path(url).parent.mkdir(parents=True, exist_ok=True)
+            url = f"sqlite:///{url}"
+        self.url = url
+        self.engine: Engine = create_engine(url, future=True)
+        if url.startswith("sqlite"):
+            event.listen(self.engine, "connect", _sqlite_durable)
+        metadata.create_all(self.engine)
+
+    def record(
+        self,
+        *,
+        prediction_id: str,
+        input_hash: str,
+        input_ids_hashed: list[str],
+        model: str,
+        model_sha256: str,
+        output: dict[str, Any],
+        key_id: str | None = None,
+        client: str | None = None,
+    ) -> None:
+        """Insert one row and commit (durably) before returning."""
+        with self.engine.begin() as conn:
+            conn.execute(
+                insert(predictions_table).values(
+                    prediction_id=prediction_id,
+                    time=dt.datetime.now(dt.timezone.utc),
+                    input_hash=input_hash,
+                    input_ids_hashed=input_ids_hashed,
+                    model=model,
+                    model_sha256=model_sha256,
+                    output=json.loads(json.dumps(output, default=str)),
+                    key_id=key_id,
+                    client=client,
+                )
+            )
+
+    def get(self, prediction_id: str) -> dict[str, Any] | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(predictions_table).where(predictions_table.c.prediction_id == prediction_id)).mappings().first()
+        return dict(row) if row else None
+
+    def recent(self, limit: int = 20) -> list[dict[str, Any]]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(predictions_table).order_by(predictions_table.c.row.desc()).limit(limit)).mappings().all()
+        return [dict(r) for r in rows]
+
+    def ids(self) -> set[str]:
+        with self.engine.connect() as conn:
+            return {r[0] for r in conn.execute(select(predictions_table.c.prediction_id))}
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+def _sqlite_durable(dbapi_connection, _record) -> None:
+    cur = dbapi_connection.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=FULL")
+    cur.close()

@@ -1,0 +1,53 @@
+"""The prediction record: what a model said about one input, in one place.
+
+Every output format (JSON, DICOM SR, FHIR DiagnosticReport, the audit log, the web page) is
+rendered from a :class:`Prediction`, so they cannot disagree.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+
+@dataclass
+class SourceInfo:
+    """Where the input came from. Identifiers here are already pseudonymized where they name a patient."""
+
+    kind: str  # "dicom", "nifti", "png", "jpeg", ...
+    input_sha256: str
+    study_instance_uid: str | None = None
+    series_instance_uid: str | None = None
+    sop_instance_uids: list[str] = field(default_factory=list)
+    patient_pseudonym: str | None = None
+    modality: str | None = None
+
+
+@dataclass
+class Prediction:
+    model: str
+    model_sha256: str
+    task: str
+    class_names: list[str]
+    probabilities: dict[str, float]
+    finding: str  # the predicted class, or positive labels joined by "|" for multi-label
+    confidence: float  # probability of the finding (top class)
+    uncertainty: float
+    uncertainty_method: str
+    abstain: bool
+    abstain_reason: str | None
+    source: SourceInfo
+    heatmap: np.ndarray | None = None  # spatial map in [0,1], shape of the model input (no channel)
+    id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    created: str = field(default_factory=lambda: dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-able summary (the heatmap is served separately as a PNG)."""
+        d = asdict(self)
+        d.pop("heatmap")
+        d["has_heatmap"] = self.heatmap is not None
+        return d

@@ -1,0 +1,65 @@
+"""DICOM SR and FHIR outputs built from one Prediction."""
+
+from __future__ import annotations
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.data import get_testdata_file
+
+from medlens.errors import MedlensError
+from medlens.serving.fhir import diagnostic_report
+from medlens.serving.prediction import Prediction, SourceInfo
+from medlens.serving.sr import structured_report
+
+
+def _prediction(abstain: bool = False) -> Prediction:
+    return Prediction(
+        model="cnn-small",
+        model_sha256="ab" * 32,
+        task="multiclass",
+        class_names=["normal", "nodule", "opacity"],
+        probabilities={"normal": 0.1, "nodule": 0.8, "opacity": 0.1},
+        finding="nodule",
+        confidence=0.8,
+        uncertainty=0.2,
+        uncertainty_method="entropy",
+        abstain=abstain,
+        abstain_reason="uncertainty above threshold" if abstain else None,
+        source=SourceInfo(kind="dicom", input_sha256="cd" * 32, study_instance_uid="1.2.3.4"),
+        heatmap=np.zeros((8, 8)),
+    )
+
+
+def test_fhir_report_has_one_observation_per_class_and_flags_the_finding():
+    report = diagnostic_report(_prediction())
+    assert report["resourceType"] == "DiagnosticReport"
+    assert len(report["contained"]) == 3 and len(report["result"]) == 3
+    by_label = {o["code"]["coding"][0]["code"]: o for o in report["contained"]}
+    assert by_label["nodule"]["interpretation"][0]["coding"][0]["code"] == "POS"
+    assert by_label["normal"]["interpretation"][0]["coding"][0]["code"] == "NEG"
+    assert by_label["nodule"]["valueQuantity"]["value"] == pytest.approx(0.8)
+    assert "REFER" not in report["conclusion"]
+
+
+def test_fhir_report_says_refer_when_abstaining():
+    assert "REFER TO A RADIOLOGIST" in diagnostic_report(_prediction(abstain=True))["conclusion"]
+
+
+def test_sr_references_sources_and_codes_the_finding(tmp_path):
+    source = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    sr = structured_report(_prediction(abstain=True), [source])
+    path = tmp_path / "sr.dcm"
+    sr.save_as(path)
+    back = pydicom.dcmread(path)
+    assert back.SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.34"  # Comprehensive 3D SR
+    assert back.StudyInstanceUID == source.StudyInstanceUID
+    evidence = back.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0].ReferencedSOPSequence
+    assert evidence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
+    text = str(back)
+    assert "nodule" in text and "Refer to radiologist" in text
+
+
+def test_sr_needs_dicom_sources():
+    with pytest.raises(MedlensError):
+        structured_report(_prediction(), [])
