@@ -46,10 +46,17 @@ def grad_cam(
     try:
         cam = cls(nn_module=model, target_layers=target_layer, postprocessing=lambda m: m)  # MONAI's default flips magnitudes
         with torch.enable_grad():
-            if class_index is None or np.isscalar(class_index):
+            per_sample = class_index is not None and not np.isscalar(class_index)
+            if per_sample or method == "gradcam++":
+                # MONAI takes one class index per call, and its Grad-CAM++ broadcasts the class
+                # score against the last spatial axis when the batch has more than one sample
+                # (monai 1.6.1), so these cases run one sample at a time.
+                classes = np.broadcast_to(np.asarray(-1 if class_index is None else class_index), (len(x),))
+                maps = torch.cat(
+                    [cam(x[i : i + 1], class_idx=None if c < 0 else int(c)) for i, c in enumerate(classes)]
+                )
+            else:
                 maps = cam(x, class_idx=None if class_index is None else int(class_index))
-            else:  # one class per sample: MONAI takes one index per call
-                maps = torch.cat([cam(x[i : i + 1], class_idx=int(c)) for i, c in enumerate(class_index)])
     finally:
         model.train(was_training)
     return _normalize(maps.detach().cpu().numpy()[:, 0])
