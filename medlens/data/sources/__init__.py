@@ -65,6 +65,8 @@ def _open_path(path: Path, *, skip_bad: bool) -> Dataset:
         raise MedlensError("not a file or folder", path)
     if not any(path.iterdir()):
         raise MedlensError("empty folder", path)
+    if (path / manifest.MANIFEST_NAME).is_file():  # a folder with manifest.csv is that manifest
+        return manifest.open_csv_manifest(path / manifest.MANIFEST_NAME, skip_bad=skip_bad)
     if nifti.looks_like_nifti_folder(path):
         return nifti.open_nifti(path, skip_bad=skip_bad)
     if folder.looks_like_image_folder(path):

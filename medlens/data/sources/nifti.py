@@ -1,0 +1,175 @@
+"""NIfTI sources: one file, a folder of files, or an ``images/`` + ``labels/`` segmentation set.
+
+* A single ``.nii``/``.nii.gz`` file: one sample, :attr:`Task.NONE`.
+* A folder of NIfTI files: one sample per file, :attr:`Task.NONE`.
+* A folder with ``images/`` and ``labels/`` (also the Decathlon names ``imagesTr``/``labelsTr``):
+  :attr:`Task.SEGMENTATION`; image and label are paired by file name and the label volume is
+  loaded into ``Sample.mask``. An image without a label or a label without an image is listed
+  by name in ``dataset.problems``; it is never dropped silently and never a crash.
+  Class names come from a Decathlon ``dataset.json`` (``"labels"``) when present, else from the
+  values found in the first few label volumes ("background", "1", "2", ...).
+
+Pixels are read lazily (see :mod:`medlens.data.imageio` for the axis order: volumes are
+(1, z, y, x) with spacing from the header and the affine kept). Headers are read when the
+source is opened, so that image/label shape mismatches are found up front.
+Hidden files (``.name``, e.g. macOS ``._`` files) are ignored.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+from medlens.data.imageio import is_nifti_name, read_image_file, read_mask_file
+from medlens.data.sample import Dataset, Problem, Record, Sample, Task
+from medlens.errors import BadInputError, MedlensError
+
+__all__ = ["is_nifti_name", "looks_like_nifti_folder", "open_nifti", "NiftiDataset"]
+
+IMAGE_DIRS = ("images", "imagesTr")
+LABEL_DIRS = ("labels", "labelsTr")
+LABEL_SCAN = 5  # label volumes read for class names when there is no dataset.json
+
+
+def nifti_stem(name: str) -> str:
+    """``case_001.nii.gz`` -> ``case_001``."""
+    lower = name.lower()
+    return name[: -len(".nii.gz")] if lower.endswith(".nii.gz") else name[: -len(".nii")]
+
+
+def _nifti_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".") and is_nifti_name(p.name))
+
+
+def _find_dir(path: Path, names: tuple[str, ...]) -> Path | None:
+    for n in names:
+        if (path / n).is_dir():
+            return path / n
+    return None
+
+
+def looks_like_nifti_folder(path: Path) -> bool:
+    """True for a folder holding NIfTI files, or an ``images/`` folder that does."""
+    path = Path(path)
+    if not path.is_dir():
+        return False
+    images = _find_dir(path, IMAGE_DIRS)
+    if images is not None and _nifti_files(images):
+        return True
+    return any(p.is_file() and is_nifti_name(p.name) and not p.name.startswith(".") for p in path.iterdir())
+
+
+def open_nifti(path: Path, *, skip_bad: bool = False) -> "NiftiDataset":
+    """Open a NIfTI file, a folder of NIfTI files, or an images/labels folder (see the module doc)."""
+    path = Path(path)
+    if path.is_file():
+        return _unlabelled(path, [path])
+    images_dir = _find_dir(path, IMAGE_DIRS)
+    labels_dir = _find_dir(path, LABEL_DIRS)
+    if images_dir is not None and labels_dir is not None:
+        return _paired(path, images_dir, labels_dir, skip_bad=skip_bad)
+    files = _nifti_files(images_dir or path)
+    if not files:
+        raise MedlensError("no NIfTI files (.nii, .nii.gz) in this folder", path)
+    return _unlabelled(path, files)
+
+
+class NiftiDataset(Dataset):
+    """NIfTI volumes read lazily; ``Record.extra`` holds ``image`` (and ``label``) paths."""
+
+    def _load(self, record: Record) -> Sample:
+        data = read_image_file(record.extra["image"])
+        mask = None
+        if "label" in record.extra:
+            mask = read_mask_file(record.extra["label"])
+            if mask.shape != data.array.shape[1:]:
+                raise BadInputError(
+                    f"label shape {mask.shape} differs from image shape {data.array.shape[1:]}", record.extra["label"]
+                )
+        return Sample(
+            id=record.id, image=data.array, label=record.label, patient_id=record.patient_id, origin=record.origin,
+            spacing=data.spacing, affine=data.affine, mask=mask, modality=self.modality, meta=data.meta,
+        )
+
+
+def _unlabelled(root: Path, files: list[Path]) -> NiftiDataset:
+    dims = _header_dims(files[0])
+    records = [
+        Record(id=nifti_stem(f.name), label=None, patient_id=nifti_stem(f.name), origin=str(f), extra={"image": str(f)})
+        for f in files
+    ]
+    return NiftiDataset(nifti_stem(root.name) if root.is_file() else root.name, records, task=Task.NONE,
+                        class_names=[], dims=dims, uri=str(root))
+
+
+def _paired(root: Path, images_dir: Path, labels_dir: Path, *, skip_bad: bool) -> NiftiDataset:
+    images = {nifti_stem(p.name): p for p in _nifti_files(images_dir)}
+    labels = {nifti_stem(p.name): p for p in _nifti_files(labels_dir)}
+    problems: list[Problem] = []
+    for stem in sorted(images.keys() - labels.keys()):
+        problems.append(Problem(str(images[stem]), f"image without a label (no {labels_dir.name}/{images[stem].name})"))
+    for stem in sorted(labels.keys() - images.keys()):
+        problems.append(Problem(str(labels[stem]), f"label without an image (no {images_dir.name}/{labels[stem].name})"))
+    for folder in (images_dir, labels_dir):
+        for p in sorted(folder.iterdir()):
+            if not p.name.startswith(".") and not (p.is_file() and is_nifti_name(p.name)):
+                problems.append(Problem(str(p), "not a NIfTI file; not used"))
+    for extra in ("imagesTs",):
+        if (root / extra).is_dir():
+            problems.append(Problem(str(root / extra), f"{len(_nifti_files(root / extra))} unlabelled test image(s); not used"))
+
+    records = []
+    for stem in sorted(images.keys() & labels.keys()):
+        img, lab = images[stem], labels[stem]
+        try:
+            shape_i, shape_l = _header_shape(img), _header_shape(lab)
+            if shape_i[:3] != shape_l[:3]:
+                raise BadInputError(f"label shape {shape_l} differs from image shape {shape_i}", lab)
+        except BadInputError as e:
+            if not skip_bad:
+                raise
+            problems.append(Problem(e.path or str(img), e.problem))
+            continue
+        records.append(Record(id=stem, label=None, patient_id=stem, origin=str(img),
+                              extra={"image": str(img), "label": str(lab)}))
+    if not records:
+        raise MedlensError(f"no image/label pairs in {images_dir.name}/ and {labels_dir.name}/", root)
+    dims = _header_dims(Path(records[0].extra["image"]))
+    class_names = _class_names(root, [Path(r.extra["label"]) for r in records[:LABEL_SCAN]])
+    return NiftiDataset(root.name, records, task=Task.SEGMENTATION, class_names=class_names, dims=dims,
+                        problems=problems, uri=str(root))
+
+
+def _header_shape(path: Path) -> tuple[int, ...]:
+    import nibabel as nib
+
+    try:
+        return tuple(int(s) for s in nib.load(str(path)).shape)
+    except Exception as e:  # noqa: BLE001 - nibabel raises several kinds for broken headers
+        raise BadInputError(f"corrupt image (NIfTI header: {str(e).splitlines()[0] if str(e) else type(e).__name__})",
+                            path) from None
+
+
+def _header_dims(path: Path) -> int:
+    shape = _header_shape(path)
+    return 2 if len(shape) == 2 else 3
+
+
+def _class_names(root: Path, label_files: list[Path]) -> list[str]:
+    meta = root / "dataset.json"
+    if meta.is_file():
+        try:
+            labels = json.loads(meta.read_text()).get("labels")
+            if isinstance(labels, dict) and labels:
+                by_value = {int(k): str(v) for k, v in labels.items()}
+                return [by_value.get(i, str(i)) for i in range(max(by_value) + 1)]
+        except (ValueError, TypeError, AttributeError):
+            pass  # a malformed dataset.json: fall back to the label values
+    top = 1
+    for f in label_files:
+        try:
+            top = max(top, int(read_mask_file(f).max()))
+        except MedlensError:
+            continue
+    return ["background"] + [str(i) for i in range(1, top + 1)]

@@ -1,0 +1,101 @@
+"""CSV manifests: labels, multi-label, splits, masks, errors naming the line, folder with manifest.csv."""
+
+from __future__ import annotations
+
+import nibabel as nib
+import numpy as np
+import pytest
+from PIL import Image
+
+from medlens.data.sample import Task
+from medlens.data.sources import _open_path
+from medlens.data.sources.manifest import open_csv_manifest
+from medlens.errors import BadInputError
+
+
+def _img(path, value=0, shape=(5, 5)):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full(shape, value, np.uint8)).save(path)
+
+
+def _csv(path, text):
+    path.write_text(text)
+    return path
+
+
+def test_integer_labels_numeric_order_splits_patients(tmp_path):
+    for i in range(4):
+        _img(tmp_path / "img" / f"{i}.png", i)
+    p = _csv(tmp_path / "m.csv", "path,label,patient_id,split\n"
+             "img/0.png,10,p1,train\nimg/1.png,9,p1,Training\nimg/2.png,2,p2,valid\nimg/3.png,10,,\n")
+    ds = open_csv_manifest(p)
+    assert ds.class_names == ["2", "9", "10"] and ds.task is Task.MULTICLASS
+    assert [r.label for r in ds.records] == [2, 1, 0, 2]
+    assert [r.split for r in ds.records] == ["train", "train", "val", None]
+    assert [r.patient_id for r in ds.records] == ["p1", "p1", "p2", "3"]
+    s = ds.load("img/1.png")
+    assert s.image.shape == (1, 5, 5) and s.image[0, 0, 0] == 1 and s.label == 1
+
+
+def test_text_labels_sorted_binary(tmp_path):
+    _img(tmp_path / "a.png")
+    _img(tmp_path / "b.png")
+    ds = open_csv_manifest(_csv(tmp_path / "m.csv", "path,label\na.png,tumour\nb.png,normal\n"))
+    assert ds.task is Task.BINARY and ds.class_names == ["normal", "tumour"]
+    assert [r.label for r in ds.records] == [1, 0]
+
+
+def test_multilabel(tmp_path):
+    for n in "abc":
+        _img(tmp_path / f"{n}.png")
+    ds = open_csv_manifest(_csv(tmp_path / "m.csv", "path,label\na.png,edema|mass\nb.png,mass\nc.png,\n"))
+    assert ds.task is Task.MULTILABEL and ds.class_names == ["edema", "mass"]
+    assert [r.label for r in ds.records] == [(1, 1), (0, 1), (0, 0)]
+    assert ds.labels().shape == (3, 2)
+
+
+def test_mask_column_2d_and_3d(tmp_path):
+    _img(tmp_path / "a.png", 7)
+    m = np.zeros((5, 5), np.uint8)
+    m[2, 2] = 255
+    Image.fromarray(m).save(tmp_path / "a_mask.png")
+    ds = open_csv_manifest(_csv(tmp_path / "m.csv", "path,label,mask\na.png,x,a_mask.png\n"))
+    s = ds.load(0)
+    assert s.mask.shape == (5, 5) and s.mask[2, 2] == 1 and s.mask.sum() == 1
+    nib.save(nib.Nifti1Image(np.ones((3, 4, 5), np.int16), np.eye(4)), tmp_path / "v.nii.gz")
+    nib.save(nib.Nifti1Image(np.ones((3, 4, 5), np.uint8), np.eye(4)), tmp_path / "v_seg.nii.gz")
+    ds3 = open_csv_manifest(_csv(tmp_path / "v.csv", "path,mask\nv.nii.gz,v_seg.nii.gz\n"))
+    assert ds3.task is Task.SEGMENTATION and ds3.dims == 3
+    s3 = ds3.load(0)
+    assert s3.image.shape == (1, 5, 4, 3) and s3.mask.shape == (5, 4, 3)
+
+
+def test_missing_file_names_line_and_path(tmp_path):
+    _img(tmp_path / "a.png")
+    p = _csv(tmp_path / "m.csv", "path,label\na.png,x\nmissing.png,y\n")
+    with pytest.raises(BadInputError, match=r"m.csv: line 3: file not found: missing.png"):
+        open_csv_manifest(p)
+    ds = open_csv_manifest(p, skip_bad=True)
+    assert len(ds) == 1 and str(ds.problems[0]).endswith("m.csv:3: line 3: file not found: missing.png")
+
+
+def test_bad_manifests(tmp_path):
+    _img(tmp_path / "a.png")
+    with pytest.raises(BadInputError, match="no 'path' column"):
+        open_csv_manifest(_csv(tmp_path / "1.csv", "file,label\na.png,x\n"))
+    with pytest.raises(BadInputError, match="line 2: empty label"):
+        open_csv_manifest(_csv(tmp_path / "2.csv", "path,label\na.png,\n"))
+    with pytest.raises(BadInputError, match="unknown split 'holdout'"):
+        open_csv_manifest(_csv(tmp_path / "3.csv", "path,label,split\na.png,x,holdout\n"))
+    with pytest.raises(BadInputError, match="listed twice"):
+        open_csv_manifest(_csv(tmp_path / "4.csv", "path,label\na.png,x\na.png,y\n"))
+    with pytest.raises(BadInputError, match="unknown column"):
+        open_csv_manifest(_csv(tmp_path / "5.csv", "path,label,age\na.png,x,3\n"))
+
+
+def test_folder_with_manifest_opens_it(tmp_path):
+    _img(tmp_path / "imgs" / "a.png")
+    _img(tmp_path / "imgs" / "b.png")
+    _csv(tmp_path / "manifest.csv", "path,label\nimgs/a.png,0\nimgs/b.png,1\n")
+    ds = _open_path(tmp_path, skip_bad=False)
+    assert len(ds) == 2 and ds.task is Task.BINARY and ds.name == tmp_path.name
