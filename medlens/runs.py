@@ -136,7 +136,25 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
 
 
 def write_json(path: str | Path, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n").encode())
+    """Strict JSON (NaN and infinities become null, which every JSON reader accepts), written atomically."""
+    text = json.dumps(_finite(obj), indent=2, sort_keys=False, default=_json_default, allow_nan=False)
+    atomic_write_bytes(path, (text + "\n").encode())
+
+
+def _finite(obj: Any) -> Any:
+    import math
+
+    import numpy as np
+
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return _finite(obj.tolist())
+    return obj
 
 
 def read_json(path: str | Path) -> Any:
