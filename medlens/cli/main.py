@@ -56,9 +56,9 @@ _register_optional_commands()
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; return the exit code. User mistakes print one line and return 2."""
     try:
-        app(args=argv, standalone_mode=False)
+        code = app(args=argv, standalone_mode=False)
     except MedlensError as e:
-        err_console.print(f"[bold red]error:[/bold red] {e}", highlight=False)
+        err_console.print(f"[bold red]error:[/bold red] {e}", highlight=False, soft_wrap=True)  # one line, never wrapped
         return e.exit_code
     except click.exceptions.Exit as e:
         return e.exit_code
@@ -71,7 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         err_console.print("interrupted")
         return 130
-    return 0
+    # Without standalone mode, click returns the code of `raise typer.Exit(code)` instead of raising.
+    return code if isinstance(code, int) else 0
 
 
 def run() -> None:
