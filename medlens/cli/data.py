@@ -32,9 +32,9 @@ def info(
         fp["montage"] = str(montage)
     if as_json:
         print_json(fp)
+        report_skipped(dataset.problems)
     else:
-        render_fingerprint(fp, console)
-    report_skipped(dataset.problems)
+        render_fingerprint(fp, console)  # lists the problems itself
 
 
 @app.command()
