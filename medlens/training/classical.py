@@ -1,0 +1,255 @@
+"""Fitting classical models: features once, a grid search scored on the validation split, refit.
+
+:func:`fit_classical` never sees the test split: hyper-parameters are chosen by the validation
+score only. Features (and the scaler) are fitted on the training split and extracted once per
+split; the grid then loops over the classifier alone, so a grid of 9 points costs one feature
+extraction, not nine.
+
+Saving uses joblib, which *unpickles* on load and can run arbitrary code from a crafted file.
+:func:`load_estimator` therefore loads only a file whose sha256 matches the one we recorded when
+we wrote it (the run's ``manifest.json``); never load a ``model.joblib`` from anyone else.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+from sklearn.base import clone
+from sklearn.metrics import accuracy_score, roc_auc_score
+from sklearn.model_selection import ParameterGrid
+from sklearn.pipeline import Pipeline
+
+from medlens.data.sample import Task
+from medlens.errors import ChecksumError, MedlensError
+from medlens.models.classical.estimators import set_classifier_params, without_calibration
+from medlens.models.registry import get_model
+from medlens.runs import atomic_write_bytes, sha256_file
+
+
+@dataclass
+class ClassicalFitResult:
+    """What :func:`fit_classical` returns.
+
+    ``estimator`` is the full fitted pipeline (images in, probabilities out), refitted on the
+    training split with ``best_params``. ``grid_scores`` has one entry per grid point:
+    ``{"params", "score", "fit_seconds"}``, the score being ``metric`` on the validation split.
+    ``fit_seconds`` covers the grid search and the final fit, ``feature_seconds`` the feature
+    extraction (and scaling) of both splits.
+    """
+
+    estimator: Pipeline
+    best_params: dict[str, Any]
+    best_score: float
+    metric: str
+    grid_scores: list[dict[str, Any]] = field(default_factory=list)
+    fit_seconds: float = 0.0
+    feature_seconds: float = 0.0
+
+
+def fit_classical(
+    spec_name: str,
+    X_train: np.ndarray,
+    y_train: np.ndarray,
+    X_val: np.ndarray,
+    y_val: np.ndarray,
+    *,
+    task: Task | str,
+    seed: int,
+    features: Sequence[str] | None = None,
+    grid: dict[str, list] | None = None,
+    show_progress: bool = True,
+) -> ClassicalFitResult:
+    """Fit the classical model ``spec_name``, choosing hyper-parameters on the validation split.
+
+    ``grid`` (default ``spec.defaults["grid"]``) uses the base classifier's parameter names.
+    Ties between grid points go to the first one. The returned pipeline holds the feature steps
+    fitted on ``X_train`` and the classifier fitted on ``X_train`` with ``best_params`` (the
+    grid's own model for that point, or a refit with calibration for ``search_uncalibrated``
+    specs). ``X_val`` / ``y_val`` are used for scoring only.
+    """
+    spec = get_model(spec_name)
+    task = Task(task)
+    if spec.kind != "classical":
+        raise MedlensError(f"model '{spec_name}' is a {spec.kind} model, not a classical one")
+    if task.value not in spec.tasks:
+        raise MedlensError(f"model '{spec_name}' does not support task '{task.value}' (supports {spec.tasks})")
+    if len(X_train) != len(y_train) or len(X_val) != len(y_val):
+        raise ValueError("X and y of a split differ in length")
+    if task is not Task.MULTILABEL:  # MedMNIST-style (N, 1) labels -> (N,)
+        y_train, y_val = np.asarray(y_train).reshape(len(y_train)), np.asarray(y_val).reshape(len(y_val))
+    pipeline = spec.build(task, seed=seed, features=features or spec.defaults.get("features"))
+    grid = spec.defaults.get("grid", {}) if grid is None else grid
+    uncalibrated = bool(spec.defaults.get("search_uncalibrated", False))
+
+    t0 = time.perf_counter()
+    featurizer = Pipeline(pipeline.steps[:-1])
+    F_train = featurizer.fit_transform(X_train, y_train)
+    F_val = featurizer.transform(X_val)
+    feature_seconds = time.perf_counter() - t0
+
+    n_classes = None if task is Task.MULTILABEL else int(max(np.max(y_train), np.max(y_val))) + 1
+    template = pipeline.steps[-1][1]
+    points = list(ParameterGrid(grid)) if grid else [{}]
+    grid_scores: list[dict[str, Any]] = []
+    best_i, best_model, metric = -1, None, "accuracy"
+    t0 = time.perf_counter()
+    for i, params in enumerate(_progress(points, spec_name, show_progress)):
+        model = without_calibration(template) if uncalibrated else clone(template)
+        set_classifier_params(model, params)
+        t_fit = time.perf_counter()
+        model.fit(F_train, y_train)
+        fit_s = time.perf_counter() - t_fit
+        score, metric = validation_score(y_val, _scores(model, F_val, task, n_classes), task)
+        grid_scores.append({"params": params, "score": score, "fit_seconds": fit_s})
+        if best_i < 0 or score > grid_scores[best_i]["score"]:
+            best_i, best_model = i, model
+    best_params = points[best_i]
+    if uncalibrated:  # refit the chosen point with its calibration
+        best_model = set_classifier_params(clone(template), best_params).fit(F_train, y_train)
+    fit_seconds = time.perf_counter() - t0
+
+    # the feature steps inside ``pipeline`` are the objects ``featurizer`` fitted
+    pipeline.steps[-1] = (pipeline.steps[-1][0], best_model)
+    return ClassicalFitResult(
+        estimator=pipeline,
+        best_params=dict(best_params),
+        best_score=grid_scores[best_i]["score"],
+        metric=metric,
+        grid_scores=grid_scores,
+        fit_seconds=fit_seconds,
+        feature_seconds=feature_seconds,
+    )
+
+
+def _progress(points, name: str, show: bool):
+    if not show:
+        return points
+    from tqdm.auto import tqdm
+
+    return tqdm(points, desc=f"grid {name}", unit="fit", leave=False)
+
+
+def validation_score(y_true: np.ndarray, scores: np.ndarray, task: Task | str) -> tuple[float, str]:
+    """Score for model selection: (value, metric name). Higher is better.
+
+    binary: ROC AUC of the positive-class column; multi-class / ordinal: one-vs-rest AUC
+    averaged over classes (classes absent from ``y_true`` are skipped); multi-label: AUC averaged
+    over labels that have both values. Falls back to accuracy when no AUC is defined
+    (e.g. a single class in ``y_true``).
+    """
+    task = Task(task)
+    y_true = np.asarray(y_true)
+    scores = np.asarray(scores, dtype=np.float64)
+    if task is Task.MULTILABEL:
+        aucs = [roc_auc_score(y_true[:, j], scores[:, j]) for j in range(y_true.shape[1])
+                if len(np.unique(y_true[:, j])) == 2]
+        if aucs:
+            return float(np.mean(aucs)), "roc_auc"
+        return float(accuracy_score(y_true, (scores > 0.5).astype(int))), "accuracy"
+    y_true = y_true.ravel().astype(np.int64)
+    aucs = [roc_auc_score(y_true == k, scores[:, k]) for k in range(scores.shape[1])
+            if 0 < np.sum(y_true == k) < len(y_true)]
+    if task is Task.BINARY and aucs:
+        return float(aucs[-1]), "roc_auc"  # AUC of column 1 (column 0 gives the same value)
+    if aucs:
+        return float(np.mean(aucs)), "roc_auc"
+    return float(accuracy_score(y_true, np.argmax(scores, axis=1))), "accuracy"
+
+
+def _scores(model, F: np.ndarray, task: Task, n_classes: int | None) -> np.ndarray:
+    """Per-class scores of a classifier on features: probabilities, or decision values if it has none."""
+    if hasattr(model, "predict_proba"):
+        return _align(model, model.predict_proba(F), task, n_classes)
+    dec = np.asarray(model.decision_function(F), dtype=np.float64)
+    if task is Task.MULTILABEL:
+        return dec
+    if dec.ndim == 1:  # binary: positive-class margin
+        return _align(model, np.column_stack([-dec, dec]), task, n_classes)
+    return _align(model, _softmax(dec), task, n_classes)
+
+
+def predict_proba_classical(estimator, X: np.ndarray, task: Task | str, *, n_classes: int | None = None) -> np.ndarray:
+    """Class probabilities (N, K) of a fitted classical estimator on images ``X``.
+
+    Binary gives (N, 2), multi-class / ordinal (N, K) with column k the probability of class
+    index k (K = ``n_classes`` when given, so classes missing from training get zero columns),
+    multi-label (N, L) of per-label positive probabilities (list outputs are stacked).
+    """
+    task = Task(task)
+    if hasattr(estimator, "predict_proba"):
+        proba = estimator.predict_proba(X)
+        return _align(estimator, proba, task, n_classes)
+    # estimators without probabilities (e.g. an SVC fitted with probability=False)
+    dec = np.asarray(estimator.decision_function(X), dtype=np.float64)
+    if task is Task.MULTILABEL:
+        return 1.0 / (1.0 + np.exp(-dec))
+    if dec.ndim == 1:
+        dec = np.column_stack([-dec, dec]) / 2.0
+    return _align(estimator, _softmax(dec), task, n_classes)
+
+
+def _align(estimator, proba, task: Task, n_classes: int | None = None) -> np.ndarray:
+    """Put probability columns in class-index order (0..K-1); stack multi-label list outputs."""
+    if task is Task.MULTILABEL:
+        if isinstance(proba, list):  # one (N, n_classes_j) array per label (e.g. a native random forest)
+            label_classes = getattr(estimator, "classes_", None)
+            cols = []
+            for j, p in enumerate(proba):
+                cls = np.asarray(label_classes[j]) if isinstance(label_classes, list) else np.arange(p.shape[1])
+                cols.append(p[:, cls == 1].sum(axis=1) if p.shape[1] != 2 else p[:, 1])
+            proba = np.column_stack(cols)
+        return np.asarray(proba, dtype=np.float64)
+    proba = np.asarray(proba, dtype=np.float64)
+    classes = np.asarray(getattr(estimator, "classes_", np.arange(proba.shape[1]))).astype(np.int64)
+    k = max(int(classes.max()) + 1, n_classes or 0, 2 if task is Task.BINARY else 0)
+    if proba.shape[1] == k and np.array_equal(classes, np.arange(k)):
+        return proba
+    out = np.zeros((proba.shape[0], k))
+    out[:, classes] = proba
+    return out
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+# -- save / load ---------------------------------------------------------------------------------
+def save_estimator(estimator, path: str | Path) -> str:
+    """Write ``estimator`` with joblib (atomically); returns the file's sha256 for the manifest."""
+    import joblib
+
+    buf = io.BytesIO()
+    joblib.dump(estimator, buf, compress=3)
+    atomic_write_bytes(path, buf.getvalue())
+    return sha256_file(path)
+
+
+def load_estimator(path: str | Path, expected_sha256: str):
+    """Load an estimator saved by :func:`save_estimator`, only if its sha256 matches.
+
+    joblib unpickles, which can execute code: only files we wrote ourselves and whose hash is
+    recorded in the run's manifest may be loaded. A missing, changed or unhashed file raises
+    :class:`~medlens.errors.MedlensError` before anything is unpickled.
+    """
+    import joblib
+
+    path = Path(path)
+    if not expected_sha256:
+        raise ChecksumError("refusing to load a joblib file without its expected sha256", path)
+    if not path.is_file():
+        raise MedlensError("model file not found", path)
+    actual = sha256_file(path)
+    if actual != expected_sha256.lower():
+        raise ChecksumError(
+            f"sha256 {actual[:12]}... does not match the manifest ({expected_sha256[:12]}...); "
+            "refusing to unpickle a file that is not the one we wrote",
+            path,
+        )
+    return joblib.load(path)
