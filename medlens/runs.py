@@ -3,6 +3,7 @@
 ```
 runs/NAME/
   config.yaml  fingerprint.json  splits.json  comparison.json  report.html  manifest.json
+  study.json  audit.json  figures/ (montage.png, gradcam_*.png)
   models/MODEL/  model.safetensors | model.joblib, model.json, metrics.json,
                  predictions_{val,test}.csv, training_log.csv, checkpoints/
 ```
@@ -52,6 +53,26 @@ class RunDir:
     @property
     def plan(self) -> Path:
         return self.root / "plan.json"
+
+    @property
+    def study(self) -> Path:
+        """study.json: the suite `medlens compare` trained, its budget estimate and timings."""
+        return self.root / "study.json"
+
+    @property
+    def figures(self) -> Path:
+        """figures/: images the evaluation writes for the report (Grad-CAM gallery)."""
+        return self.root / "figures"
+
+    @property
+    def audit(self) -> Path:
+        """audit.json: `medlens data audit` of the run's source (the report writes it when absent)."""
+        return self.root / "audit.json"
+
+    @property
+    def montage(self) -> Path:
+        """figures/montage.png: samples per class of the run's source (for the report)."""
+        return self.figures / "montage.png"
 
     @property
     def models_dir(self) -> Path:

@@ -40,7 +40,7 @@ def _register_optional_commands() -> None:
     """Verb groups added by later stages register themselves here (one module per group)."""
     import importlib
 
-    for module in ("models", "train", "study", "serving", "demo"):
+    for module in ("models", "train", "study", "serving", "demo", "report"):
         try:
             mod = importlib.import_module(f"medlens.cli.{module}")
         except ModuleNotFoundError as e:
