@@ -1,0 +1,164 @@
+"""`medlens predict` (and, below it, `medlens serve`): answers from a trained model bundle."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from medlens.cli.common import err_console, print_json
+from medlens.errors import MedlensError
+
+FORMATS = ("json", "sr", "fhir")
+
+
+# ============================================================================================
+# predict
+# ============================================================================================
+def predict(
+    run: Path = typer.Argument(..., help="Run directory holding the trained model (models/MODEL/ + manifest.json)."),
+    inputs: list[Path] = typer.Argument(..., help="DICOM files, series or study folders, NIfTI, PNG or JPEG files."),
+    model: str = typer.Option(None, "--model", "-m", help="Model of the run (default: the only one, or the best by validation AUC)."),
+    explain: bool = typer.Option(False, "--explain", help="Also write DIR/<name>.heatmap.png (Grad-CAM; occlusion for classical models)."),
+    fmt: str = typer.Option("json", "--format", "-f", help="json | sr (DICOM SR, DICOM input only) | fhir (FHIR R4 DiagnosticReport)."),
+    out: Path = typer.Option(None, "--out", "-o", help="Write DIR/<name>.json | .sr.dcm | .fhir.json (default: json and fhir to stdout; SR files and heatmaps to the current folder)."),
+) -> None:
+    """Predict the finding, its probability and uncertainty for each input (one per DICOM series).
+
+    Inputs that fail are named on stderr, one line each; the others are still predicted and the command exits with code 2.
+    """
+    from medlens.serving.predictor import Predictor, find_inputs
+
+    if fmt not in FORMATS:
+        raise MedlensError(f"--format must be one of {', '.join(FORMATS)}, not '{fmt}'")
+    predictor = Predictor.from_run(run, model)
+    items, failures = find_inputs(inputs)
+    documents = []
+    for item in items:
+        try:
+            if item.files:
+                result = predictor.predict_files(item.files, explain=explain)
+            else:
+                result = predictor.predict_path(item.path, explain=explain)
+            document, written = _render(result, item.name, fmt=fmt, out=out, explain=explain)
+        except MedlensError as e:
+            failures.append(str(e) if e.path else f"{item.label}: {e}")
+            continue
+        if document is not None:
+            documents.append(document)
+        for path in written:
+            err_console.print(f"wrote {path}", highlight=False, markup=False, soft_wrap=True)
+    if documents:
+        print_json(documents[0] if len(documents) == 1 else documents)
+    for failure in failures:
+        err_console.print(f"[bold red]error:[/bold red] {failure}", highlight=False, soft_wrap=True)
+    if failures:
+        raise typer.Exit(2)
+
+
+def _render(result, name: str, *, fmt: str, out: Path | None, explain: bool) -> tuple[dict | None, list[Path]]:
+    """Write the outputs of one prediction; returns (document for stdout or None, files written)."""
+    from medlens.runs import atomic_write_bytes
+
+    pred = result.prediction
+    written: list[Path] = []
+    folder = out if out is not None else Path(".")
+    document = None
+    if fmt == "sr":
+        from medlens.serving.sr import structured_report
+
+        if not result.sources:
+            raise MedlensError("--format sr needs DICOM input (a DICOM SR references the source images)")
+        path = folder / f"{name}.sr.dcm"
+        folder.mkdir(parents=True, exist_ok=True)
+        structured_report(pred, result.sources).save_as(path, enforce_file_format=True)
+        written.append(path)
+    else:
+        if fmt == "fhir":
+            from medlens.serving.fhir import diagnostic_report
+
+            document = diagnostic_report(pred)
+            path = folder / f"{name}.fhir.json"
+        else:
+            document = pred.to_json()
+            path = folder / f"{name}.json"
+        if out is not None:
+            from medlens.runs import _json_default
+
+            atomic_write_bytes(path, (json.dumps(document, indent=2, default=_json_default) + "\n").encode())
+            written.append(path)
+            document = None
+    if explain and pred.heatmap is not None:
+        path = folder / f"{name}.heatmap.png"
+        atomic_write_bytes(path, result.overlay_png())
+        written.append(path)
+    return document, written
+
+
+# ============================================================================================
+# serve (the serving-app stage adds its command here; `predict` above stays as it is)
+# ============================================================================================
+def serve(
+    run: Path = typer.Argument(..., help="Run directory holding the trained model (models/MODEL/ + manifest.json)."),
+    model: str = typer.Option(None, "--model", "-m", help="Model of the run (default: the only one, or the best by validation AUC)."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to bind. The default answers this machine only; bind wider only behind TLS and with --api-keys."),
+    port: int = typer.Option(8000, "--port", help="TCP port."),
+    api_keys: Path = typer.Option(None, "--api-keys", help="Key file (KEY_ID:SHA256 lines, made with `medlens serve-keys`): every endpoint but /healthz then needs X-API-Key or Authorization: Bearer."),
+    audit_db: str = typer.Option(None, "--audit-db", help="Audit log: SQLite path or SQLAlchemy URL (default RUN/serve/audit.sqlite)."),
+    max_upload_mb: float = typer.Option(64.0, "--max-upload-mb", help="Largest accepted upload; bigger ones get 413."),
+    pacs_url: str = typer.Option(None, "--pacs-url", help="DICOMweb root of the PACS (e.g. http://127.0.0.1:8042/dicom-web) for predictions on stored studies."),
+    cors_origin: list[str] = typer.Option(None, "--cors-origin", help="Allow this browser origin (repeatable). Default: CORS off."),
+    store_dir: Path = typer.Option(None, "--store-dir", help="Folder for recent predictions (default RUN/serve/predictions; holds DICOM headers: keep it private)."),
+    log_level: str = typer.Option("info", "--log-level", help="uvicorn/medlens log level."),
+) -> None:
+    """Serve the model: REST API (/docs), web page (/), audit log. Stop with Ctrl-C.
+
+    Logs name predictions by id and patients by pseudonym only; set $MEDLENS_PSEUDONYM_KEY to keep
+    pseudonyms and hashed audit identifiers stable across restarts.
+    """
+    import logging
+
+    import uvicorn
+
+    from medlens.serving.app import create_app
+    from medlens.serving.settings import ServeSettings
+
+    settings = ServeSettings(
+        run_dir=run, model=model, host=host, port=port, api_keys_file=api_keys, audit_url=audit_db,
+        max_upload_mb=max_upload_mb, pacs_url=pacs_url, cors_origins=list(cors_origin or []), store_dir=store_dir,
+    )
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Library warnings quote header values (pydicom: "Invalid value for VR UI: '1.2.826...'"): kept out of the log.
+    logging.captureWarnings(True)
+    logging.getLogger("py.warnings").setLevel(logging.ERROR)
+    application = create_app(settings)
+    keys = "API keys required" if settings.key_hashes() else "no API keys (open to anyone who can reach the port)"
+    err_console.print(f"medlens serving {application.state.service.predictor.model_id} on http://{host}:{port} ({keys})",
+                      highlight=False, markup=False, soft_wrap=True)
+    uvicorn.run(application, host=host, port=port, log_level=log_level.lower(), server_header=False)
+
+
+def serve_keys(
+    keys_file: Path = typer.Argument(..., help="Key file to append to (created with mode 0600)."),
+    key_id: str = typer.Option(None, "--id", help="Name of the key, recorded in the audit log (default keyN)."),
+) -> None:
+    """Create an API key: prints it once on stdout and stores only its sha256 in KEYS_FILE.
+
+    Use the file with `medlens serve RUN --api-keys KEYS_FILE`; send the key as X-API-Key or
+    Authorization: Bearer. Remove a key by deleting its line.
+    """
+    from medlens.serving.settings import create_key
+
+    name, key = create_key(keys_file, key_id)
+    err_console.print(f"key '{name}' added to {keys_file} (only its sha256 is stored; this is the only time it is shown)",
+                      highlight=False, markup=False, soft_wrap=True)
+    typer.echo(key)
+
+
+
+def register(app: typer.Typer) -> None:
+    """Add this module's commands to the `medlens` app."""
+    app.command(name="predict")(predict)
+    app.command(name="serve")(serve)
+    app.command(name="serve-keys")(serve_keys)

@@ -1,0 +1,207 @@
+"""How sure is the model about one input, and should it answer at all?
+
+Stochastic draws (S forward passes whose spread measures the model's doubt):
+
+* **MC dropout** (Gal & Ghahramani, 2016) for deep models that have dropout layers: only the
+  dropout layers of a private copy are switched to training mode (BatchNorm keeps its running
+  statistics) and S copies of the input get their own dropout masks (:class:`MCDropout`). The
+  masks are drawn from a fixed seed, so one input always gets the same answer.
+* **Test-time augmentation** for deep models without dropout: the identity and a flip of each
+  spatial axis (S = 1 + spatial dims).
+* Classical models give one deterministic draw (their probabilities).
+
+Uncertainty scores come from :func:`medlens.evaluation.selective.uncertainty_scores`
+(``max_prob``, ``entropy``, ``margin`` need no draws; ``predictive_entropy``,
+``mutual_information``, ``variance`` use them), so serving and the comparison stage that picks
+the abstention threshold on validation compute the very same number.
+
+Abstention (:class:`AbstentionRule`): when ``model.json`` holds ``abstention`` =
+``{"method", "threshold", "target_risk"}`` (chosen on validation by the comparison stage), the
+model abstains when the uncertainty exceeds the threshold. Without it a documented default
+applies: abstain when the probability of the finding is below :data:`DEFAULT_MIN_CONFIDENCE`.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from medlens.errors import MedlensError
+from medlens.evaluation.selective import PROB_METHODS, SAMPLE_METHODS, UNCERTAINTY_METHODS, uncertainty_scores
+
+DEFAULT_MIN_CONFIDENCE = 0.6
+"""Default rule without a validated threshold: abstain when the finding's probability is below this."""
+MC_PASSES = 20
+MC_SEED = 0
+MC_CHUNK = 32  # rows (input copies) per forward pass, bounding memory for 3D inputs
+DROPOUT_TYPES = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout)
+
+_RNG_LOCK = threading.Lock()  # dropout masks come from torch's global generator: one seeded user at a time
+
+
+def has_dropout(net: nn.Module) -> bool:
+    """Whether ``net`` has at least one dropout layer with a non-zero probability."""
+    return any(isinstance(m, DROPOUT_TYPES) and float(getattr(m, "p", 0.0)) > 0 for m in net.modules())
+
+
+def mc_dropout_copy(net: nn.Module) -> nn.Module:
+    """A copy of ``net`` in eval mode except its dropout layers (the shared ``net`` is not touched)."""
+    mc = copy.deepcopy(net).eval()
+    for m in mc.modules():
+        if isinstance(m, DROPOUT_TYPES):
+            m.train()
+    for p in mc.parameters():
+        p.requires_grad_(False)
+    return mc
+
+
+class MCDropout:
+    """Seeded MC-dropout draws on a private copy of a network.
+
+    The layers before the first dropout are deterministic, so they run once: a pre-hook on each
+    dropout layer repeats its input ``passes`` times when it still has the caller's batch size, and
+    every copy then gets its own dropout mask. This is the same distribution as repeating the input
+    (each copy is masked independently from the first dropout on) at a fraction of the cost (for
+    cnn-small, 20 draws cost about one forward pass). Whether the network's forward allows the
+    early expansion is checked once on ``example`` with dropout off (the draws must equal the
+    plain output); when it does not (e.g. a forward that reshapes with the input's batch size),
+    the whole input is repeated instead.
+    """
+
+    def __init__(self, net: nn.Module, example: torch.Tensor, *, passes: int = MC_PASSES):
+        self.net = mc_dropout_copy(net)
+        self.passes = int(passes)
+        self._dropouts = [m for m in self.net.modules() if isinstance(m, DROPOUT_TYPES)]
+        self._batch: int | None = None  # the caller's batch size during an expanded call
+        for m in self._dropouts:
+            m.register_forward_pre_hook(self._expand)
+        self.expands = self._check(net, example)
+
+    def _expand(self, module: nn.Module, args: tuple):
+        x = args[0]
+        if self._batch is not None and x.shape[0] == self._batch:
+            return (x.repeat_interleave(self.passes, dim=0), *args[1:])
+        return None
+
+    @torch.no_grad()
+    def _check(self, net: nn.Module, example: torch.Tensor) -> bool:
+        for m in self._dropouts:
+            m.eval()
+        self._batch = len(example)
+        try:
+            out = self.net(example)
+            expected = net(example).repeat_interleave(self.passes, dim=0)
+            return tuple(out.shape) == tuple(expected.shape) and bool(torch.allclose(out, expected, atol=1e-4))
+        except Exception:  # noqa: BLE001 - probing: any failure means "repeat the whole input instead"
+            return False
+        finally:
+            self._batch = None
+            for m in self._dropouts:
+                m.train()
+
+    @torch.no_grad()
+    def logits(self, x: torch.Tensor, *, seed: int = MC_SEED) -> torch.Tensor:
+        """Logits of ``passes`` dropout draws for a batch ``x`` (N, C, ...): (S, N, K); seeded."""
+        n = len(x)
+        with _RNG_LOCK, torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            if self.expands:
+                self._batch = n
+                try:
+                    out = self.net(x)
+                finally:
+                    self._batch = None
+            else:  # sample i's draws are rows i*S .. i*S+S-1
+                reps = x.repeat_interleave(self.passes, dim=0)
+                out = torch.cat([self.net(reps[i : i + MC_CHUNK]) for i in range(0, len(reps), MC_CHUNK)])
+        return out.reshape(n, self.passes, -1).transpose(0, 1)
+
+
+@torch.no_grad()
+def tta_logits(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Logits of the identity and a flip of each spatial axis: (1 + spatial dims, N, K)."""
+    views = [x] + [torch.flip(x, dims=(axis,)) for axis in range(2, x.ndim)]
+    return torch.stack([net(v) for v in views])
+
+
+def needs_samples(method: str) -> bool:
+    """Whether ``method`` is computed from stochastic draws (else from one set of probabilities)."""
+    check_method(method)
+    return method in SAMPLE_METHODS
+
+
+def check_method(method: str) -> str:
+    if method not in UNCERTAINTY_METHODS:
+        raise MedlensError(f"unknown uncertainty method '{method}' (known: {', '.join(UNCERTAINTY_METHODS)})")
+    return method
+
+
+def score(probs: np.ndarray, method: str, *, samples: np.ndarray | None = None, multilabel: bool = False) -> np.ndarray:
+    """Per-case uncertainty (N,) for probabilities (N, K) and optional draws (S, N, K).
+
+    A sample-based method without draws (a classical model) uses ``probs`` as the single draw,
+    so ``predictive_entropy`` equals ``entropy`` and ``mutual_information`` / ``variance`` are 0.
+    """
+    check_method(method)
+    probs = np.asarray(probs, dtype=np.float64)
+    if method in SAMPLE_METHODS and samples is None:
+        samples = probs[None]
+    return uncertainty_scores(probs, method, samples if method in SAMPLE_METHODS else None, multilabel=multilabel)
+
+
+# -- abstention ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class AbstentionRule:
+    """When the model refers a case instead of answering.
+
+    ``threshold`` set: abstain when the uncertainty (``method``) is above it (validated rule from
+    ``model.json``; a threshold of -inf refers everything). Otherwise: abstain when the probability
+    of the finding is below ``min_confidence`` (the default rule).
+    """
+
+    method: str
+    threshold: float | None = None
+    target_risk: float | None = None
+    min_confidence: float = DEFAULT_MIN_CONFIDENCE
+
+    @classmethod
+    def from_model_info(cls, info: dict[str, Any], default_method: str) -> "AbstentionRule":
+        """The rule in ``model.json`` (``abstention``), else the default rule with ``default_method``."""
+        spec = info.get("abstention") or None
+        if not spec:
+            return cls(method=check_method(default_method))
+        if not isinstance(spec, dict) or "method" not in spec or "threshold" not in spec:
+            raise MedlensError("model.json 'abstention' must hold 'method' and 'threshold'")
+        threshold = spec["threshold"]
+        threshold = -math.inf if threshold is None else float(threshold)  # strict JSON writes -inf as null
+        target = spec.get("target_risk")
+        return cls(method=check_method(str(spec["method"])), threshold=threshold,
+                   target_risk=None if target is None else float(target))
+
+    @property
+    def validated(self) -> bool:
+        return self.threshold is not None
+
+    def decide(self, uncertainty: float, confidence: float) -> tuple[bool, str | None]:
+        """(abstain, reason naming the rule that fired, or None)."""
+        if self.validated:
+            if uncertainty > self.threshold:
+                risk = f" for a target risk of {self.target_risk:g}" if self.target_risk is not None else ""
+                return True, (f"uncertainty ({self.method}) {uncertainty:.4f} > {self.threshold:.4f}, "
+                              f"the threshold chosen on validation{risk}")
+            return False, None
+        if confidence < self.min_confidence:
+            return True, (f"probability of the finding {confidence:.3f} < {self.min_confidence:g} "
+                          "(default rule: no validated abstention threshold in model.json)")
+        return False, None
+
+
+__all__ = ["DEFAULT_MIN_CONFIDENCE", "PROB_METHODS", "SAMPLE_METHODS", "AbstentionRule", "has_dropout",
+           "mc_dropout_copy", "MCDropout", "tta_logits", "needs_samples", "score"]

@@ -1,0 +1,78 @@
+"""`medlens predict`: JSON, DICOM SR and FHIR outputs, heatmaps, studies, and one-line errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pydicom
+import pytest
+
+from tests.conftest import run_medlens
+from tests.serving.conftest import serving_inputs, tiny_classical_run, tiny_run  # noqa: F401  (shared session fixtures)
+
+
+def test_json_to_stdout_for_a_png(cli, tiny_run, serving_inputs):
+    code, out, err = cli("predict", tiny_run, serving_inputs["png"])
+    assert code == 0, err
+    doc = json.loads(out)
+    assert doc["model"] == "cnn-small" and doc["finding"] in doc["class_names"]
+    assert doc["source"]["kind"] == "png" and doc["has_heatmap"] is False
+    assert sum(doc["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
+
+
+def test_sr_for_dicom_references_the_input_instance(cli, tiny_run, serving_inputs, tmp_path):
+    src = pydicom.dcmread(serving_inputs["dicom"])
+    code, out, err = cli("predict", tiny_run, serving_inputs["dicom"], "--format", "sr", "--explain", "--out", tmp_path)
+    assert code == 0, err
+    name = serving_inputs["dicom"].name[: -len(".dcm")]
+    sr = pydicom.dcmread(tmp_path / f"{name}.sr.dcm")
+    assert sr.SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.34" and sr.StudyInstanceUID == src.StudyInstanceUID
+    evidence = sr.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0].ReferencedSOPSequence
+    assert evidence[0].ReferencedSOPInstanceUID == src.SOPInstanceUID
+    from PIL import Image
+
+    with Image.open(tmp_path / f"{name}.heatmap.png") as im:
+        assert im.mode == "RGB" and im.size == (32, 32)
+
+
+def test_fhir_output_validates(cli, tiny_classical_run, serving_inputs, tmp_path):
+    from fhir.resources.R4B.diagnosticreport import DiagnosticReport
+
+    code, out, err = cli("predict", tiny_classical_run, serving_inputs["nifti"], "--format", "fhir", "--out", tmp_path)
+    assert code == 0, err
+    report = json.loads((tmp_path / "chest.fhir.json").read_text())
+    DiagnosticReport.model_validate(report)
+    assert report["resourceType"] == "DiagnosticReport" and len(report["contained"]) == 3
+
+
+def test_sr_needs_dicom_input(cli, tiny_run, serving_inputs, tmp_path):
+    code, out, err = cli("predict", tiny_run, serving_inputs["png"], "--format", "sr", "--out", tmp_path)
+    assert code == 2
+    assert "chest.png" in err and "needs DICOM input" in err and len(err.strip().splitlines()) == 1
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_study_gives_one_prediction_per_series_and_failures_are_named(cli, tiny_run, serving_inputs, tmp_path):
+    study = tmp_path / "study"
+    shutil.copytree(serving_inputs["study"], study)
+    (study / "zz_truncated.dcm").write_bytes(serving_inputs["dicom"].read_bytes()[:400])
+    out = tmp_path / "out"
+    code, stdout, err = cli("predict", tiny_run, study, serving_inputs["nifti3d"], "--out", out)
+    assert code == 2
+    written = sorted(p.name for p in out.glob("*.json"))
+    assert len(written) == 3, written  # three series, each its own prediction
+    assert "zz_truncated.dcm" in err and "volume.nii.gz" in err and "3D volume" in err
+
+
+def test_bad_inputs_are_one_line_errors(cli, tiny_run, tmp_path):
+    code, out, err = cli("predict", tmp_path / "no-run", tmp_path / "x.png")
+    assert code == 2 and "no such run directory" in err and len(err.strip().splitlines()) == 1
+    code, out, err = cli("predict", tiny_run, tmp_path / "x.png", "--format", "xml")
+    assert code == 2 and "--format must be one of" in err
+
+
+def test_no_traceback_in_a_real_process(tiny_run, serving_inputs):
+    res = run_medlens("predict", tiny_run, serving_inputs["text"])
+    assert res.returncode == 2
+    assert "Traceback" not in res.stderr and "notes.txt" in res.stderr
