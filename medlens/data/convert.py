@@ -63,7 +63,7 @@ def convert_dataset(dataset: Dataset, out: str | Path, to: str, *, show_progress
                      "label": _label_text(dataset, s.label), "patient_id": s.patient_id, "split": rec.split or "",
                      "mask": files[1].relative_to(out).as_posix() if len(files) > 1 and files[1].parent.name == "labels" else ""})
     if labelled and not (to == "png" and dataset.dims == 3):
-        written.append(_write_manifest(out, rows))
+        written.append(_write_manifest(out, rows, dataset.class_names))
     return written
 
 
@@ -75,13 +75,17 @@ def _label_text(dataset: Dataset, label) -> str:
     return dataset.class_names[label]
 
 
-def _write_manifest(out: Path, rows: list[dict[str, str]]) -> Path:
+def _write_manifest(out: Path, rows: list[dict[str, str]], class_names: list[str] | None = None) -> Path:
     fields = ["path", "label", "patient_id"] + [k for k in ("split", "mask") if any(r[k] for r in rows)]
     path = out / "manifest.csv"
     with open(path, "w", newline="", encoding="utf-8") as f:
         w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
         w.writeheader()
         w.writerows(rows)
+    if class_names:
+        from medlens.data.sources.manifest import CLASSES_NAME
+
+        (out / CLASSES_NAME).write_text("\n".join(class_names) + "\n", encoding="utf-8")  # keeps class indices
     return path
 
 

@@ -85,6 +85,9 @@ def write_dataset(dataset: Dataset, out: str | Path, fmt: str, *, seed: int = 0,
         w = csv.DictWriter(f, fieldnames=["path", "label", "patient_id", "mask"])
         w.writeheader()
         w.writerows(rows)
+    from medlens.data.sources.manifest import CLASSES_NAME
+
+    (out / CLASSES_NAME).write_text("\n".join(dataset.class_names) + "\n", encoding="utf-8")  # fixes class indices
     return len(rows)
 
 

@@ -10,7 +10,7 @@ from PIL import Image
 from medlens.data.sample import Task
 from medlens.data.sources import _open_path
 from medlens.data.sources.manifest import open_csv_manifest
-from medlens.errors import BadInputError
+from medlens.errors import BadInputError, MedlensError
 
 
 def _img(path, value=0, shape=(5, 5)):
@@ -99,3 +99,23 @@ def test_folder_with_manifest_opens_it(tmp_path):
     _csv(tmp_path / "manifest.csv", "path,label\nimgs/a.png,0\nimgs/b.png,1\n")
     ds = _open_path(tmp_path, skip_bad=False)
     assert len(ds) == 2 and ds.task is Task.BINARY and ds.name == tmp_path.name
+
+
+def test_classes_txt_fixes_class_order(tmp_path):
+    """classes.txt beside the manifest sets the class indices (first line: the negative class)."""
+    import numpy as np
+    from PIL import Image
+
+    from medlens.data.sources.manifest import open_csv_manifest
+
+    for name in ("a.png", "b.png"):
+        Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / name)
+    (tmp_path / "manifest.csv").write_text("path,label\na.png,normal\nb.png,nodule\n")
+    assert open_csv_manifest(tmp_path / "manifest.csv").class_names == ["nodule", "normal"]  # sorted by default
+    (tmp_path / "classes.txt").write_text("normal\nnodule\n")
+    ds = open_csv_manifest(tmp_path / "manifest.csv")
+    assert ds.class_names == ["normal", "nodule"]
+    assert [r.label for r in ds.records] == [0, 1]
+    (tmp_path / "classes.txt").write_text("normal\n")
+    with pytest.raises(MedlensError, match="nodule"):
+        open_csv_manifest(tmp_path / "manifest.csv")

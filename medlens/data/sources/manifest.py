@@ -10,6 +10,10 @@
 * ``patient_id`` (default: the file stem), ``split`` (train/training, val/valid/validation,
   test/testing, or empty), ``mask`` (a mask image or volume, loaded into ``Sample.mask``).
 
+Class order: a ``classes.txt`` beside the CSV (one class name per line) fixes the class indices;
+for a binary task the first line is the negative class (e.g. ``normal``), the second the positive
+one. Without it, integers keep numeric order and other names are sorted.
+
 A missing file, an empty label, an unknown split or a repeated path is an error naming the CSV,
 the line and the path; with ``skip_bad`` the row is listed in ``dataset.problems`` instead.
 2D images use the same channel policy as image folders (see :mod:`medlens.data.sources.folder`).
@@ -27,6 +31,7 @@ from medlens.errors import BadInputError, MedlensError
 
 COLUMNS = ("path", "label", "patient_id", "split", "mask")
 MANIFEST_NAME = "manifest.csv"
+CLASSES_NAME = "classes.txt"
 
 
 def open_csv_manifest(path: Path, *, skip_bad: bool = False) -> "ManifestDataset":
@@ -73,7 +78,7 @@ def open_csv_manifest(path: Path, *, skip_bad: bool = False) -> "ManifestDataset
 
     task, class_names, encode = _labels(
         [row.get("label", "").strip() for _, row, _, _ in kept] if has_label else None, multilabel,
-        has_mask=any(m is not None for *_, m in kept),
+        has_mask=any(m is not None for *_, m in kept), order=_class_order(path),
     )
     records = []
     for line, row, file, mask in kept:
@@ -89,7 +94,7 @@ def open_csv_manifest(path: Path, *, skip_bad: bool = False) -> "ManifestDataset
     first = Path(records[0].extra["path"])
     raster = [Path(r.extra["path"]) for r in records if is_raster_name(r.extra["path"])]
     channels = choose_channels(raster) if raster else None
-    dims = 2 if is_raster_name(first.name) else 3 if is_nifti_name(first.name) else read_image_file(first).dims
+    dims = 2 if is_raster_name(first.name) else _nifti_dims(first) if is_nifti_name(first.name) else read_image_file(first).dims
     name = path.parent.name if path.name.lower() == MANIFEST_NAME else path.stem
     return ManifestDataset(name, records, task=task, class_names=class_names, dims=dims, problems=problems,
                            uri=str(path), channels=channels)
@@ -141,12 +146,39 @@ def _read_rows(path: Path) -> list[tuple[int, dict[str, str]]]:
         raise BadInputError(f"malformed CSV ({e})", path) from None
 
 
-def _labels(values: list[str] | None, multilabel: bool, *, has_mask: bool):
+def _class_order(manifest: Path) -> list[str] | None:
+    """Class names from ``classes.txt`` beside the manifest, in index order; None when absent."""
+    path = manifest.parent / CLASSES_NAME
+    if not path.is_file():
+        return None
+    names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if len(set(names)) != len(names):
+        raise BadInputError("a class name is listed twice", path)
+    return names
+
+
+def _nifti_dims(path: Path) -> int:
+    """2 or 3 spatial dimensions, from the NIfTI header (without reading the voxels)."""
+    import nibabel as nib
+
+    try:
+        shape = nib.load(str(path)).shape
+    except Exception as e:  # nibabel raises several types for a bad header
+        raise BadInputError(f"not a readable NIfTI file ({e})", path) from None
+    return 2 if len(shape) == 2 or (len(shape) >= 3 and shape[2] == 1) else 3
+
+
+def _labels(values: list[str] | None, multilabel: bool, *, has_mask: bool, order: list[str] | None = None):
     """(task, class names, encoder of one label cell)."""
+    if order is not None and values is not None:
+        used = {p.strip() for v in values for p in (v.split("|") if multilabel else [v]) if p.strip()}
+        missing = sorted(used - set(order))
+        if missing:
+            raise MedlensError(f"label(s) {', '.join(missing)} not listed in {CLASSES_NAME}")
     if values is None:
         return (Task.SEGMENTATION if has_mask else Task.NONE), [], lambda v: None
     if multilabel:
-        names = _ordered({p.strip() for v in values for p in v.split("|") if p.strip()})
+        names = order or _ordered({p.strip() for v in values for p in v.split("|") if p.strip()})
         index = {n: i for i, n in enumerate(names)}
 
         def encode(v: str) -> tuple[int, ...]:
@@ -157,7 +189,7 @@ def _labels(values: list[str] | None, multilabel: bool, *, has_mask: bool):
             return tuple(hot)
 
         return Task.MULTILABEL, names, encode
-    names = _ordered(set(values))
+    names = order or _ordered(set(values))
     index = {n: i for i, n in enumerate(names)}
     return (Task.BINARY if len(names) == 2 else Task.MULTICLASS), names, lambda v: index[v]
 

@@ -160,6 +160,11 @@ class MedMNISTDataset(Dataset):
         else:
             task, class_names = _infer_task(np.concatenate([labels[s] for s in splits]))
             modality = None
+            if "class_names" in shapes:  # written by medlens (e.g. `data synth --format npz`)
+                with np.load(path, allow_pickle=False) as z:
+                    stored = [str(c) for c in z["class_names"]]
+                if len(stored) == len(class_names):
+                    class_names = stored
         records = []
         for s in splits:
             lab = labels[s]

@@ -1,0 +1,304 @@
+"""Serving benchmark: `medlens serve` against a minimal FastAPI endpoint serving the same model with plain torch.
+
+Measured on 127.0.0.1, in one run:
+
+* latency (p50 / p95, sequential requests) of one 2D prediction for a 224x224 PNG: medlens without
+  heatmap, medlens with heatmap (Grad-CAM), and the plain-torch baseline;
+* throughput (predictions/s) at ``--clients`` concurrent clients for ``--seconds`` seconds, medlens
+  and baseline;
+* resident memory (VmRSS) of the medlens server sampled every 0.5 s across the run: flat or growing.
+
+medlens does more per request than the baseline (content sniffing, checks, the uncertainty
+method of model.json, a durable audit-log commit with fsync, the prediction store); the baseline is
+decode + resize + min-max + forward + softmax and nothing else.
+
+    python benchmarks/bench_serve.py [--run RUN] [--quick]
+
+Without ``--run`` a cnn-small is trained for one epoch on ``synthetic:chest2d`` at 224x224 first.
+``--quick``: 10 s of load and fewer latency samples. Results go to BENCHMARKS.md (section "serve").
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from fastapi import Request  # module level: FastAPI resolves the endpoint's string annotation here
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+# ------------------------------------------------------------------------------------------------
+# the baseline: the same weights behind one FastAPI endpoint, plain torch
+# ------------------------------------------------------------------------------------------------
+def baseline_app(run_dir: str, model: str | None):
+    import numpy as np
+    import torch
+    from fastapi import FastAPI
+    from PIL import Image
+
+    from medlens.runs import RunDir, read_json
+    from medlens.serving.predictor import _build_network, choose_model
+
+    run = RunDir(run_dir)
+    model_dir = run.model(choose_model(run, model))
+    info = read_json(model_dir.info)
+    net = _build_network(info, model_dir.weights).eval()
+    size = int(info["img_size"])
+    classes = info["class_names"]
+    app = FastAPI()
+
+    @app.post("/predict")
+    async def predict(request: Request):
+        data = await request.body()
+        img = np.asarray(Image.open(io.BytesIO(data)).convert("L"), dtype=np.float32)
+        x = torch.from_numpy(img)[None, None]
+        x = torch.nn.functional.interpolate(x, size=(size, size), mode="area")
+        x = (x - x.min()) / (x.max() - x.min() + 1e-8)
+        with torch.no_grad():
+            p = torch.softmax(net(x), dim=1)[0].tolist()
+        return {"probabilities": dict(zip(classes, p))}
+
+    @app.get("/healthz")
+    def healthz():
+        return {"status": "ok"}
+
+    return app
+
+
+# ------------------------------------------------------------------------------------------------
+# helpers
+# ------------------------------------------------------------------------------------------------
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_up(url: str, proc: subprocess.Popen, timeout: float = 180) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        try:
+            if httpx.get(url + "/healthz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    raise RuntimeError(f"{url} did not come up")
+
+
+def rss_mb(pid: int) -> float | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+class RssSampler(threading.Thread):
+    def __init__(self, pid: int, every: float = 0.5):
+        super().__init__(daemon=True)
+        self.pid, self.every, self.samples, self.stop = pid, every, [], threading.Event()
+
+    def run(self):
+        while not self.stop.is_set():
+            v = rss_mb(self.pid)
+            if v is not None:
+                self.samples.append((time.monotonic(), v))
+            self.stop.wait(self.every)
+
+
+def percentile(values: list[float], q: float) -> float:
+    s = sorted(values)
+    k = min(len(s) - 1, max(0, round(q / 100 * (len(s) - 1))))
+    return s[k]
+
+
+def latency(post, n: int) -> tuple[float, float]:
+    times = []
+    for _ in range(n):
+        t = time.perf_counter()
+        r = post()
+        times.append((time.perf_counter() - t) * 1000)
+        if r.status_code != 200:
+            raise RuntimeError(f"HTTP {r.status_code}: {r.text[:200]}")
+    return percentile(times, 50), percentile(times, 95)
+
+
+def throughput(make_post, clients: int, seconds: float) -> tuple[float, int, int]:
+    """(successful requests per second, successes, failures) with ``clients`` closed-loop clients."""
+    ok, bad, lock = [0], [0], threading.Lock()
+    stop_at = time.monotonic() + seconds
+
+    def worker():
+        post = make_post()
+        while time.monotonic() < stop_at:
+            try:
+                good = post().status_code == 200
+            except Exception:  # noqa: BLE001
+                good = False
+            with lock:
+                (ok if good else bad)[0] += 1
+
+    threads = [threading.Thread(target=worker) for _ in range(clients)]
+    t0 = time.monotonic()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return ok[0] / (time.monotonic() - t0), ok[0], bad[0]
+
+
+def png_224() -> bytes:
+    import numpy as np
+    from PIL import Image
+
+    from medlens.data.sources.synthetic import open_synthetic
+
+    img = open_synthetic("chest2d").load(0).image[0]
+    img = np.asarray(Image.fromarray(img.astype(np.uint8)).resize((224, 224), Image.BILINEAR))
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def train_default(out: Path) -> Path:
+    cmd = [sys.executable, "-m", "medlens.cli.main", "train", "synthetic:chest2d", "--model", "cnn-small", "--epochs", "1",
+           "--img-size", "224", "--max-samples", "64", "--out", str(out), "--no-progress"]
+    subprocess.run(cmd, check=True, cwd=ROOT)
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--run", type=Path, help="run directory (default: train a cnn-small at 224x224 first)")
+    ap.add_argument("--model")
+    ap.add_argument("--quick", action="store_true", help="10 s of load, fewer latency samples")
+    ap.add_argument("--clients", type=int, default=16)
+    ap.add_argument("--seconds", type=float, default=None, help="load duration (default 60, --quick 10)")
+    ap.add_argument("--no-record", action="store_true", help="print only; do not write BENCHMARKS.md")
+    ap.add_argument("--baseline-server", nargs=2, metavar=("RUN", "PORT"), help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+
+    if args.baseline_server:  # child process: the plain-torch endpoint
+        import uvicorn
+
+        run, port = args.baseline_server
+        uvicorn.run(baseline_app(run, args.model), host="127.0.0.1", port=int(port), log_level="warning")
+        return 0
+
+    import httpx
+
+    seconds = args.seconds or (10.0 if args.quick else 60.0)
+    n_lat, n_heat = (30, 8) if args.quick else (200, 50)
+    tmp = Path(tempfile.mkdtemp(prefix="medlens-bench-serve-"))
+    run = args.run or train_default(tmp / "run")
+    data = png_224()
+    env = {**os.environ, "MEDLENS_PSEUDONYM_KEY": "bench"}
+
+    mport, bport = free_port(), free_port()
+    mcmd = [sys.executable, "-m", "medlens.cli.main", "serve", str(run), "--port", str(mport), "--audit-db", str(tmp / "audit.sqlite"),
+            "--store-dir", str(tmp / "store"), "--log-level", "warning"] + (["--model", args.model] if args.model else [])
+    bcmd = [sys.executable, str(Path(__file__).resolve()), "--baseline-server", str(run), str(bport)] + (["--model", args.model] if args.model else [])
+    mproc = subprocess.Popen(mcmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    bproc = subprocess.Popen(bcmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    murl, burl = f"http://127.0.0.1:{mport}", f"http://127.0.0.1:{bport}"
+    results: dict[str, object] = {}
+    try:
+        wait_up(murl, mproc)
+        wait_up(burl, bproc)
+        sampler = RssSampler(mproc.pid)
+        sampler.start()
+        client_m, client_b = httpx.Client(base_url=murl, timeout=120), httpx.Client(base_url=burl, timeout=120)
+
+        def m_post(explain=False, client=client_m):
+            return client.post(f"/v1/predictions?explain={str(explain).lower()}", content=data, headers={"Content-Type": "image/png"})
+
+        def b_post(client=client_b):
+            return client.post("/predict", content=data, headers={"Content-Type": "image/png"})
+
+        for _ in range(3):  # warm-up
+            m_post(), m_post(True), b_post()
+        results["medlens"] = latency(m_post, n_lat)
+        results["medlens_heatmap"] = latency(lambda: m_post(True), n_heat)
+        results["baseline"] = latency(b_post, n_lat)
+
+        def make_m():
+            c = httpx.Client(base_url=murl, timeout=120)
+            return lambda: m_post(client=c)
+
+        def make_b():
+            c = httpx.Client(base_url=burl, timeout=120)
+            return lambda: b_post(client=c)
+
+        model_id = client_m.get("/v1/models").json()[0]["id"]
+        t_load = time.monotonic()
+        results["tp_medlens"] = throughput(make_m, args.clients, seconds)
+        t_load_end = time.monotonic()
+        results["tp_baseline"] = throughput(make_b, args.clients, seconds)
+        sampler.stop.set()
+        sampler.join()
+        rss = [v for _, v in sampler.samples]
+        # flatness is judged under load: the medlens load phase after its first second (threads started)
+        loaded = [v for t, v in sampler.samples if t_load + 1.0 <= t <= t_load_end] or rss
+    finally:
+        for p in (mproc, bproc):
+            p.terminate()
+        for p in (mproc, bproc):
+            try:
+                p.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+    q = max(1, len(loaded) // 4)
+    first, last = statistics.mean(loaded[:q]), statistics.mean(loaded[-q:])
+    growth = last - first
+    flat = abs(growth) < max(20.0, 0.05 * first)
+    m50, m95 = results["medlens"]
+    h50, h95 = results["medlens_heatmap"]
+    b50, b95 = results["baseline"]
+    tpm, okm, badm = results["tp_medlens"]
+    tpb, okb, badb = results["tp_baseline"]
+    load = os.getloadavg()[0]
+    body = f"""
+One 224x224 PNG, model `{model_id}` of run `{run}`; {args.clients} concurrent clients for {seconds:g} s; {"--quick" if args.quick else "full"} run.
+Load average at the end: {load:.1f} on {os.cpu_count()} cores (the machine may be shared: figures are upper bounds on latency).
+
+| | p50 (ms) | p95 (ms) | throughput (pred/s) | errors under load |
+|---|---:|---:|---:|---:|
+| medlens, no heatmap | {m50:.1f} | {m95:.1f} | {tpm:.1f} ({okm} in {seconds:g} s) | {badm} |
+| medlens, with heatmap | {h50:.1f} | {h95:.1f} | | |
+| plain torch FastAPI baseline | {b50:.1f} | {b95:.1f} | {tpb:.1f} ({okb} in {seconds:g} s) | {badb} |
+
+Target p50 <= 50 ms without heatmap: {"met" if m50 <= 50 else "NOT met"} ({m50:.1f} ms).
+medlens server resident memory (sampled every 0.5 s across the run): start {rss[0]:.0f} MB, max {max(rss):.0f} MB, end {rss[-1]:.0f} MB.
+Under load ({len(loaded)} samples): first-quarter mean {first:.0f} MB, last-quarter mean {last:.0f} MB ({growth:+.0f} MB): {"flat" if flat else "GROWING"}.
+"""
+    print(body)
+    if not args.no_record:
+        from benchmarks._record import record_section
+
+        record_section("serve", "Serving: latency, throughput, memory (bench_serve.py)", body)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,587 @@
+"""The REST API and web page of `medlens serve`: :func:`create_app` builds the FastAPI app.
+
+Endpoints (OpenAPI schema at ``/openapi.json``, docs at ``/docs``):
+
+* ``POST /v1/predictions`` — multipart upload (field ``file``: DICOM, NIfTI, PNG or JPEG), a raw
+  body (``Content-Type: application/dicom``, ``image/png`` ...), or JSON
+  ``{"study_instance_uid": ..., "series_instance_uid": ...?}`` fetched from the PACS over DICOMweb
+  WADO-RS. Query ``explain=true`` adds a heatmap. Answers the prediction as JSON with its ``id``.
+* ``GET /v1/predictions`` (recent), ``/v1/predictions/{id}``, ``.../heatmap.png`` (``?alpha=``;
+  ``?layer=heatmap`` for the colour layer alone), ``.../image.png``, ``.../fhir`` (FHIR R4
+  DiagnosticReport), ``.../sr`` (DICOM SR; 409 when the input was not DICOM).
+* ``GET /v1/models``, ``GET /v1/pacs/studies`` (QIDO-RS, when a PACS is configured),
+  ``GET /healthz`` (liveness, never needs a key), ``GET /readyz`` (model, audit log and store usable).
+* ``/`` and ``/static/*``: the web page (plain HTML + JS; it holds no data and asks for the key).
+
+Safety: API keys checked (sha256, constant time) on every endpoint but ``/healthz`` and the static
+page when keys are configured; request bodies over the limit get 413 before they are parsed;
+content is sniffed (not an image: 415); every error is JSON ``{"error": CODE, "detail": TEXT}``
+and never a 5xx for bad input. Every prediction is written to the audit log (durable commit)
+before its response is sent; if that fails the prediction is not returned (503). Logs name
+predictions by id, inputs by hash prefix and patients by pseudonym only.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import secrets
+import threading
+from pathlib import Path
+from typing import Any
+
+import pydicom
+from fastapi import FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from medlens import __version__
+from medlens.errors import MedlensError
+from medlens.serving.audit import AuditLog, hash_identifier
+from medlens.serving.settings import ServeSettings, match_key
+from medlens.serving.store import PredictionStore, StoredPrediction
+
+log = logging.getLogger("medlens.serve")
+
+STATIC_DIR = Path(__file__).parent / "static"
+OPEN_PATHS = {"/healthz", "/", "/favicon.ico"}
+OPEN_PREFIXES = ("/static/",)
+RAW_TYPES = ("application/dicom", "application/octet-stream", "image/", "application/gzip", "application/x-gzip")
+# Libraries whose INFO/DEBUG lines name DICOM UIDs or URLs holding them (highdicom: "copy attributes of
+# dataset UID"; httpx: the WADO-RS URL): quieted to WARNING so that logs hold pseudonyms only.
+CHATTY_LOGGERS = ("highdicom", "pydicom", "httpx", "httpcore", "PIL", "multipart", "python_multipart")
+DRAIN_CAP = 512 * 1024 * 1024  # an oversized body is read and discarded up to this much, then the connection closes
+
+
+class ApiError(Exception):
+    """An error answered as JSON ``{"error": code, "detail": detail}`` with ``status``."""
+
+    def __init__(self, status: int, code: str, detail: str, **extra: Any):
+        self.status, self.code, self.detail, self.extra = status, code, detail, extra
+        super().__init__(detail)
+
+    def response(self) -> JSONResponse:
+        return JSONResponse({"error": self.code, "detail": self.detail, **self.extra}, status_code=self.status)
+
+
+def _json_error(status: int, code: str, detail: str, headers: dict | None = None) -> JSONResponse:
+    return JSONResponse({"error": code, "detail": detail}, status_code=status, headers=headers)
+
+
+# ------------------------------------------------------------------------------------------------
+# ASGI middleware: API keys and the upload size limit, before any routing or parsing
+# ------------------------------------------------------------------------------------------------
+class GuardMiddleware:
+    """Checks the API key (when keys are configured) and refuses bodies over ``max_bytes`` (413)."""
+
+    def __init__(self, app, *, key_hashes: dict[str, str], max_bytes: int):
+        self.app = app
+        self.key_hashes = key_hashes
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        state = scope.setdefault("state", {})
+        state["key_id"] = None
+        path = scope.get("path", "")
+        if self.key_hashes and path not in OPEN_PATHS and not path.startswith(OPEN_PREFIXES):
+            presented = headers.get("x-api-key") or ""
+            auth = headers.get("authorization", "")
+            if not presented and auth[:7].lower() == "bearer ":
+                presented = auth[7:].strip()
+            key_id = match_key(presented, self.key_hashes) if presented else None
+            if key_id is None:
+                await self._drain(receive)
+                detail = "invalid API key" if presented else "an API key is required (header X-API-Key or Authorization: Bearer)"
+                return await _json_error(401, "unauthorized", detail, {"WWW-Authenticate": "Bearer"})(scope, receive, send)
+            state["key_id"] = key_id
+        if scope.get("method") in ("POST", "PUT", "PATCH"):
+            length = headers.get("content-length")
+            if length is not None:
+                if not length.isdigit():
+                    return await _json_error(400, "bad_request", "invalid Content-Length")(scope, receive, send)
+                if int(length) > self.max_bytes:
+                    await self._drain(receive)
+                    return await self._too_large(scope, receive, send)
+            else:  # chunked: read up to the limit, then replay what was read
+                chunks, size, more = [], 0, True
+                while more:
+                    message = await receive()
+                    if message["type"] != "http.request":
+                        return
+                    chunks.append(message.get("body", b""))
+                    size += len(chunks[-1])
+                    more = message.get("more_body", False)
+                    if size > self.max_bytes:
+                        if more:
+                            await self._drain(receive)
+                        return await self._too_large(scope, receive, send)
+                body = b"".join(chunks)
+                receive = _replay(body, receive)
+        return await self.app(scope, receive, send)
+
+    async def _too_large(self, scope, receive, send):
+        mb = self.max_bytes / 1024 / 1024
+        return await _json_error(413, "too_large", f"the upload is larger than the limit of {mb:.3g} MB")(scope, receive, send)
+
+    @staticmethod
+    async def _drain(receive) -> None:
+        """Read and discard the request body (bounded), so the client gets our answer, not a reset."""
+        size = 0
+        while size < DRAIN_CAP:
+            message = await receive()
+            if message["type"] != "http.request":
+                return
+            size += len(message.get("body", b""))
+            if not message.get("more_body", False):
+                return
+
+
+def _replay(body: bytes, receive):
+    sent = False
+
+    async def replay():
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
+
+
+# ------------------------------------------------------------------------------------------------
+# the service: predictor + audit log + store
+# ------------------------------------------------------------------------------------------------
+class Service:
+    """What the endpoints share: the loaded model, the audit log, the store, the PACS client."""
+
+    def __init__(self, settings: ServeSettings, predictor=None):
+        from medlens.serving.predictor import PSEUDONYM_KEY_ENV, Predictor
+
+        self.settings = settings
+        self.key = settings.pseudonym_key or os.environ.get(PSEUDONYM_KEY_ENV) or secrets.token_hex(16)
+        if not (settings.pseudonym_key or os.environ.get(PSEUDONYM_KEY_ENV)):
+            log.warning("no pseudonym key set ($%s): hashed identifiers cannot be linked across restarts", PSEUDONYM_KEY_ENV)
+        self.predictor = predictor or Predictor.from_run(
+            settings.run_dir, settings.model, uncertainty=settings.uncertainty, pseudonym_key=self.key
+        )
+        self.audit = AuditLog(settings.resolved_audit_url())
+        self.store = PredictionStore(settings.resolved_store_dir(), memory=settings.store_memory, disk=settings.store_disk)
+        self.audit_lock = threading.Lock()  # one SQLite writer at a time: no 'database is locked' under bursts
+        self.pacs = DicomWebClient(settings.pacs_url, timeout=settings.pacs_timeout) if settings.pacs_url else None
+
+    # -- predicting ---------------------------------------------------------------------------------
+    def predict_bytes(self, data: bytes, filename: str, explain: bool, key_id: str | None, client: str | None) -> dict:
+        from medlens.serving.predictor import UnsupportedMediaError
+
+        if not data:
+            raise ApiError(400, "empty", "the upload is empty", file=filename)
+        try:
+            result = self.predictor.predict_bytes(data, filename, explain=explain)
+        except UnsupportedMediaError as e:
+            raise ApiError(415, "unsupported_media", e.problem, file=filename) from None
+        except MedlensError as e:
+            raise ApiError(422, "bad_input", e.problem, file=filename) from None
+        except Exception as e:  # noqa: BLE001
+            # Corrupt content that the readers (pydicom, nibabel, Pillow) did not turn into a MedlensError,
+            # e.g. pydicom's BytesLengthException or nibabel's HeaderDataError: the input's fault, a 4xx.
+            log.warning("unreadable upload (%s.%s)", type(e).__module__, type(e).__name__)
+            raise ApiError(422, "unreadable", f"the file could not be read as an image ({type(e).__name__})", file=filename) from None
+        return self.finish(result, [filename], key_id, client)
+
+    def predict_study(self, study_uid: str, series_uid: str | None, explain: bool, key_id: str | None, client: str | None) -> dict:
+        if self.pacs is None:
+            raise ApiError(400, "no_pacs", "no PACS configured (start the service with --pacs-url)")
+        datasets = self.pacs.fetch_series(study_uid, series_uid)
+        try:
+            result = self.predictor.predict_dicom(datasets, explain=explain)
+        except MedlensError as e:
+            raise ApiError(422, "bad_input", e.problem) from None
+        except Exception as e:  # noqa: BLE001 - as for uploads: unreadable content is a 4xx
+            log.warning("unreadable PACS study (%s.%s)", type(e).__module__, type(e).__name__)
+            raise ApiError(422, "unreadable", f"the study could not be read as an image ({type(e).__name__})") from None
+        return self.finish(result, [study_uid, series_uid or ""], key_id, client)
+
+    def finish(self, result, names: list[str], key_id: str | None, client: str | None) -> dict:
+        """Audit (durably) and store one prediction; returns its JSON answer."""
+        pred = result.prediction
+        src = pred.source
+        identifiers = [n for n in [*names, src.study_instance_uid, src.series_instance_uid, *src.sop_instance_uids] if n]
+        try:
+            with self.audit_lock:
+                self.audit.record(
+                    prediction_id=pred.id,
+                    input_hash=src.input_sha256,
+                    input_ids_hashed=[hash_identifier(n, self.key) for n in identifiers],
+                    model=pred.model,
+                    model_sha256=pred.model_sha256,
+                    output=self.audit_output(pred),
+                    key_id=key_id,
+                    client=client,
+                )
+        except Exception as e:  # noqa: BLE001 - whatever the database says, the prediction must not go out
+            log.error("audit log write failed (%s): prediction %s withheld", type(e).__name__, pred.id)
+            raise ApiError(503, "audit_unavailable", "the audit log could not record the prediction; it was not returned") from None
+        display, heat = result.heatmap_slice()
+        try:
+            self.store.put(pred, display, result.sources, heatmap=heat)
+        except Exception as e:  # noqa: BLE001 - recorded already: answer it, even if the store cannot keep it
+            log.warning("prediction %s not kept in the store (%s)", pred.id, type(e).__name__)
+        log.info(
+            "prediction %s: model %s, input %s, patient %s, finding %s p=%.3f%s",
+            pred.id, pred.model, src.input_sha256[:12], src.patient_pseudonym or "-", pred.finding, pred.confidence,
+            " ABSTAIN" if pred.abstain else "",
+        )
+        return _with_links(pred.to_json())
+
+    def audit_output(self, pred) -> dict:
+        """The prediction as the audit log keeps it: source identifiers hashed, never raw."""
+        out = pred.to_json()
+        src = dict(out["source"])
+        for k in ("study_instance_uid", "series_instance_uid"):
+            if src.get(k):
+                src[k] = hash_identifier(src[k], self.key)
+        src["sop_instance_uids"] = [hash_identifier(u, self.key) for u in src.get("sop_instance_uids") or []]
+        out["source"] = src
+        return out
+
+    # -- reading back --------------------------------------------------------------------------------
+    def entry(self, prediction_id: str) -> StoredPrediction:
+        entry = self.store.get(prediction_id)
+        if entry is None:
+            raise ApiError(404, "not_found", f"no prediction '{prediction_id}' (unknown, or no longer kept)")
+        return entry
+
+    def ready(self) -> dict:
+        checks = {"model": self.predictor is not None}
+        try:
+            self.audit.recent(1)
+            checks["audit_log"] = True
+        except Exception:  # noqa: BLE001
+            checks["audit_log"] = False
+        root = self.store.root
+        checks["store"] = root is None or os.access(root, os.W_OK)
+        return checks
+
+
+def _with_links(d: dict) -> dict:
+    base = f"/v1/predictions/{d['id']}"
+    d["links"] = {"self": base, "heatmap": f"{base}/heatmap.png", "image": f"{base}/image.png", "fhir": f"{base}/fhir", "sr": f"{base}/sr"}
+    return d
+
+
+# ------------------------------------------------------------------------------------------------
+# renderings
+# ------------------------------------------------------------------------------------------------
+def _png_layers(entry: StoredPrediction) -> tuple[bytes, bytes | None]:
+    from medlens.serving.overlay import overlay_png
+
+    if entry.display_image is None:
+        raise MedlensError("the prediction has no display image")
+
+    def make():
+        grey = overlay_png(entry.display_image, None)
+        layer = overlay_png(entry.display_image, entry.heatmap, alpha=1.0) if entry.heatmap is not None else None
+        return grey, layer
+
+    return entry.rendered("png_layers", make)
+
+
+def _blend_png(grey_png: bytes, layer_png: bytes, alpha: float) -> bytes:
+    """(1 - alpha) * grey + alpha * colour layer, as :func:`medlens.serving.overlay.overlay_rgb` blends."""
+    from PIL import Image
+
+    grey, layer = Image.open(io.BytesIO(grey_png)).convert("RGB"), Image.open(io.BytesIO(layer_png)).convert("RGB")
+    buf = io.BytesIO()
+    Image.blend(grey, layer, alpha).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _sr_bytes(entry: StoredPrediction) -> bytes:
+    from medlens.serving.sr import structured_report
+
+    def make():
+        sr = structured_report(entry.prediction, entry.sources)
+        buf = io.BytesIO()
+        sr.save_as(buf, enforce_file_format=True)
+        return buf.getvalue()
+
+    return entry.rendered("sr", make)
+
+
+# ------------------------------------------------------------------------------------------------
+# DICOMweb (PACS) client: QIDO-RS study list, WADO-RS series retrieval
+# ------------------------------------------------------------------------------------------------
+class DicomWebClient:
+    """A minimal DICOMweb client for an Orthanc (or any PACS) DICOMweb root URL."""
+
+    def __init__(self, url: str, *, timeout: float = 30.0):
+        self.url = url.rstrip("/")
+        self.timeout = timeout
+
+    def _get(self, path: str, accept: str, params: dict | None = None):
+        import httpx
+
+        try:
+            r = httpx.get(f"{self.url}{path}", headers={"Accept": accept}, params=params, timeout=self.timeout)
+        except httpx.HTTPError as e:
+            raise ApiError(502, "pacs_unreachable", f"the PACS did not answer ({type(e).__name__})") from None
+        if r.status_code == 404:
+            raise ApiError(404, "not_in_pacs", "the PACS has no such study or series")
+        if r.status_code >= 400:
+            raise ApiError(502, "pacs_error", f"the PACS answered HTTP {r.status_code}")
+        return r
+
+    def studies(self, limit: int = 50) -> list[dict]:
+        r = self._get("/studies", "application/dicom+json", {"limit": str(limit), "includefield": "StudyDescription,ModalitiesInStudy,StudyDate"})
+        out = []
+        for item in (r.json() if r.content else []):
+            ds = pydicom.Dataset.from_json(item)
+            mods = ds.get("ModalitiesInStudy", [])
+            out.append({
+                "study_instance_uid": str(ds.get("StudyInstanceUID", "")),
+                "date": str(ds.get("StudyDate", "")),
+                "modalities": [str(m) for m in mods] if isinstance(mods, (list, pydicom.multival.MultiValue)) else [str(mods)],
+                "description": str(ds.get("StudyDescription", "")),
+            })
+        return out
+
+    def fetch_series(self, study_uid: str, series_uid: str | None = None) -> list[pydicom.Dataset]:
+        """The instances of one series of the study (``series_uid``, else the largest image series)."""
+        path = f"/studies/{study_uid}" + (f"/series/{series_uid}" if series_uid else "")
+        r = self._get(path, 'multipart/related; type="application/dicom"')
+        datasets = []
+        for part in _multipart_parts(r.content, r.headers.get("content-type", "")):
+            try:
+                datasets.append(pydicom.dcmread(io.BytesIO(part), force=True))
+            except Exception:  # noqa: BLE001
+                raise ApiError(502, "pacs_error", "the PACS sent an instance that is not readable DICOM") from None
+        series: dict[str, list[pydicom.Dataset]] = {}
+        for ds in datasets:
+            if "PixelData" in ds or "FloatPixelData" in ds:
+                series.setdefault(str(ds.get("SeriesInstanceUID", "")), []).append(ds)
+        if not series:
+            raise ApiError(422, "no_images", "the study holds no image instances")
+        return max(series.values(), key=len)
+
+
+def _multipart_parts(body: bytes, content_type: str) -> list[bytes]:
+    """The bodies of a multipart/related response (WADO-RS)."""
+    boundary = None
+    for piece in content_type.split(";"):
+        k, _, v = piece.strip().partition("=")
+        if k.lower() == "boundary":
+            boundary = v.strip().strip('"')
+    if not boundary:
+        raise ApiError(502, "pacs_error", "the PACS answer is not multipart/related")
+    parts = []
+    for chunk in body.split(b"--" + boundary.encode())[1:]:
+        if chunk.startswith(b"--"):
+            break
+        _, sep, content = chunk.partition(b"\r\n\r\n")
+        if sep:
+            parts.append(content[:-2] if content.endswith(b"\r\n") else content)
+    return parts
+
+
+# ------------------------------------------------------------------------------------------------
+# the app
+# ------------------------------------------------------------------------------------------------
+UPLOAD_SCHEMA = {
+    "required": True,
+    "content": {
+        "multipart/form-data": {
+            "schema": {"type": "object", "required": ["file"], "properties": {
+                "file": {"type": "string", "format": "binary", "description": "DICOM, NIfTI, PNG or JPEG"},
+                "explain": {"type": "boolean"}}}
+        },
+        "application/json": {
+            "schema": {"type": "object", "required": ["study_instance_uid"], "properties": {
+                "study_instance_uid": {"type": "string"}, "series_instance_uid": {"type": "string"}, "explain": {"type": "boolean"}}}
+        },
+        "application/dicom": {"schema": {"type": "string", "format": "binary"}},
+        "image/png": {"schema": {"type": "string", "format": "binary"}},
+    },
+}
+
+
+def _truthy(v: Any) -> bool:
+    return str(v).strip().lower() in ("1", "true", "yes", "on")
+
+
+def create_app(settings: ServeSettings, *, predictor=None) -> FastAPI:
+    """The FastAPI app for ``settings`` (loads and verifies the model bundle; opens the audit log)."""
+    for name in CHATTY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+    service = Service(settings, predictor)
+    app = FastAPI(
+        title="medlens",
+        version=__version__,
+        description="AI findings on medical images, with heatmap, uncertainty, DICOM SR and FHIR. AI results are to be confirmed by a clinician.",
+    )
+    app.state.service = service
+    app.state.settings = settings
+
+    @app.exception_handler(ApiError)
+    async def _api_error(_request, exc: ApiError):
+        return exc.response()
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_request, exc: StarletteHTTPException):
+        return _json_error(exc.status_code, "http_error", str(exc.detail), getattr(exc, "headers", None))
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_request, exc: RequestValidationError):
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(x) for x in first.get("loc", ()))
+        return _json_error(422, "invalid_request", f"{where}: {first.get('msg', 'invalid request')}")
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_request, exc: Exception):
+        log.error("internal error (%s)", type(exc).__name__, exc_info=log.isEnabledFor(logging.DEBUG))
+        return _json_error(500, "internal", "internal error")
+
+    # -- health ------------------------------------------------------------------------------------
+    @app.get("/healthz", tags=["health"], summary="Liveness (no key needed)")
+    def healthz():
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["health"], summary="Readiness: model loaded, audit log and store usable")
+    def readyz():
+        checks = service.ready()
+        ok = all(checks.values())
+        return JSONResponse({"status": "ready" if ok else "not ready", "checks": checks}, status_code=200 if ok else 503)
+
+    # -- models --------------------------------------------------------------------------------------
+    @app.get("/v1/models", tags=["models"], summary="The served model")
+    def models():
+        p = service.predictor
+        return [{
+            "id": p.model_id, "sha256": p.model_sha256, "kind": p.kind, "task": p.task, "class_names": p.class_names,
+            "dims": p.dims, "img_size": p.info.get("img_size"), "modality": p.modality,
+            "uncertainty_method": p.abstention.method,
+        }]
+
+    # -- predictions ---------------------------------------------------------------------------------
+    @app.post("/v1/predictions", tags=["predictions"], summary="Predict for an uploaded image or a PACS study",
+              openapi_extra={"requestBody": UPLOAD_SCHEMA})
+    async def create_prediction(request: Request, explain: bool = False):
+        key_id = request.state.key_id
+        client = request.client.host if request.client else None
+        ctype = request.headers.get("content-type", "").lower()
+        if ctype.startswith("multipart/form-data"):
+            form = await request.form(max_files=1, max_fields=5)
+            upload = form.get("file")
+            if not isinstance(upload, UploadFile):
+                raise ApiError(400, "no_file", "a multipart upload needs a file in the field 'file'")
+            data = await upload.read()
+            filename = upload.filename or "upload"
+            explain = explain or _truthy(form.get("explain", ""))
+            await form.close()
+            return await run_in_threadpool(service.predict_bytes, data, filename, explain, key_id, client)
+        if ctype.startswith("application/json"):
+            try:
+                body = json.loads(await request.body())
+            except ValueError:
+                raise ApiError(400, "bad_json", "the body is not valid JSON") from None
+            uid = body.get("study_instance_uid") if isinstance(body, dict) else None
+            if not isinstance(uid, str) or not uid.strip() or len(uid) > 64 or not all(c.isdigit() or c == "." for c in uid):
+                raise ApiError(422, "bad_request", "JSON body needs 'study_instance_uid': a DICOM UID (digits and dots)")
+            series = body.get("series_instance_uid")
+            if series is not None and (not isinstance(series, str) or not all(c.isdigit() or c == "." for c in series)):
+                raise ApiError(422, "bad_request", "'series_instance_uid' must be a DICOM UID")
+            explain = explain or bool(body.get("explain"))
+            return await run_in_threadpool(service.predict_study, uid.strip(), series, explain, key_id, client)
+        if ctype.startswith(RAW_TYPES) or not ctype:
+            data = await request.body()
+            filename = request.headers.get("x-filename", "upload")[:200]
+            return await run_in_threadpool(service.predict_bytes, data, filename, explain, key_id, client)
+        raise ApiError(415, "unsupported_media", f"unsupported Content-Type '{ctype.split(';')[0]}': send multipart/form-data, "
+                       "application/json (PACS study) or the image bytes")
+
+    @app.get("/v1/predictions", tags=["predictions"], summary="Recent predictions, newest first")
+    def recent(limit: int = 20):
+        return [_with_links(d) for d in service.store.recent(max(1, min(limit, 200)))]
+
+    @app.get("/v1/predictions/{prediction_id}", tags=["predictions"], summary="One prediction")
+    def get_prediction(prediction_id: str):
+        entry = service.entry(prediction_id)
+        return _with_links(entry.summary())
+
+    @app.get("/v1/predictions/{prediction_id}/heatmap.png", tags=["predictions"], summary="Heatmap over the image (PNG)",
+             response_class=Response, responses={200: {"content": {"image/png": {}}}})
+    def heatmap(prediction_id: str, alpha: float = 0.4, layer: str | None = None):
+        if not 0.0 <= alpha <= 1.0:
+            raise ApiError(422, "bad_request", "alpha must be in [0, 1]")
+        entry = service.entry(prediction_id)
+        if entry.heatmap is None:
+            raise ApiError(404, "no_heatmap", "this prediction was made without a heatmap (request it with explain=true)")
+        grey, colour = _png_layers(entry)
+        if layer == "heatmap":
+            return Response(colour, media_type="image/png")
+        png = entry.rendered(f"overlay{alpha:.3f}", lambda: _blend_png(grey, colour, alpha)) if alpha == 0.4 else _blend_png(grey, colour, alpha)
+        return Response(png, media_type="image/png")
+
+    @app.get("/v1/predictions/{prediction_id}/image.png", tags=["predictions"], summary="The image as the model saw it (PNG)",
+             response_class=Response, responses={200: {"content": {"image/png": {}}}})
+    def image(prediction_id: str):
+        return Response(_png_layers(service.entry(prediction_id))[0], media_type="image/png")
+
+    @app.get("/v1/predictions/{prediction_id}/fhir", tags=["predictions"], summary="FHIR R4 DiagnosticReport")
+    def fhir(prediction_id: str):
+        from medlens.serving.fhir import diagnostic_report
+
+        entry = service.entry(prediction_id)
+        report = entry.rendered("fhir", lambda: diagnostic_report(entry.prediction))
+        return JSONResponse(report, media_type="application/fhir+json")
+
+    @app.get("/v1/predictions/{prediction_id}/sr", tags=["predictions"], summary="DICOM SR (DICOM input only)",
+             response_class=Response, responses={200: {"content": {"application/dicom": {}}}, 409: {"description": "input was not DICOM"}})
+    def sr(prediction_id: str):
+        entry = service.entry(prediction_id)
+        if not entry.sources:
+            raise ApiError(409, "not_dicom", f"the input was {entry.prediction.source.kind}, not DICOM: a DICOM SR needs DICOM input")
+        try:
+            data = _sr_bytes(entry)
+        except MedlensError as e:
+            raise ApiError(422, "sr_failed", e.problem) from None
+        except Exception as e:  # noqa: BLE001 - source headers highdicom cannot use (e.g. a corrupt upload)
+            log.warning("SR for prediction %s failed (%s)", prediction_id, type(e).__name__)
+            raise ApiError(422, "sr_failed", f"no DICOM SR can be built from the input's headers ({type(e).__name__})") from None
+        return Response(data, media_type="application/dicom",
+                        headers={"Content-Disposition": f'attachment; filename="{prediction_id}-sr.dcm"'})
+
+    # -- PACS ------------------------------------------------------------------------------------------
+    @app.get("/v1/pacs/studies", tags=["pacs"], summary="Studies in the configured PACS (QIDO-RS)")
+    def pacs_studies(limit: int = 50):
+        if service.pacs is None:
+            raise ApiError(400, "no_pacs", "no PACS configured (start the service with --pacs-url)")
+        return service.pacs.studies(max(1, min(limit, 500)))
+
+    @app.get("/v1/config", tags=["models"], summary="What the web page needs to know")
+    def config():
+        return {"pacs": service.pacs is not None, "max_upload_mb": settings.max_upload_mb, "version": __version__}
+
+    # -- the web page ----------------------------------------------------------------------------------
+    @app.get("/", include_in_schema=False)
+    def index():
+        return FileResponse(STATIC_DIR / "index.html", media_type="text/html")
+
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+
+    app.add_middleware(GuardMiddleware, key_hashes=settings.key_hashes(), max_bytes=settings.max_upload_bytes)
+    if settings.cors_origins:  # outside the guard, so that preflight requests (which carry no key) are answered
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins), allow_methods=["GET", "POST"],
+                           allow_headers=["X-API-Key", "Authorization", "Content-Type"])
+    return app

@@ -1,0 +1,182 @@
+/* medlens web page: upload an image (or pick a PACS study), show the finding with the heatmap.
+   Every API call sends the key from this tab (sessionStorage) as X-API-Key when one is set;
+   images are fetched with the key and shown from blob URLs. */
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const state = { objectUrls: [] };
+
+function apiKey() { return sessionStorage.getItem("medlens-key") || ""; }
+
+async function api(path, options = {}) {
+  const headers = Object.assign({}, options.headers || {});
+  if (apiKey()) headers["X-API-Key"] = apiKey();
+  const response = await fetch(path, Object.assign({}, options, { headers }));
+  if (!response.ok) {
+    let detail = response.statusText;
+    try { const body = await response.json(); detail = body.detail || body.error || detail; } catch (_) { /* not JSON */ }
+    const error = new Error(`${response.status}: ${detail}`);
+    error.status = response.status;
+    throw error;
+  }
+  return response;
+}
+
+function setStatus(text, isError = false) {
+  $("status").textContent = text;
+  $("status").classList.toggle("error", isError);
+}
+
+function pct(x) { return (100 * x).toFixed(1) + " %"; }
+
+async function blobUrl(path) {
+  const url = URL.createObjectURL(await (await api(path)).blob());
+  state.objectUrls.push(url);
+  return url;
+}
+
+async function showPrediction(p) {
+  state.objectUrls.forEach((u) => URL.revokeObjectURL(u));
+  state.objectUrls = [];
+  $("result").hidden = false;
+  $("refer").hidden = !p.abstain;
+  $("refer-reason").textContent = p.abstain ? (p.abstain_reason || "") : "";
+  $("finding").textContent = p.finding;
+  $("probability").textContent = pct(p.confidence);
+  $("uncertainty").textContent = `${p.uncertainty.toFixed(3)} (${p.uncertainty_method})`;
+  $("used-model").textContent = p.model;
+  $("prediction-id").textContent = p.id;
+  const tbody = $("probabilities").querySelector("tbody");
+  tbody.replaceChildren();
+  for (const [name, prob] of Object.entries(p.probabilities)) {
+    const tr = document.createElement("tr");
+    tr.append(cell(name), cell(pct(prob)));
+    tbody.append(tr);
+  }
+  const base = `/v1/predictions/${p.id}`;
+  $("base-image").src = await blobUrl(`${base}/image.png`);
+  $("heat-layer").hidden = !p.has_heatmap;
+  $("opacity-box").hidden = !p.has_heatmap;
+  if (p.has_heatmap) $("heat-layer").src = await blobUrl(`${base}/heatmap.png?layer=heatmap`);
+  $("link-sr").hidden = p.source.kind !== "dicom";
+  $("link-fhir").dataset.path = `${base}/fhir`;
+  $("link-sr").dataset.path = `${base}/sr`;
+  document.body.dataset.prediction = p.id;
+}
+
+function cell(text) { const td = document.createElement("td"); td.textContent = text; return td; }
+
+async function download(event) {
+  event.preventDefault();
+  const path = event.target.dataset.path;
+  if (!path) return;
+  try {
+    const url = await blobUrl(path);
+    const a = document.createElement("a");
+    a.href = url;
+    a.download = path.endsWith("/sr") ? "medlens-sr.dcm" : "medlens-fhir.json";
+    a.click();
+  } catch (e) { setStatus(e.message, true); }
+}
+
+async function submitUpload(event) {
+  event.preventDefault();
+  const file = $("file").files[0];
+  if (!file) { setStatus("choose a file first", true); return; }
+  const form = new FormData();
+  form.append("file", file);
+  await predict(`/v1/predictions?explain=${$("explain").checked}`, { method: "POST", body: form });
+}
+
+async function submitStudy() {
+  const uid = $("pacs-studies").value;
+  if (!uid) return;
+  await predict(`/v1/predictions?explain=${$("explain").checked}`, {
+    method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ study_instance_uid: uid }),
+  });
+}
+
+async function predict(path, options) {
+  $("submit").disabled = true;
+  setStatus("analysing ...");
+  try {
+    const p = await (await api(path, options)).json();
+    await showPrediction(p);
+    setStatus("done");
+    await loadRecent();
+  } catch (e) {
+    setStatus(e.message, true);
+  } finally {
+    $("submit").disabled = false;
+  }
+}
+
+async function loadRecent() {
+  const tbody = $("recent").querySelector("tbody");
+  try {
+    const items = await (await api("/v1/predictions?limit=20")).json();
+    tbody.replaceChildren();
+    for (const p of items) {
+      const tr = document.createElement("tr");
+      if (p.abstain) tr.className = "abstain";
+      const button = document.createElement("button");
+      button.textContent = "show";
+      button.addEventListener("click", async () => {
+        try { await showPrediction(await (await api(`/v1/predictions/${p.id}`)).json()); } catch (e) { setStatus(e.message, true); }
+      });
+      const actions = document.createElement("td");
+      actions.append(button);
+      tr.append(cell(p.created.replace("T", " ").replace("+00:00", " UTC")), cell(p.source.kind),
+                cell(p.abstain ? `${p.finding} (refer)` : p.finding), cell(p.confidence.toFixed(3)), actions);
+      tbody.append(tr);
+    }
+  } catch (e) {
+    if (e.status === 401) setStatus("enter an API key to use this service", true);
+  }
+}
+
+async function loadConfig() {
+  try {
+    const config = await (await api("/v1/config")).json();
+    const models = await (await api("/v1/models")).json();
+    $("model").textContent = models.map((m) => `${m.id} (${m.sha256.slice(0, 12)})`).join(", ");
+    if (config.pacs) {
+      $("pacs").hidden = false;
+      const studies = await (await api("/v1/pacs/studies")).json();
+      const select = $("pacs-studies");
+      select.replaceChildren();
+      for (const s of studies) {
+        const option = document.createElement("option");
+        option.value = s.study_instance_uid;
+        option.textContent = `${s.date || "?"} ${s.modalities.join("/")} ${s.description || s.study_instance_uid}`;
+        select.append(option);
+      }
+    }
+  } catch (e) {
+    if (e.status === 401) { $("key-box").open = true; setStatus("enter an API key to use this service", true); }
+    else setStatus(e.message, true);
+  }
+}
+
+function init() {
+  $("api-key").value = apiKey();
+  $("api-key").addEventListener("change", () => {
+    sessionStorage.setItem("medlens-key", $("api-key").value.trim());
+    setStatus("");
+    loadConfig();
+    loadRecent();
+  });
+  $("opacity").addEventListener("input", () => {
+    const v = Number($("opacity").value);
+    $("heat-layer").style.opacity = String(v / 100);
+    $("opacity-value").textContent = `${v}%`;
+  });
+  $("upload-form").addEventListener("submit", submitUpload);
+  $("pacs-submit").addEventListener("click", submitStudy);
+  $("link-fhir").addEventListener("click", download);
+  $("link-sr").addEventListener("click", download);
+  loadConfig();
+  loadRecent();
+}
+
+document.addEventListener("DOMContentLoaded", init);

@@ -1,0 +1,195 @@
+"""Recent predictions, kept for the REST API's follow-up requests (JSON, heatmap PNG, SR, FHIR).
+
+Two bounded levels: the most recent ``memory`` predictions in memory, the most recent ``disk``
+ones in a folder (mode 0700; it holds DICOM headers of the inputs, so it is as sensitive as the
+images themselves). Per prediction the folder holds what every rendering is made from:
+
+* ``prediction.json``: :meth:`Prediction.to_json`;
+* ``arrays.npz``: the display image and the heatmap (uint8, 0-255);
+* ``source_NNNN.dcm``: the headers (no pixel data) of the source DICOM instances, the SR's evidence.
+
+Renderings (PNGs, FHIR, SR) are made on first request and cached in memory, so a prediction
+costs no rendering time unless someone asks for it. The audit log, not this store, is the
+durable record; the store may lose its newest entries in a crash.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import re
+import shutil
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pydicom
+
+from medlens.errors import MedlensError
+from medlens.serving.prediction import Prediction, SourceInfo
+
+ID_PATTERN = re.compile(r"^[0-9a-f]{32}$")
+
+
+@dataclass
+class StoredPrediction:
+    """One prediction with what its renderings need, and the renderings made so far."""
+
+    prediction: Prediction  # without its heatmap (kept 2D in ``heatmap``)
+    display_image: np.ndarray | None  # 2D float in [0, 1]
+    heatmap: np.ndarray | None = None  # 2D float in [0, 1], the display image's slice
+    sources: list[pydicom.Dataset] = field(default_factory=list)  # headers only
+    cache: dict[str, Any] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def summary(self) -> dict[str, Any]:
+        """The prediction's JSON (:meth:`Prediction.to_json`), ``has_heatmap`` from the kept heatmap."""
+        d = self.prediction.to_json()
+        d["has_heatmap"] = self.heatmap is not None
+        return d
+
+    def rendered(self, name: str, make):
+        """``make()`` once per entry and name; later calls return the cached value (or re-raise its error)."""
+        with self.lock:
+            if name not in self.cache:
+                try:
+                    self.cache[name] = ("ok", make())
+                except MedlensError as e:
+                    self.cache[name] = ("error", e)
+            status, value = self.cache[name]
+        if status == "error":
+            raise value
+        return value
+
+
+def _to_u8(a: np.ndarray | None) -> np.ndarray | None:
+    if a is None:
+        return None
+    return np.clip(np.round(np.nan_to_num(np.asarray(a, dtype=np.float32)) * 255.0), 0, 255).astype(np.uint8)
+
+
+def _from_u8(a: np.ndarray | None) -> np.ndarray | None:
+    return None if a is None else a.astype(np.float32) / 255.0
+
+
+def header_only(ds: pydicom.Dataset) -> pydicom.Dataset:
+    """A copy of ``ds`` without pixel data (enough as SR evidence, much smaller to keep)."""
+    out = pydicom.Dataset()
+    for tag in list(ds.keys()):
+        if tag.group == 0x7FE0:  # pixel data of every kind
+            continue
+        try:
+            out.add(ds[tag])
+        except Exception:  # noqa: BLE001 - an element pydicom cannot decode (corrupt upload): left out
+            continue
+    if hasattr(ds, "file_meta"):
+        out.file_meta = ds.file_meta
+    return out
+
+
+class PredictionStore:
+    """Thread-safe, bounded store of recent predictions (memory and, when ``root`` is given, disk)."""
+
+    def __init__(self, root: Path | None, *, memory: int = 256, disk: int = 2000):
+        self.root = Path(root) if root is not None else None
+        self.memory_limit = max(1, int(memory))
+        self.disk_limit = max(0, int(disk))
+        self._memory: OrderedDict[str, StoredPrediction] = OrderedDict()
+        self._disk_ids: OrderedDict[str, None] = OrderedDict()  # oldest first
+        self._lock = threading.Lock()
+        if self.root is not None:
+            self.root.mkdir(parents=True, exist_ok=True)
+            self.root.chmod(0o700)
+            dirs = [d for d in self.root.iterdir() if d.is_dir() and ID_PATTERN.match(d.name) and (d / "prediction.json").is_file()]
+            for d in sorted(dirs, key=lambda d: (d / "prediction.json").stat().st_mtime):
+                self._disk_ids[d.name] = None
+
+    # -- writing ---------------------------------------------------------------------------------
+    def put(self, prediction: Prediction, display_image: np.ndarray | None, sources=(), *,
+            heatmap: np.ndarray | None = None) -> StoredPrediction:
+        """Keep ``prediction`` with its 2D display image and 2D heatmap slice (default: its own 2D heatmap)."""
+        if heatmap is None and prediction.heatmap is not None and np.ndim(prediction.heatmap) == 2:
+            heatmap = prediction.heatmap
+        light = dataclasses.replace(prediction, heatmap=None)
+        entry = StoredPrediction(light, display_image, heatmap, [header_only(s) for s in sources])
+        with self._lock:
+            self._memory[prediction.id] = entry
+            self._memory.move_to_end(prediction.id)
+            while len(self._memory) > self.memory_limit:
+                self._memory.popitem(last=False)
+        if self.root is not None and self.disk_limit:
+            self._write(entry)
+        return entry
+
+    def _write(self, entry: StoredPrediction) -> None:
+        pred = entry.prediction
+        folder = self.root / pred.id
+        folder.mkdir(exist_ok=True)
+        buf = io.BytesIO()
+        arrays = {k: v for k, v in (("display", _to_u8(entry.display_image)), ("heatmap", _to_u8(entry.heatmap))) if v is not None}
+        np.savez_compressed(buf, **arrays)
+        (folder / "arrays.npz").write_bytes(buf.getvalue())
+        for i, ds in enumerate(entry.sources):
+            ds.save_as(folder / f"source_{i:04d}.dcm", enforce_file_format=False)
+        # prediction.json last: its presence marks a complete entry
+        (folder / "prediction.json").write_text(json.dumps(entry.summary(), default=str))
+        stale: list[str] = []
+        with self._lock:
+            self._disk_ids[pred.id] = None
+            while len(self._disk_ids) > self.disk_limit:
+                stale.append(self._disk_ids.popitem(last=False)[0])
+        for old in stale:
+            shutil.rmtree(self.root / old, ignore_errors=True)
+
+    # -- reading ---------------------------------------------------------------------------------
+    def get(self, prediction_id: str) -> StoredPrediction | None:
+        if not ID_PATTERN.match(prediction_id or ""):
+            return None
+        with self._lock:
+            entry = self._memory.get(prediction_id)
+            on_disk = prediction_id in self._disk_ids
+        if entry is not None:
+            return entry
+        if not on_disk or self.root is None:
+            return None
+        entry = self._read(self.root / prediction_id)
+        if entry is not None:
+            with self._lock:
+                self._memory[prediction_id] = entry
+                while len(self._memory) > self.memory_limit:
+                    self._memory.popitem(last=False)
+        return entry
+
+    def _read(self, folder: Path) -> StoredPrediction | None:
+        try:
+            d = json.loads((folder / "prediction.json").read_text())
+            with np.load(folder / "arrays.npz") as z:
+                display = _from_u8(z["display"]) if "display" in z.files else None
+                heatmap = _from_u8(z["heatmap"]) if "heatmap" in z.files else None
+            sources = [pydicom.dcmread(p, force=True) for p in sorted(folder.glob("source_*.dcm"))]
+        except (OSError, ValueError, KeyError):
+            return None
+        d.pop("has_heatmap", None)
+        d["source"] = SourceInfo(**d["source"])
+        return StoredPrediction(Prediction(**d), display, heatmap, sources)
+
+    def recent(self, limit: int = 20) -> list[dict[str, Any]]:
+        """JSON summaries of the newest predictions (newest first), from memory and then disk."""
+        with self._lock:
+            ids = list(reversed(self._memory.keys()))
+            for pid in reversed(self._disk_ids.keys()):
+                if len(ids) >= limit:
+                    break
+                if pid not in self._memory:
+                    ids.append(pid)
+        out = []
+        for pid in ids:
+            entry = self.get(pid)
+            if entry is not None:
+                out.append(entry.summary())
+        out.sort(key=lambda d: d["created"], reverse=True)
+        return out[:limit]
