@@ -111,8 +111,13 @@ def serve(
     cors_origin: list[str] = typer.Option(None, "--cors-origin", help="Allow this browser origin (repeatable). Default: CORS off."),
     store_dir: Path = typer.Option(None, "--store-dir", help="Folder for recent predictions (default RUN/serve/predictions; holds DICOM headers: keep it private)."),
     log_level: str = typer.Option("info", "--log-level", help="uvicorn/medlens log level."),
+    dicom_port: int = typer.Option(0, "--dicom-port", help="Also run the DICOM node (C-ECHO/C-STORE SCP) on this port; 0: off."),
+    dicom_aet: str = typer.Option("MEDLENS", "--dicom-aet", help="AE title of the DICOM node."),
+    allow_aet: list[str] = typer.Option(None, "--allow-aet", help="Calling AE title allowed to send to the node (repeatable). Default: any."),
+    pacs_dicom: str = typer.Option(None, "--pacs-dicom", help="Where the node sends SR + overlay: AET@HOST:PORT (e.g. ORTHANC@127.0.0.1:4242)."),
+    quiet_seconds: float = typer.Option(5.0, "--series-quiet-seconds", help="A series counts as complete when no instance arrived for this long."),
 ) -> None:
-    """Serve the model: REST API (/docs), web page (/), audit log. Stop with Ctrl-C.
+    """Serve the model: REST API (/docs), web page (/), audit log, and optionally a DICOM node. Stop with Ctrl-C.
 
     Logs name predictions by id and patients by pseudonym only; set $MEDLENS_PSEUDONYM_KEY to keep
     pseudonyms and hashed audit identifiers stable across restarts.
@@ -136,7 +141,45 @@ def serve(
     keys = "API keys required" if settings.key_hashes() else "no API keys (open to anyone who can reach the port)"
     err_console.print(f"medlens serving {application.state.service.predictor.model_id} on http://{host}:{port} ({keys})",
                       highlight=False, markup=False, soft_wrap=True)
-    uvicorn.run(application, host=host, port=port, log_level=log_level.lower(), server_header=False)
+    node = _start_dicom_node(application.state.service, settings, dicom_port, dicom_aet, allow_aet, pacs_dicom, quiet_seconds)
+    try:
+        uvicorn.run(application, host=host, port=port, log_level=log_level.lower(), server_header=False)
+    finally:
+        if node is not None:
+            node.stop()
+
+
+def _parse_pacs(text: str):
+    """AET@HOST:PORT -> PacsTarget, with a one-line error for anything else."""
+    from medlens.serving.pacs import PacsTarget
+
+    aet, at, rest = text.partition("@")
+    host, colon, port = rest.rpartition(":")
+    if not (at and colon and aet and host and port.isdigit()):
+        raise MedlensError(f"--pacs-dicom must look like AET@HOST:PORT, not '{text}'")
+    return PacsTarget(aet, host, int(port))
+
+
+def _start_dicom_node(service, settings, port: int, aet: str, allow: list[str] | None, pacs: str | None, quiet: float):
+    """The DICOM node shares the REST service's predictor and audit log; None when --dicom-port is 0."""
+    if not port:
+        if pacs:
+            raise MedlensError("--pacs-dicom needs --dicom-port (the DICOM node sends results there)")
+        return None
+    from medlens.serving.dicom_node import DicomNode
+
+    target = _parse_pacs(pacs) if pacs else None
+    storage = Path(settings.run_dir) / "serve" / "dicom"
+    node = DicomNode(
+        ae_title=aet, host=settings.host, port=port, allowed_calling_aets=set(allow) if allow else None,
+        analyze=lambda datasets: service.predictor.predict_dicom(datasets, explain=True),
+        pacs=target, storage_dir=storage, audit=service.audit, quiet_period=quiet,
+    )
+    node.start()
+    err_console.print(f"DICOM node {aet} listening on {settings.host}:{node.port}"
+                      + (f", results to {pacs}" if pacs else ", results kept locally (no --pacs-dicom)"),
+                      highlight=False, markup=False, soft_wrap=True)
+    return node
 
 
 def serve_keys(
