@@ -1,0 +1,131 @@
+"""`medlens train` and `medlens plan`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from medlens.cli.common import SOURCE_ARG_HELP, console, err_console, print_json
+
+
+def train(
+    source: str = typer.Argument(..., help=SOURCE_ARG_HELP),
+    model: str = typer.Option(None, "--model", "-m", help="Model name (see `medlens models`). Default: cnn-small, or the plan's."),
+    out: Path = typer.Option(..., "--out", "-o", help="Run directory (created; splits.json there is reused)."),
+    epochs: int = typer.Option(None, "--epochs", help="Maximum epochs (deep models). Default 20."),
+    batch_size: int = typer.Option(None, "--batch-size", help="Batch size per device (default: the model's)."),
+    img_size: int = typer.Option(None, "--img-size", help="Input side in pixels/voxels (default: native, capped)."),
+    lr: float = typer.Option(None, "--lr", help="Learning rate (default: the model's)."),
+    weight_decay: float = typer.Option(None, "--weight-decay", help="AdamW weight decay (default 1e-4)."),
+    optimizer: str = typer.Option(None, "--optimizer", help="adamw | adam | sgd."),
+    scheduler: str = typer.Option(None, "--scheduler", help="cosine | onecycle | none."),
+    patience: int = typer.Option(None, "--patience", help="Early stopping: epochs without improvement (default 10)."),
+    monitor: str = typer.Option(None, "--monitor", help="Best checkpoint and early stopping on validation auc | loss."),
+    imbalance: str = typer.Option(None, "--imbalance", help="Class imbalance: weighted-loss | sampler | none."),
+    augment: str = typer.Option(None, "--augment", help="none | light | standard | gan (GAN-made minority samples)."),
+    gan_epochs: int = typer.Option(None, "--gan-epochs", help="GAN training epochs for --augment gan (default 30)."),
+    seed: int = typer.Option(None, "--seed", help="The one seed for splits, initialisation and augmentation (default 0)."),
+    max_samples: int = typer.Option(None, "--max-samples", help="Use at most N samples per split (quick runs)."),
+    accelerator: str = typer.Option(None, "--accelerator", help="auto | cpu | gpu (default auto: a GPU when there is one)."),
+    devices: str = typer.Option(None, "--devices", help="Devices (processes) per node, e.g. 2 or auto."),
+    strategy: str = typer.Option(None, "--strategy", help="auto | ddp | ... (Lightning strategies)."),
+    num_nodes: int = typer.Option(None, "--num-nodes", help="Machines taking part in DDP."),
+    precision: str = typer.Option(None, "--precision", help="32 | bf16-mixed | 16-mixed (GPU)."),
+    num_workers: int = typer.Option(None, "--num-workers", help="DataLoader worker processes (0: in-process, fastest for in-memory data)."),
+    threads: int = typer.Option(None, "--threads", help="CPU threads for torch (default: one per core; 1 is faster on a busy machine)."),
+    checkpoint_every: int = typer.Option(None, "--checkpoint-every", help="Also write last.ckpt every N optimizer steps (default 50)."),
+    weights: Path = typer.Option(None, "--weights", help="Start from these local .safetensors weights."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from models/MODEL/checkpoints/last.ckpt."),
+    plan: Path = typer.Option(None, "--plan", help="Follow a plan.json from `medlens plan` (options given here win)."),
+    no_progress: bool = typer.Option(False, "--no-progress", help="No progress bars."),
+) -> None:
+    """Train one model on SOURCE and write a complete run directory."""
+    from medlens.training.config import TrainConfig
+    from medlens.training.run import is_global_zero, train as run_train
+
+    given = {
+        "model": model,
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "img_size": img_size,
+        "lr": lr,
+        "weight_decay": weight_decay,
+        "optimizer": optimizer,
+        "scheduler": scheduler,
+        "patience": patience,
+        "monitor": monitor,
+        "imbalance": imbalance,
+        "augment": augment,
+        "gan_epochs": gan_epochs,
+        "seed": seed,
+        "max_samples": max_samples,
+        "accelerator": accelerator,
+        "devices": devices,
+        "strategy": strategy,
+        "num_nodes": num_nodes,
+        "precision": precision,
+        "num_workers": num_workers,
+        "threads": threads,
+        "checkpoint_every_n_steps": checkpoint_every,
+        "weights": str(weights) if weights else None,
+    }
+    explicit = {k for k, v in given.items() if v is not None}
+    config = TrainConfig(source=source, out=str(out)).updated(
+        **given, resume=resume or None, plan=str(plan) if plan else None, progress=False if no_progress else None
+    )
+    run = run_train(config, explicit=explicit)
+    if not is_global_zero():
+        return
+    _summary(run)
+
+
+def _summary(run) -> None:
+    """Print val/test AUC and ACC of the model just trained, and the run path."""
+    from rich.table import Table
+
+    from medlens.runs import read_json, read_yaml
+
+    name = (read_yaml(run.config) or {}).get("model")  # the resolved config of this training
+    metrics = read_json(run.model(name).metrics)
+    table = Table(title=f"{name}")
+    for column in ("split", "n", "AUC", "ACC"):
+        table.add_column(column, justify="right" if column != "split" else "left")
+    for split in ("val", "test"):
+        if split in metrics:
+            m = metrics[split]
+            table.add_row(split, str(metrics.get("n", {}).get(split, "")), _f(m.get("auc")), _f(m.get("acc")))
+    console.print(table)
+    ips = (metrics.get("timing") or {}).get("images_per_second")
+    if ips:
+        console.print(f"training throughput: {ips:.0f} images/s")
+    console.print(f"run: {run.root}")
+
+
+def _f(value) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def plan(
+    source: str = typer.Argument(..., help=SOURCE_ARG_HELP),
+    budget_minutes: float = typer.Option(10.0, "--budget-minutes", help="Training time to fit in, on this machine."),
+    out: Path = typer.Option(Path("plan.json"), "--out", "-o", help="Where to write the plan."),
+    model: str = typer.Option(None, "--model", "-m", help="Use this model instead of choosing one."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the splits the plan assumes."),
+    as_json: bool = typer.Option(False, "--json", help="Print the plan as JSON."),
+) -> None:
+    """Choose input size, normalization, augmentation, model, batch size and epochs for a time budget."""
+    from medlens.training.plan import make_plan, render_plan, write_plan
+
+    result = make_plan(source, budget_minutes=budget_minutes, model=model, seed=seed, show_progress=not as_json)
+    write_plan(out, result)
+    if as_json:
+        print_json(result)
+        return
+    render_plan(result, console)
+    err_console.print(f"plan written to {out}; follow it with `medlens train {source} --plan {out} --out RUN`")
+
+
+def register(app: typer.Typer) -> None:
+    app.command(name="train")(train)
+    app.command(name="plan")(plan)

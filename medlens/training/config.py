@@ -1,0 +1,169 @@
+"""Training configuration: one dataclass holding every setting, with its defaults.
+
+A :class:`TrainConfig` is built from the command line (or a plan, or code), then *resolved*
+against the dataset and the model's registry defaults (:func:`resolve_config`): every ``None``
+("choose for me") becomes a concrete value, so the ``config.yaml`` written to the run directory
+spells out every setting that was used.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from medlens.errors import MedlensError
+
+OPTIMIZERS = ("adamw", "adam", "sgd")
+SCHEDULERS = ("cosine", "onecycle", "none")
+IMBALANCE = ("weighted-loss", "sampler", "none")
+AUGMENT = ("none", "light", "standard", "gan")
+MONITOR = ("auc", "loss")
+NATIVE_CAP = {2: 128, 3: 64}  # largest input side used by default, per spatial dims
+PRECISIONS = ("32", "32-true", "64", "bf16-mixed", "bf16-true", "16-mixed")
+
+
+@dataclass
+class TrainConfig:
+    """Every setting of one training run. ``None`` means "resolve from the data and the model"."""
+
+    source: str
+    model: str = "cnn-small"
+    out: str = "runs/default"
+    # optimisation
+    epochs: int = 20
+    batch_size: int | None = None  # model default
+    img_size: int | None = None  # native size, capped at the model's default input size
+    lr: float | None = None  # model default
+    weight_decay: float = 1e-4
+    optimizer: str = "adamw"
+    scheduler: str = "cosine"
+    patience: int = 10  # early stopping, in epochs without improvement of `monitor`
+    monitor: str = "auc"  # validation AUC (max) or validation loss (min)
+    imbalance: str = "weighted-loss"
+    augment: str = "light"
+    gan_epochs: int = 30
+    # data
+    seed: int = 0
+    val_fraction: float = 0.15
+    test_fraction: float = 0.15
+    max_samples: int | None = None  # cap per split (a seeded random subset), for quick runs
+    channels: int | None = None  # input channels (None: as stored)
+    preprocessing: dict[str, Any] | None = None  # None: default_preprocessing(modality, dims, size)
+    augmentation: dict[str, Any] | None = None  # None: default_augmentation(dims, augment)
+    # hardware
+    accelerator: str = "auto"
+    devices: int | str = 1
+    strategy: str = "auto"
+    num_nodes: int = 1
+    precision: str = "32"
+    num_workers: int = 0
+    threads: int | None = None  # CPU threads for torch (None: torch's default, one per core)
+    deterministic: bool = True
+    checkpoint_every_n_steps: int = 50  # last.ckpt is also written every N optimizer steps
+    # provenance / control
+    weights: str | None = None  # local .safetensors to start from
+    resume: bool = False
+    plan: str | None = None  # plan.json this config follows
+    progress: bool = True
+
+    # -- conversions -------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise MedlensError(f"unknown configuration key(s): {', '.join(unknown)}")
+        return cls(**d)
+
+    def updated(self, **changes: Any) -> "TrainConfig":
+        """A copy with ``changes`` applied; keys whose value is ``None`` are ignored."""
+        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+    def validate(self) -> "TrainConfig":
+        """Raise a one-line :class:`MedlensError` for a setting outside its allowed values."""
+        choices = {
+            "optimizer": OPTIMIZERS,
+            "scheduler": SCHEDULERS,
+            "imbalance": IMBALANCE,
+            "augment": AUGMENT,
+            "monitor": MONITOR,
+            "precision": PRECISIONS,
+        }
+        for key, allowed in choices.items():
+            value = str(getattr(self, key))
+            if value not in allowed:
+                raise MedlensError(f"--{key.replace('_', '-')} must be one of {', '.join(allowed)}, not '{value}'")
+        if self.epochs < 1:
+            raise MedlensError(f"--epochs must be at least 1, not {self.epochs}")
+        for key in ("batch_size", "img_size", "max_samples", "channels", "threads"):
+            value = getattr(self, key)
+            if value is not None and int(value) < 1:
+                raise MedlensError(f"--{key.replace('_', '-')} must be at least 1, not {value}")
+        if self.lr is not None and not self.lr > 0:
+            raise MedlensError(f"--lr must be positive, not {self.lr}")
+        if not 0 < self.val_fraction < 1 or not 0 <= self.test_fraction < 1:
+            raise MedlensError("val/test fractions must lie in (0, 1)")
+        if self.num_nodes < 1:
+            raise MedlensError(f"--num-nodes must be at least 1, not {self.num_nodes}")
+        if self.weights is not None and not Path(self.weights).is_file():
+            raise MedlensError("no such weights file", self.weights)
+        return self
+
+
+def plan_overrides(plan: dict[str, Any]) -> dict[str, Any]:
+    """The settings a plan.json chooses (its ``config`` section), as TrainConfig keys."""
+    settings = dict(plan.get("config", {}))
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    return {k: v for k, v in settings.items() if k in known}
+
+
+def native_size(shape: tuple[int, ...]) -> int:
+    """The largest spatial side of a channels-first image shape."""
+    return int(max(shape[1:]))
+
+
+def resolve_config(config: TrainConfig, *, spec: Any, dims: int, modality: str | None, first_shape: tuple[int, ...]) -> TrainConfig:
+    """Fill every ``None`` from the model's registry defaults and the data.
+
+    ``first_shape`` is the channels-first shape of one stored image. The input size defaults to
+    the native size (small MedMNIST images are not upsampled: it costs time and gains little),
+    capped at :data:`NATIVE_CAP` (or the model's larger ``default_img_size``).
+    """
+    defaults = dict(getattr(spec, "defaults", {}) or {})  # (batch size and lr stay None for classical models)
+    c = dataclasses.replace(config)
+    if spec.kind == "deep":
+        c.batch_size = c.batch_size or int(defaults.get("batch_size", 64))
+        c.lr = c.lr or float(defaults.get("lr", 1e-3))
+    if c.img_size is None:
+        native = native_size(first_shape)
+        cap = max(int(defaults.get("default_img_size", 0)), NATIVE_CAP[dims])
+        c.img_size = min(native, cap)
+    c.channels = c.channels or int(first_shape[0])
+    if c.preprocessing is None:
+        from medlens.data.transforms import default_preprocessing
+
+        c.preprocessing = dict(default_preprocessing(modality, dims, c.img_size))
+    if c.augmentation is None and spec.kind == "deep":
+        strength = "light" if c.augment == "gan" else c.augment
+        if strength == "none":
+            c.augmentation = {}
+        else:
+            from medlens.data.transforms import default_augmentation
+
+            c.augmentation = dict(default_augmentation(dims, strength))
+    elif c.augmentation is None:
+        c.augmentation = {}
+    c.devices = _int_if_digits(c.devices)
+    c.precision = str(c.precision)
+    return c.validate()
+
+
+def _int_if_digits(value: int | str) -> int | str:
+    if isinstance(value, str) and value.isdigit():
+        return int(value)
+    return value

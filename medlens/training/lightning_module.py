@@ -1,0 +1,174 @@
+"""The LightningModule that trains any registered deep network for classification.
+
+Loss per task: cross-entropy for binary / multi-class / ordinal (optionally class-weighted),
+``BCEWithLogits`` for multi-label (optionally with ``pos_weight``). AdamW (or Adam/SGD) with a
+cosine or one-cycle schedule. The training batch is augmented on the fly with
+:func:`medlens.data.transforms.augment_batch`. Each epoch logs ``train_loss``, ``val_loss``,
+``val_auc`` and ``val_acc``; ``predict_step`` returns class probabilities.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import lightning as L
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+def class_weights(y: np.ndarray, task: str, num_outputs: int) -> list[float]:
+    """Inverse-frequency weights (mean 1 over classes); ``pos_weight`` = neg/pos for multi-label."""
+    y = np.asarray(y)
+    if task == "multilabel":
+        pos = y.sum(axis=0).astype(float)
+        neg = len(y) - pos
+        return (neg / pos.clip(1, None)).clip(0.1, 100).tolist()
+    counts = np.bincount(y, minlength=num_outputs).astype(float)
+    weights = len(y) / (num_outputs * counts.clip(1, None))
+    return weights.tolist()
+
+
+def probabilities(logits: torch.Tensor, task: str) -> torch.Tensor:
+    """Logits to probabilities (float64, so rows sum to 1 within rounding): sigmoid per label
+    for multi-label, softmax otherwise."""
+    logits = logits.double() if logits.device.type != "mps" else logits.float()
+    return torch.sigmoid(logits) if task == "multilabel" else torch.softmax(logits, dim=1)
+
+
+class ClassifierModule(L.LightningModule):
+    """Wraps the network ``model_name`` from the registry (``spec.build(...)`` returns logits).
+
+    Args:
+        model_name: registry name of a deep network.
+        in_channels, num_outputs, spatial_dims, img_size: passed to ``spec.build``.
+        task: "binary", "multiclass", "ordinal" or "multilabel".
+        lr, weight_decay, optimizer, scheduler, epochs: optimisation settings.
+        loss_weights: class weights (CE) or ``pos_weight`` (multi-label); ``None`` for none.
+        augmentation: config for ``augment_batch``; empty for none.
+        seed: seeds the augmentation generator (offset by the rank under DDP).
+    """
+
+    def __init__(
+        self,
+        model_name: str,
+        *,
+        in_channels: int,
+        num_outputs: int,
+        spatial_dims: int,
+        img_size: int,
+        task: str,
+        lr: float = 1e-3,
+        weight_decay: float = 1e-4,
+        optimizer: str = "adamw",
+        scheduler: str = "cosine",
+        epochs: int = 10,
+        loss_weights: Sequence[float] | None = None,
+        augmentation: dict[str, Any] | None = None,
+        seed: int = 0,
+    ):
+        super().__init__()
+        self.save_hyperparameters()
+        from medlens.models.registry import get_model
+
+        spec = get_model(model_name)
+        self.net: nn.Module = spec.build(
+            in_channels=in_channels, num_outputs=num_outputs, spatial_dims=spatial_dims, img_size=img_size
+        )
+        self.task = task
+        weights = torch.as_tensor(loss_weights, dtype=torch.float32) if loss_weights is not None else None
+        self.register_buffer("loss_weights", weights, persistent=False)
+        self.augmentation = dict(augmentation or {})
+        self._generator: torch.Generator | None = None
+        self._val_probs: list[torch.Tensor] = []
+        self._val_labels: list[torch.Tensor] = []
+
+    # -- forward and loss -------------------------------------------------------------------
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if self.task == "multilabel":
+            return F.binary_cross_entropy_with_logits(logits, y.float(), pos_weight=self.loss_weights)
+        return F.cross_entropy(logits, y.long().view(-1), weight=self.loss_weights)
+
+    # -- steps ------------------------------------------------------------------------------
+    def on_fit_start(self) -> None:
+        self._generator = torch.Generator()  # CPU: augment_batch draws on the CPU, then moves
+        self._generator.manual_seed(int(self.hparams.seed) * 1000 + self.global_rank)
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        if self.augmentation:
+            from medlens.data.transforms import augment_batch
+
+            x = augment_batch(x, self.augmentation, self._generator)
+        loss = self.loss(self(x), y)
+        self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(x), sync_dist=True)
+        return loss
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        x, y = batch
+        logits = self(x)
+        self.log("val_loss", self.loss(logits, y), on_step=False, on_epoch=True, prog_bar=True, batch_size=len(x), sync_dist=True)
+        self._val_probs.append(probabilities(logits, self.task).detach())
+        self._val_labels.append(y.detach())
+
+    def on_validation_epoch_end(self) -> None:
+        if not self._val_probs:
+            return
+        probs = torch.cat(self._val_probs)
+        labels = torch.cat(self._val_labels)
+        self._val_probs.clear()
+        self._val_labels.clear()
+        if self.trainer.world_size > 1:  # every rank scores the full validation set
+            probs = self.all_gather(probs).flatten(0, 1)
+            labels = self.all_gather(labels).flatten(0, 1)
+        auc, acc = _auc_acc(labels.cpu().numpy(), probs.cpu().numpy(), self.task)
+        self.log("val_auc", auc, prog_bar=True, sync_dist=True)  # equal on every rank: the mean is the value
+        self.log("val_acc", acc, prog_bar=True, sync_dist=True)
+
+    def predict_step(self, batch, batch_idx: int = 0, dataloader_idx: int = 0) -> torch.Tensor:
+        x = batch[0] if isinstance(batch, (tuple, list)) else batch
+        return probabilities(self(x), self.task)
+
+    # -- optimisation -----------------------------------------------------------------------
+    def configure_optimizers(self):
+        hp = self.hparams
+        params = self.parameters()
+        if hp.optimizer == "sgd":
+            opt = torch.optim.SGD(params, lr=hp.lr, momentum=0.9, nesterov=True, weight_decay=hp.weight_decay)
+        elif hp.optimizer == "adam":
+            opt = torch.optim.Adam(params, lr=hp.lr, weight_decay=hp.weight_decay)
+        else:
+            opt = torch.optim.AdamW(params, lr=hp.lr, weight_decay=hp.weight_decay)
+        if hp.scheduler == "cosine":
+            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, int(hp.epochs)))
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
+        if hp.scheduler == "onecycle":
+            total = int(self.trainer.estimated_stepping_batches)
+            sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=hp.lr, total_steps=max(1, total))
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        return opt
+
+
+def _auc_acc(y: np.ndarray, probs: np.ndarray, task: str) -> tuple[float, float]:
+    """Validation AUC and accuracy via the shared metrics; NaN when AUC is undefined."""
+    from medlens.evaluation.metrics import classification_metrics
+
+    m = classification_metrics(y, probs, task)
+    auc = m.get("auc", m.get("AUC", math.nan))
+    acc = m.get("acc", m.get("ACC", math.nan))
+    return float(auc if auc is not None else math.nan), float(acc if acc is not None else math.nan)
+
+
+@torch.no_grad()
+def predict_probs(module: ClassifierModule, x: torch.Tensor | np.ndarray, *, batch_size: int = 256) -> np.ndarray:
+    """Probabilities for every row of ``x`` (plain loop over ``predict_step``, eval mode, CPU)."""
+    module.eval()
+    x = torch.as_tensor(x)
+    device = next(module.parameters()).device
+    out = [module.predict_step((x[i : i + batch_size].to(device),), i).cpu() for i in range(0, len(x), batch_size)]
+    return torch.cat(out).numpy() if out else np.zeros((0, module.hparams.num_outputs), dtype=np.float32)

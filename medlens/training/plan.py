@@ -1,0 +1,222 @@
+"""`medlens plan`: nnU-Net's idea for classification — settings from a fingerprint and a budget.
+
+:func:`make_plan` reads the dataset fingerprint and chooses, with its reasons:
+
+- the input size (native, capped: 2D 128 px, 3D 64 voxels; halved while the budget demands it),
+- the normalization (``default_preprocessing`` for the modality: CT windowing, else scaling),
+- augmentation strength (standard for small training sets, light for large ones),
+- class-imbalance handling (weighted loss; a balancing sampler for severe imbalance),
+- the model family (a larger network when the data and the budget allow it, else the small one),
+- batch size and the number of epochs, so that the estimated training time fits the budget on
+  *this* machine: the throughput of each candidate is measured with a short timed
+  forward/backward pass and extrapolated to the training set.
+
+The plan is JSON (``plan.json``); ``medlens train SOURCE --plan plan.json`` follows its
+``config`` section (options given on the command line win).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medlens.errors import MedlensError
+from medlens.runs import write_json
+
+SCHEMA = "medlens.plan/1"
+SIZE_CAP = {2: 128, 3: 64}
+MIN_SIZE = {2: 28, 3: 16}
+MAX_EPOCHS = 100
+GOOD_EPOCHS = 15  # a candidate model must afford this many epochs to be chosen over a smaller one
+MIN_EPOCHS = 5  # below this the input size is halved (while it stays above MIN_SIZE)
+BUDGET_USE = 0.85  # fraction of the budget planned for (the rest: loading, evaluation, writing)
+VAL_COST = 0.35  # a validation image costs about this fraction of a training image (no backward)
+
+
+def candidate_models(dims: int, n_train: int, budget_minutes: float) -> list[str]:
+    """Model names to try, most capable first."""
+    if dims == 3:
+        return ["resnet18-3d", "cnn-lstm"] if n_train >= 500 else ["cnn-lstm", "resnet18-3d"]
+    if n_train >= 3000 and budget_minutes >= 15:
+        return ["resnet18", "cnn-small"]
+    return ["cnn-small"]
+
+
+def measure_throughput(model: str, *, in_channels: int, num_outputs: int, dims: int, img_size: int, batch_size: int,
+                       seconds: float = 1.5, max_steps: int = 8) -> float:
+    """Training images per second of ``model`` on this machine (timed forward/backward/step)."""
+    import torch
+
+    from medlens.models.registry import get_model
+
+    spec = get_model(model)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        net = spec.build(in_channels=in_channels, num_outputs=num_outputs, spatial_dims=dims, img_size=img_size)
+        x = torch.rand(batch_size, in_channels, *([img_size] * dims))
+        y = torch.randint(0, num_outputs, (batch_size,))
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    net, x, y = net.to(device), x.to(device), y.to(device)
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-3)
+    net.train()
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        torch.nn.functional.cross_entropy(net(x), y).backward()
+        opt.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    step()  # warm-up: allocation, kernel selection
+    steps, started = 0, time.perf_counter()
+    while steps < max_steps and (steps < 2 or time.perf_counter() - started < seconds):
+        step()
+        steps += 1
+    return steps * batch_size / (time.perf_counter() - started)
+
+
+def _n_splits(dataset: Any, seed: int) -> dict[str, int]:
+    from medlens.data.splits import assign_splits
+
+    splits = assign_splits(dataset, seed=seed)
+    return {k: len(v) for k, v in splits.items()}
+
+
+def make_plan(source: str, *, budget_minutes: float = 10.0, model: str | None = None, seed: int = 0,
+              show_progress: bool = True, fingerprint: dict | None = None) -> dict[str, Any]:
+    """Plan a training of ``source`` that fits ``budget_minutes`` on this machine."""
+    from medlens.data.fingerprint import compute_fingerprint
+    from medlens.data.sources import open_source
+    from medlens.data.transforms import default_preprocessing
+    from medlens.models.registry import get_model
+
+    if not budget_minutes > 0:
+        raise MedlensError(f"--budget-minutes must be positive, not {budget_minutes}")
+    dataset = open_source(source, seed=seed)
+    fp = fingerprint or compute_fingerprint(dataset, show_progress=show_progress, seed=seed)
+    dims = int(fp.get("dims") or dataset.dims)
+    if dims not in SIZE_CAP:
+        raise MedlensError(f"cannot plan a classifier for {dims}D data", source)
+    counts = _n_splits(dataset, seed)
+    n_train, n_val = counts["train"], counts["val"]
+    shape = dataset.load(0).image.shape
+    channels = int(shape[0])
+    native = int(max(shape[1:]))
+    num_outputs = len(dataset.class_names)
+    reasons: list[str] = []
+    budget_s = budget_minutes * 60 * BUDGET_USE
+    reasons.append(f"{n_train} training / {n_val} validation samples after splitting; {dims}D, {channels} channel(s), "
+                   f"native size {native}; planning {BUDGET_USE:.0%} of {budget_minutes:g} min for training")
+
+    size = min(native, SIZE_CAP[dims])
+    reasons.append(f"input size {size}: the native size" + (f", capped at {SIZE_CAP[dims]}" if native > size else " (no upsampling)"))
+    candidates = [model] if model else candidate_models(dims, n_train, budget_minutes)
+    for name in candidates:
+        spec = get_model(name)
+        if dims not in spec.dims:
+            raise MedlensError(f"model '{name}' does not take {dims}D images", source)
+
+    measurements: list[dict] = []
+    chosen: dict | None = None
+    while chosen is None:
+        for name in candidates:
+            spec = get_model(name)
+            batch = _batch_size(spec, n_train)
+            ips = measure_throughput(name, in_channels=channels, num_outputs=max(num_outputs, 2), dims=dims, img_size=size, batch_size=batch)
+            epoch_s = n_train / ips + n_val * VAL_COST / ips
+            epochs = int(min(MAX_EPOCHS, math.floor(budget_s / epoch_s)))
+            m = {"model": name, "img_size": size, "batch_size": batch, "images_per_second": round(ips, 1),
+                 "epoch_seconds": round(epoch_s, 2), "affordable_epochs": epochs}
+            measurements.append(m)
+            last = name == candidates[-1]
+            if epochs >= GOOD_EPOCHS or (last and epochs >= MIN_EPOCHS):
+                chosen = m
+                break
+            reasons.append(f"{name} at {size}: {ips:.0f} images/s, {epoch_s:.1f} s per epoch -> only {epochs} epoch(s) fit")
+        if chosen is None:
+            if size // 2 < MIN_SIZE[dims]:
+                chosen = max(measurements, key=lambda m: (m["affordable_epochs"], m["img_size"]))
+                if chosen["affordable_epochs"] < 1:
+                    reasons.append("even the smallest setting does not fit the budget: planning 1 epoch (it will overrun)")
+                break
+            size //= 2
+            reasons.append(f"halving the input size to {size} to afford at least {MIN_EPOCHS} epochs")
+
+    epochs = max(1, chosen["affordable_epochs"])
+    reasons.append(f"model {chosen['model']}: {chosen['images_per_second']:.0f} images/s measured here at batch "
+                   f"{chosen['batch_size']}, {chosen['epoch_seconds']:.1f} s per epoch -> {epochs} epochs "
+                   f"(cap {MAX_EPOCHS}) in about {epochs * chosen['epoch_seconds'] / 60:.1f} min")
+    augment = "standard" if n_train < 2000 else "light"
+    reasons.append(f"augmentation '{augment}': " + ("a small training set needs more variety" if augment == "standard" else "enough data; light augmentation"))
+    ratio = fp.get("imbalance_ratio")
+    imbalance = "sampler" if ratio is not None and ratio > 10 else "weighted-loss"
+    reasons.append(f"class imbalance ratio {ratio if ratio is not None else 'n/a'}: {imbalance}")
+    preprocessing = dict(default_preprocessing(dataset.modality, dims, chosen["img_size"]))
+    intensity = fp.get("intensity") or {}
+    reasons.append(f"normalization for modality '{dataset.modality or 'unknown'}': {preprocessing} "
+                   f"(intensities {intensity.get('min', '?')}..{intensity.get('max', '?')})")
+    patience = max(3, epochs // 4)
+    config = {
+        "model": chosen["model"],
+        "img_size": chosen["img_size"],
+        "batch_size": chosen["batch_size"],
+        "epochs": epochs,
+        "patience": patience,
+        "augment": augment,
+        "imbalance": imbalance,
+        "preprocessing": preprocessing,
+        "scheduler": "cosine",
+        "seed": seed,
+    }
+    return {
+        "schema": SCHEMA,
+        "source": source,
+        "budget_minutes": budget_minutes,
+        "machine": _machine(),
+        "data": {"dims": dims, "modality": dataset.modality, "task": dataset.task.value, "n_train": n_train, "n_val": n_val,
+                 "native_size": native, "channels": channels, "imbalance_ratio": ratio},
+        "measurements": measurements,
+        "estimate_minutes": round(epochs * chosen["epoch_seconds"] / 60, 2),
+        "config": config,
+        "reasoning": reasons,
+    }
+
+
+def _batch_size(spec: Any, n_train: int) -> int:
+    batch = int((spec.defaults or {}).get("batch_size", 64))
+    return int(max(8, min(batch, 2 ** int(math.log2(max(8, n_train // 8))))))
+
+
+def _machine() -> dict[str, Any]:
+    import torch
+
+    return {
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "accelerator": "gpu" if torch.cuda.is_available() else "cpu",
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+
+
+def write_plan(path: str | Path, plan: dict) -> None:
+    write_json(path, plan)
+
+
+def render_plan(plan: dict, console: Any) -> None:
+    """The chosen settings and the reasons, for people."""
+    from rich.table import Table
+
+    table = Table(title=f"plan for {plan['source']} ({plan['budget_minutes']:g} min)")
+    table.add_column("setting")
+    table.add_column("value", overflow="fold")
+    for key, value in plan["config"].items():
+        table.add_row(key, str(value))
+    table.add_row("estimate", f"{plan['estimate_minutes']:.1f} min")
+    console.print(table)
+    for line in plan["reasoning"]:
+        console.print(f"- {line}", highlight=False, markup=False)

@@ -1,0 +1,438 @@
+"""`medlens train`: one model, from SOURCE to a complete run directory.
+
+:func:`train` does, in order:
+
+1. open the source; check the model fits its dimensions and task;
+2. splits: reuse ``splits.json`` of the run directory when there is one (several models of one
+   run share identical splits), else :func:`assign_splits` and write it;
+3. ``fingerprint.json`` (once per run) and the resolved ``config.yaml``;
+4. load the three splits into memory (:func:`load_arrays`);
+5. fit: deep networks with Lightning (checkpoints, early stopping, DDP, resume), classical
+   models with :func:`fit_classical`; ``--augment gan`` adds GAN-made minority samples to the
+   training split only;
+6. write ``models/MODEL/``: weights (``model.safetensors`` or ``model.joblib``), ``model.json``,
+   ``metrics.json``, ``predictions_{val,test}.csv``, ``training_log.csv``;
+7. ``manifest.json`` over every artifact.
+
+Under DDP every rank runs this function; only global rank 0 writes files.
+
+``predictions_SPLIT.csv`` columns: ``id``, ``label`` (class index; multi-label: the multi-hot
+vector joined by ``;``), then ``prob_<class name>`` per class in ``model.json``'s class order.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medlens import __version__
+from medlens.data.sample import Dataset, Task
+from medlens.errors import MedlensError
+from medlens.runs import ModelDir, RunDir, atomic_write_bytes, read_json, write_json, write_yaml
+from medlens.training.config import TrainConfig, plan_overrides, resolve_config
+
+CLASSIFICATION = (Task.BINARY, Task.MULTICLASS, Task.ORDINAL, Task.MULTILABEL)
+
+
+def is_global_zero() -> bool:
+    """Whether this process is global rank 0 (from the launcher's environment; True when alone)."""
+    if os.environ.get("RANK") is not None:
+        return int(os.environ["RANK"]) == 0
+    return int(os.environ.get("NODE_RANK", 0)) == 0 and int(os.environ.get("LOCAL_RANK", 0)) == 0
+
+
+def apply_plan(config: TrainConfig, explicit: set[str] | None = None) -> TrainConfig:
+    """Settings from ``config.plan`` (plan.json), except those the user set explicitly."""
+    if not config.plan:
+        return config
+    path = Path(config.plan)
+    if not path.is_file():
+        raise MedlensError("no such plan file", path)
+    try:
+        overrides = plan_overrides(read_json(path))
+    except ValueError as e:
+        raise MedlensError(f"not a valid plan.json ({e})", path) from None
+    keep = explicit or set()
+    return config.updated(**{k: v for k, v in overrides.items() if k not in keep and k not in ("source", "out")})
+
+
+# -- the pipeline ---------------------------------------------------------------------------
+def train(config: TrainConfig, *, explicit: set[str] | None = None) -> RunDir:
+    """Train ``config.model`` on ``config.source`` into the run directory ``config.out``.
+
+    ``explicit`` names the settings given on the command line (they win over a plan's).
+    Returns the :class:`RunDir`; under DDP, ranks other than 0 return it without writing.
+    """
+    from medlens.data.sources import open_source
+    from medlens.models.registry import get_model
+
+    config = apply_plan(config, explicit).validate()
+    if config.threads:
+        import torch
+
+        torch.set_num_threads(config.threads)
+    spec = get_model(config.model)
+    if spec.kind == "deep":
+        from medlens.training.trainer import check_precision
+
+        check_precision(config)
+    dataset = open_source(config.source, seed=config.seed)
+    _check_fit(dataset, spec)
+    zero = is_global_zero()
+    run = RunDir(config.out)
+    model_dir = run.model(config.model)
+    if zero:
+        run.create()
+        _prepare_model_dir(model_dir, resume=config.resume and spec.kind == "deep")
+
+    splits = _splits(run, dataset, config, write=zero)
+    if config.max_samples:
+        splits = {k: cap_ids(v, config.max_samples, seed=config.seed) for k, v in splits.items()}
+    first = dataset.load(splits["train"][0])
+    config = resolve_config(config, spec=spec, dims=dataset.dims, modality=dataset.modality, first_shape=first.image.shape)
+    if zero:
+        write_yaml(run.config, config.to_dict())
+        _write_fingerprint(run, dataset, show_progress=config.progress)
+
+    arrays = _load_splits(dataset, splits, config, show_progress=config.progress and zero)
+    started = time.perf_counter()
+    if spec.kind == "deep":
+        fitted = _fit_deep(config, spec, dataset, arrays, model_dir)
+    else:
+        fitted = _fit_classical(config, spec, dataset, arrays, model_dir)
+    if fitted is None:  # a DDP rank other than 0
+        return run
+    fitted.setdefault("timing", {})["total_seconds"] = round(time.perf_counter() - started, 3)
+    _write_model_artifacts(config, spec, dataset, splits, arrays, model_dir, fitted)
+    from medlens.manifest import write_manifest
+
+    write_manifest(run.root)
+    return run
+
+
+def _check_fit(dataset: Dataset, spec: Any) -> None:
+    if dataset.task not in CLASSIFICATION:
+        raise MedlensError(f"cannot train a classifier: the source's task is '{dataset.task.value}'", dataset.uri)
+    if dataset.dims not in spec.dims:
+        want = " or ".join(f"{d}D" for d in spec.dims)
+        raise MedlensError(f"model '{spec.name}' takes {want} images but the source is {dataset.dims}D", dataset.uri)
+    if spec.tasks and dataset.task.value not in spec.tasks:
+        raise MedlensError(f"model '{spec.name}' does not support {dataset.task.value} tasks", dataset.uri)
+    if len(dataset) == 0:
+        raise MedlensError("the source holds no samples", dataset.uri)
+
+
+def _prepare_model_dir(model_dir: ModelDir, *, resume: bool) -> None:
+    """A fresh training replaces everything of this model (no stale artifacts can mix with the new
+    ones); a resumed one keeps it and needs last.ckpt."""
+    if resume:
+        if not model_dir.last_checkpoint.is_file():
+            raise MedlensError("nothing to resume: no checkpoint (train without --resume first)", model_dir.last_checkpoint)
+        return
+    if model_dir.root.is_dir():
+        shutil.rmtree(model_dir.root)
+    model_dir.create()
+
+
+def _splits(run: RunDir, dataset: Dataset, config: TrainConfig, *, write: bool) -> dict[str, list[str]]:
+    """The run's splits: reused from splits.json when present, else assigned (and written)."""
+    from medlens.data.splits import assign_splits, check_splits, read_splits, write_splits
+
+    if run.splits.is_file():
+        splits = _only_splits(read_splits(run.splits))
+        try:
+            check_splits(dataset, splits)
+        except MedlensError as e:
+            raise MedlensError(f"{e.problem}: was this run made from another source?", run.splits) from None
+    else:
+        splits = _only_splits(
+            assign_splits(dataset, seed=config.seed, val_fraction=config.val_fraction, test_fraction=config.test_fraction)
+        )
+        if write:
+            write_splits(run.splits, splits, seed=config.seed, source=config.source)
+    for name in ("train", "val"):
+        if not splits.get(name):
+            raise MedlensError(f"the '{name}' split is empty: too few samples to train", dataset.uri)
+    splits.setdefault("test", [])
+    return splits
+
+
+def cap_ids(ids: list[str], n: int, *, seed: int) -> list[str]:
+    """At most ``n`` of ``ids``: a seeded random choice, kept in the original order."""
+    if len(ids) <= n:
+        return list(ids)
+    keep = np.sort(np.random.default_rng(seed).choice(len(ids), size=n, replace=False))
+    return [ids[i] for i in keep]
+
+
+def _only_splits(obj: Any) -> dict[str, list[str]]:
+    if isinstance(obj, dict) and "splits" in obj and isinstance(obj["splits"], dict):
+        obj = obj["splits"]
+    return {k: list(obj.get(k, [])) for k in ("train", "val", "test")}
+
+
+def _write_fingerprint(run: RunDir, dataset: Dataset, *, show_progress: bool) -> None:
+    if run.fingerprint.is_file():
+        return
+    try:
+        from medlens.data.fingerprint import compute_fingerprint
+    except ModuleNotFoundError:
+        return
+    write_json(run.fingerprint, compute_fingerprint(dataset, show_progress=show_progress))
+
+
+def _load_splits(dataset: Dataset, splits: dict, config: TrainConfig, *, show_progress: bool) -> dict:
+    from medlens.data.arrays import load_arrays
+
+    out = {}
+    for name, ids in splits.items():
+        if not ids:
+            continue
+        x, y = load_arrays(
+            dataset, ids, size=config.img_size, channels=config.channels, preprocessing=config.preprocessing, show_progress=show_progress
+        )
+        out[name] = (np.asarray(x, dtype=np.float32), np.asarray(y))
+    return out
+
+
+# -- deep -----------------------------------------------------------------------------------
+def _fit_deep(config: TrainConfig, spec: Any, dataset: Dataset, arrays: dict, model_dir: ModelDir) -> dict | None:
+    import torch
+
+    from medlens.training.datamodule import ArrayDataModule
+    from medlens.training.lightning_module import ClassifierModule, class_weights
+    from medlens.training.trainer import EpochTimer, best_checkpoint, build_trainer, write_training_log
+
+    task = dataset.task.value
+    num_outputs = len(dataset.class_names)
+    gan_info = None
+    if config.augment == "gan":
+        arrays, gan_info = _gan_oversample(config, dataset, arrays, model_dir)
+    y_train = arrays["train"][1]
+    import lightning as L
+
+    L.seed_everything(config.seed, workers=True, verbose=False)  # before the network's initialisation
+    module = ClassifierModule(
+        config.model,
+        in_channels=config.channels,
+        num_outputs=num_outputs,
+        spatial_dims=dataset.dims,
+        img_size=config.img_size,
+        task=task,
+        lr=config.lr,
+        weight_decay=config.weight_decay,
+        optimizer=config.optimizer,
+        scheduler=config.scheduler,
+        epochs=config.epochs,
+        loss_weights=class_weights(y_train, task, num_outputs) if config.imbalance == "weighted-loss" else None,
+        augmentation=config.augmentation,
+        seed=config.seed,
+    )
+    if config.weights:
+        from medlens.models.deep.weights import load_weights
+
+        load_weights(module.net, config.weights)
+    datamodule = ArrayDataModule(
+        {k: v for k, v in arrays.items() if k in ("train", "val")},
+        batch_size=config.batch_size,
+        balance=config.imbalance == "sampler",
+        num_workers=config.num_workers,
+        seed=config.seed,
+    )
+    resumed_from = None
+    ckpt_path = None
+    if config.resume:
+        ckpt_path = str(model_dir.last_checkpoint)
+        state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        resumed_from = {"epoch": int(state.get("epoch", 0)), "global_step": int(state.get("global_step", 0))}
+    timer = EpochTimer()
+    trainer = build_trainer(config, model_dir, extra_callbacks=[timer])
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    if not trainer.is_global_zero:
+        return None
+
+    best = best_checkpoint(trainer)
+    best_epoch = None
+    if best is not None:
+        state = torch.load(best, map_location="cpu", weights_only=False)
+        module.load_state_dict(state["state_dict"])
+        best_epoch = int(state.get("epoch", 0))
+    module.cpu()
+    from medlens.models.deep.weights import save_weights
+
+    save_weights(module.net, model_dir.weights, metadata={"model": config.model, "medlens_version": __version__})
+    write_training_log(model_dir)
+    from medlens.training.lightning_module import predict_probs
+
+    probs = {split: predict_probs(module, x) for split, (x, _) in arrays.items() if split in ("val", "test")}
+    score = trainer.checkpoint_callback.best_model_score if trainer.checkpoint_callback else None
+    return {
+        "probs": probs,
+        "best_epoch": best_epoch,
+        "best_score": None if score is None else float(score),
+        "epochs_run": int(trainer.current_epoch),
+        "global_step": int(trainer.global_step),
+        "stopped_early": bool(trainer.should_stop and trainer.current_epoch < config.epochs),
+        "resumed_from": resumed_from,
+        "session": {"start_step": timer.start_step, "end_step": int(trainer.global_step)},
+        "gan": gan_info,
+        "timing": timer.summary(),
+        "n_train_fit": int(len(arrays["train"][0])),
+    }
+
+
+def _gan_oversample(config: TrainConfig, dataset: Dataset, arrays: dict, model_dir: ModelDir) -> tuple[dict, dict]:
+    """Train a GAN on the training split, save a sample grid, add minority samples to train only."""
+    from medlens.models.deep.gan import augment_minority, save_sample_grid, train_gan
+
+    if dataset.task is Task.MULTILABEL or dataset.dims != 2:
+        raise MedlensError("--augment gan supports single-label 2D images only")
+    x, y = arrays["train"]
+    gan = train_gan(x, y, num_classes=len(dataset.class_names), epochs=config.gan_epochs, seed=config.seed, show_progress=config.progress)
+    x_new, y_new, info = augment_minority(x, y, gan, seed=config.seed)
+    save_sample_grid(gan, model_dir.samples_png, dataset.class_names, seed=config.seed)
+    out = dict(arrays)
+    out["train"] = (np.asarray(x_new, dtype=np.float32), np.asarray(y_new))
+    return out, {"epochs": config.gan_epochs, **_jsonable(info)}
+
+
+# -- classical ------------------------------------------------------------------------------
+def _fit_classical(config: TrainConfig, spec: Any, dataset: Dataset, arrays: dict, model_dir: ModelDir) -> dict:
+    from medlens.training.classical import fit_classical, predict_proba_classical, save_estimator
+
+    gan_info = None
+    if config.augment == "gan":
+        arrays, gan_info = _gan_oversample(config, dataset, arrays, model_dir)
+    task = dataset.task.value
+    n_classes = None if dataset.task is Task.MULTILABEL else len(dataset.class_names)
+    (xt, yt), (xv, yv) = arrays["train"], arrays["val"]
+    started = time.perf_counter()
+    result = fit_classical(config.model, xt, yt, xv, yv, task=task, seed=config.seed, show_progress=config.progress)
+    seconds = time.perf_counter() - started
+    save_estimator(result.estimator, model_dir.estimator)
+    probs = {
+        split: np.asarray(predict_proba_classical(result.estimator, x, task, n_classes=n_classes))
+        for split, (x, _) in arrays.items()
+        if split in ("val", "test")
+    }
+    _write_classical_log(model_dir, result)
+    return {
+        "probs": probs,
+        "best_params": _jsonable(result.best_params),
+        "best_score": float(result.best_score),
+        "gan": gan_info,
+        "timing": {
+            "fit_seconds": round(seconds, 3),
+            "feature_seconds": round(result.feature_seconds, 3),
+            "images_per_second": round(len(xt) / max(seconds, 1e-9), 1),
+        },
+        "n_train_fit": int(len(xt)),
+    }
+
+
+def _write_classical_log(model_dir: ModelDir, result: Any) -> None:
+    """training_log.csv of a classical fit: one row per hyper-parameter setting tried."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["trial", "params", f"val_{result.metric}", "fit_seconds", "best"])
+    for i, row in enumerate(result.grid_scores):
+        params = ";".join(f"{k}={v}" for k, v in sorted(row["params"].items()))
+        best = row["params"] == result.best_params
+        writer.writerow([i, params, f"{row['score']:.6g}", f"{row['fit_seconds']:.3f}", int(best)])
+    atomic_write_bytes(model_dir.training_log, buf.getvalue().encode())
+
+
+# -- artifacts ------------------------------------------------------------------------------
+def _write_model_artifacts(config: TrainConfig, spec: Any, dataset: Dataset, splits: dict, arrays: dict, model_dir: ModelDir, fitted: dict) -> None:
+    from medlens.evaluation.metrics import classification_metrics
+
+    task = dataset.task.value
+    probs = fitted["probs"]
+    y_val = arrays["val"][1]
+    threshold = _choose_threshold(y_val, probs["val"], task)
+    metrics: dict[str, Any] = {}
+    for split in ("val", "test"):
+        if split not in probs:
+            continue
+        metrics[split] = classification_metrics(arrays[split][1], probs[split], task, threshold=threshold)
+        _write_predictions(model_dir.predictions(split), splits[split], arrays[split][1], probs[split], dataset.class_names)
+    metrics["n"] = {k: len(v) for k, v in splits.items()}
+    metrics["n_train_fit"] = fitted.get("n_train_fit")
+    metrics["timing"] = fitted.get("timing", {})
+    write_json(model_dir.metrics, metrics)
+
+    info = {
+        "name": spec.name,
+        "model": spec.name,
+        "kind": spec.kind,
+        "dims": dataset.dims,
+        "task": task,
+        "class_names": list(dataset.class_names),
+        "num_outputs": len(dataset.class_names),
+        "in_channels": config.channels,
+        "img_size": config.img_size,
+        "modality": dataset.modality,
+        "preprocessing": config.preprocessing,
+        "temperature": 1.0,
+        "thresholds": {"decision": threshold} if threshold is not None else {},
+        "cam_layer": (spec.defaults or {}).get("cam_layer"),
+        "mc_dropout": (spec.defaults or {}).get("mc_dropout"),
+        "weights_file": model_dir.weights.name if spec.kind == "deep" else model_dir.estimator.name,
+        "best_params": fitted.get("best_params"),
+        "best_epoch": fitted.get("best_epoch"),
+        "best_score": fitted.get("best_score"),
+        "epochs_run": fitted.get("epochs_run"),
+        "global_step": fitted.get("global_step"),
+        "stopped_early": fitted.get("stopped_early"),
+        "resumed_from": fitted.get("resumed_from"),
+        "session": fitted.get("session"),
+        "gan": fitted.get("gan"),
+        "source": config.source,
+        "seed": config.seed,
+        "medlens_version": __version__,
+        "config": config.to_dict(),
+    }
+    write_json(model_dir.info, info)
+
+
+def _choose_threshold(y_val: np.ndarray, probs_val: np.ndarray, task: str) -> float | None:
+    """The binary operating threshold, chosen on validation when the evaluation code offers it."""
+    if task != "binary":
+        return None
+    try:
+        from medlens.evaluation.thresholds import choose_threshold
+    except ModuleNotFoundError:
+        return 0.5
+    try:
+        return float(choose_threshold(y_val, probs_val))
+    except (MedlensError, ValueError, TypeError):  # validation lacks a class
+        return 0.5
+
+
+def _write_predictions(path: Path, ids: list[str], y: np.ndarray, probs: np.ndarray, class_names: list[str]) -> None:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["id", "label", *[f"prob_{c}" for c in class_names]])
+    for sample_id, label, p in zip(ids, y, probs):
+        label_text = ";".join(str(int(v)) for v in np.ravel(label)) if np.ndim(label) else str(int(label))
+        writer.writerow([sample_id, label_text, *[f"{float(v):.6g}" for v in np.ravel(p)]])
+    atomic_write_bytes(path, buf.getvalue().encode())
+
+
+def _jsonable(obj: Any) -> Any:
+    if obj is None or isinstance(obj, (str, int, float, bool)):
+        return obj
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return obj.item()
+    return repr(obj)

@@ -1,0 +1,231 @@
+"""The Lightning Trainer factory and what goes with it.
+
+:func:`build_trainer` assembles a ``lightning.Trainer`` from a :class:`TrainConfig`:
+
+- ``ModelCheckpoint`` "best.ckpt" (best on ``val_auc`` or ``val_loss``),
+- a second ``ModelCheckpoint`` writing ``last.ckpt`` every N optimizer steps as well as at each
+  epoch end, so that a SIGKILL mid-epoch loses little (``medlens train --resume``),
+- ``EarlyStopping``, ``LearningRateMonitor``, ``RichProgressBar``, a ``CSVLogger``,
+- deterministic algorithms, accelerator "auto", and the devices / strategy / num_nodes /
+  precision of the config (DDP on CPU uses the gloo backend).
+
+:func:`write_training_log` turns the CSV logger's files (one per session, so a resumed run has
+two) into the run's ``training_log.csv``, one row per epoch.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import logging
+import math
+import os
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback, EarlyStopping, LearningRateMonitor, ModelCheckpoint, RichProgressBar
+from lightning.pytorch.loggers import CSVLogger
+
+from medlens.errors import MedlensError
+from medlens.runs import ModelDir, atomic_write_bytes
+from medlens.training.config import TrainConfig
+
+# Lightning advertises a cloud logger at every fit; medlens users do not need that line.
+logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(lambda record: "litlogger" not in record.getMessage())
+
+LOG_DIR = "logs"  # under the model directory, one version_N per training session
+RANK_DIGEST_ENV = "MEDLENS_RANK_DIGEST_DIR"  # test hook: each rank writes a digest of its weights
+
+
+def monitor_key(config: TrainConfig) -> tuple[str, str]:
+    """The metric that picks the best checkpoint and drives early stopping, with its mode."""
+    return ("val_auc", "max") if config.monitor == "auc" else ("val_loss", "min")
+
+
+class RankDigest(Callback):
+    """Writes ``rank{N}.json`` (sha256 of the final weights, step, world size) into a folder.
+
+    Used by the DDP test to check that every rank ends with the same weights; enabled by setting
+    ``MEDLENS_RANK_DIGEST_DIR``.
+    """
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        h = hashlib.sha256()
+        for name, tensor in sorted(pl_module.state_dict().items()):
+            h.update(name.encode())
+            h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+        info = {"rank": trainer.global_rank, "world_size": trainer.world_size, "global_step": trainer.global_step, "sha256": h.hexdigest()}
+        atomic_write_bytes(self.folder / f"rank{trainer.global_rank}.json", json.dumps(info).encode())
+
+
+class EpochTimer(Callback):
+    """Wall time spent in training batches (validation excluded) and the samples seen: images/s."""
+
+    def __init__(self):
+        self.seconds = 0.0
+        self.samples = 0
+        self.start_step = 0
+        self._start: float | None = None
+
+    def _pause(self) -> None:
+        if self._start is not None:
+            self.seconds += time.perf_counter() - self._start
+            self._start = None
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.start_step = trainer.global_step  # > 0 when resumed from a checkpoint
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        self.samples += len(batch[0]) * trainer.world_size
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._pause()
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._pause()
+
+    def summary(self) -> dict:
+        ips = self.samples / self.seconds if self.seconds > 0 else None
+        return {
+            "train_seconds": round(self.seconds, 3),
+            "train_samples": self.samples,
+            "images_per_second": None if ips is None else round(ips, 1),
+            "start_step": self.start_step,
+        }
+
+
+def _accelerator(config: TrainConfig) -> str:
+    if config.accelerator != "auto":
+        return config.accelerator
+    return "gpu" if torch.cuda.is_available() else "cpu"
+
+
+def check_precision(config: TrainConfig, accelerator: str | None = None) -> None:
+    """Refuse a precision the accelerator cannot run, before any data is loaded."""
+    accelerator = accelerator or _accelerator(config)
+    if accelerator == "cpu" and config.precision == "16-mixed":
+        raise MedlensError("--precision 16-mixed needs a GPU; use bf16-mixed or 32 on CPU")
+
+
+def build_trainer(config: TrainConfig, model_dir: ModelDir, *, extra_callbacks: list[Callback] | None = None) -> L.Trainer:
+    """A Trainer writing checkpoints to ``model_dir/checkpoints`` and CSV logs to ``model_dir/logs``."""
+    L.seed_everything(config.seed, workers=True, verbose=False)
+    monitor, mode = monitor_key(config)
+    best = ModelCheckpoint(
+        dirpath=model_dir.checkpoints,
+        filename="best",
+        monitor=monitor,
+        mode=mode,
+        save_top_k=1,
+        save_last=True,
+        enable_version_counter=False,
+        auto_insert_metric_name=False,
+    )
+    steps = ModelCheckpoint(
+        dirpath=model_dir.checkpoints,
+        monitor=None,
+        save_top_k=0,
+        save_last=True,
+        every_n_train_steps=max(1, int(config.checkpoint_every_n_steps)),
+        enable_version_counter=False,
+    )
+    callbacks: list[Callback] = [
+        best,
+        steps,
+        EarlyStopping(monitor=monitor, mode=mode, patience=config.patience, check_finite=False),
+        LearningRateMonitor(logging_interval="epoch"),
+    ]
+    if config.progress:
+        callbacks.append(RichProgressBar(leave=True))
+    if os.environ.get(RANK_DIGEST_ENV):
+        callbacks.append(RankDigest(os.environ[RANK_DIGEST_ENV]))
+    callbacks += extra_callbacks or []
+    accelerator = _accelerator(config)
+    check_precision(config, accelerator)
+    return L.Trainer(
+        accelerator=accelerator,
+        devices=config.devices,
+        strategy=config.strategy,
+        num_nodes=config.num_nodes,
+        precision=config.precision,
+        max_epochs=config.epochs,
+        callbacks=callbacks,
+        logger=CSVLogger(save_dir=str(model_dir.root), name=LOG_DIR),
+        deterministic=True if (config.deterministic and accelerator == "cpu") else ("warn" if config.deterministic else False),
+        enable_progress_bar=config.progress,
+        enable_model_summary=False,
+        log_every_n_steps=1,
+        num_sanity_val_steps=0,
+    )
+
+
+def best_checkpoint(trainer: L.Trainer) -> Path | None:
+    """Path of the best checkpoint (by the monitored metric), if one was written."""
+    cb = trainer.checkpoint_callback
+    path = getattr(cb, "best_model_path", "") if cb is not None else ""
+    return Path(path) if path and Path(path).is_file() else None
+
+
+def write_training_log(model_dir: ModelDir) -> list[dict]:
+    """Merge the CSV logger's sessions into ``training_log.csv``: one row per epoch.
+
+    Lightning logs step and epoch metrics on separate rows; rows of one epoch are merged, and a
+    later session (a resumed run) overrides an earlier one for the epochs it repeats. Columns:
+    ``epoch, step, train_loss, val_loss, val_auc, val_acc, lr, session``.
+    """
+    root = model_dir.root / LOG_DIR
+    sessions = sorted(root.glob("version_*/metrics.csv"), key=lambda p: int(p.parent.name.split("_")[1]))
+    epochs: dict[int, dict] = {}
+    for path in sessions:
+        session = int(path.parent.name.split("_")[1])
+        this: dict[int, dict] = {}
+        pending: dict = {}  # rows without an epoch (LearningRateMonitor) belong to the next epoch row
+        with open(path, newline="") as f:
+            for row in csv.DictReader(f):
+                values = {_column(k): v for k, v in row.items() if v not in ("", None)}
+                if "epoch" not in values:
+                    pending.update(values)
+                    continue
+                merged = this.setdefault(int(float(values["epoch"])), {"session": session})
+                merged.update({**pending, **values} if "lr" not in merged else values)
+                pending = {}
+        epochs.update(this)  # a resumed session replaces the epochs it repeats
+    rows = [_ordered(epoch, epochs[epoch]) for epoch in sorted(epochs)]
+    columns = ["epoch", "step", "train_loss", "val_loss", "val_auc", "val_acc", "lr", "session"]
+    extra = sorted({k for r in rows for k in r} - set(columns))
+    lines = [",".join(columns + extra)]
+    for r in rows:
+        lines.append(",".join(_fmt(r.get(c, "")) for c in columns + extra))
+    atomic_write_bytes(model_dir.training_log, ("\n".join(lines) + "\n").encode())
+    return rows
+
+
+def _column(key: str) -> str:
+    return "lr" if key.startswith("lr-") else key
+
+
+def _ordered(epoch: int, row: dict) -> dict:
+    out = dict(row)
+    out["epoch"] = epoch
+    return out
+
+
+def _fmt(value) -> str:
+    if value in ("", None):
+        return ""
+    try:
+        f = float(value)
+    except (TypeError, ValueError):
+        return str(value)
+    if math.isnan(f):
+        return "nan"
+    return str(int(f)) if f.is_integer() and abs(f) < 1e15 else f"{f:.6g}"
