@@ -1,0 +1,158 @@
+"""`medlens compare`: train every model of a suite on identical splits, then evaluate them.
+
+:func:`compare` opens the source once to choose the suite's models for its dimensions and task
+(and, with a budget, to estimate training time: :func:`medlens.study.suites.fit_budget`), then
+trains each model with :func:`medlens.training.run.train` into the same run directory — the
+first model writes ``splits.json`` and every later one reuses it, so all models see the same
+train / val / test ids — records the suite and per-model wall times in ``study.json``, and runs
+:func:`medlens.study.evaluate.evaluate` (comparison.json, model.json updates, figures, report).
+
+Models already in the run directory from an earlier call are evaluated with the new ones.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from medlens.runs import RunDir, read_json, write_json
+from medlens.study.suites import SuiteEntry, fit_budget, suite_entries
+
+Log = Callable[[str], None]
+
+
+def compare(
+    source: str,
+    suite: str | Sequence[SuiteEntry | str],
+    out: str | Path,
+    *,
+    seed: int = 0,
+    budget_minutes: float | None = None,
+    max_samples: int | None = None,
+    show_progress: bool = True,
+    epochs: int | None = None,
+    n_resamples: int = 1000,
+    threads: int | None = None,
+    log: Log | None = None,
+) -> RunDir:
+    """Train the models of ``suite`` on ``source`` into ``out`` and evaluate them; returns the run.
+
+    ``suite``: a suite name, comma-separated model names, or a list of :class:`SuiteEntry`.
+    ``epochs`` caps every deep model's epochs (quick checks); ``budget_minutes`` scales them
+    down to fit (see :mod:`medlens.study.suites`); ``max_samples`` caps each split.
+    """
+    from medlens.data.sources import open_source
+    from medlens.study.evaluate import evaluate
+
+    say = log or (lambda msg: None)
+    started = time.perf_counter()
+    dataset = open_source(source, seed=seed)
+    entries = suite_entries(suite, dataset.dims, dataset.task.value)
+    if epochs is not None:
+        entries = [_cap_epochs(e, epochs) for e in entries]
+    budget = None
+    if budget_minutes is not None:
+        entries, budget = _fit_budget(dataset, source, entries, budget_minutes, seed=seed, max_samples=max_samples)
+        say(f"budget {budget_minutes:g} min: estimated training {budget['estimated_training_seconds']:.0f} s, "
+            f"epoch scale {budget['epoch_scale']:.2f}"
+            + ("" if budget["fits"] else " (does not fit even at one epoch per deep model: choose a smaller suite)"))
+
+    run = RunDir(out).create()
+    study: dict[str, Any] = {
+        "source": source,
+        "suite": suite if isinstance(suite, str) else [e if isinstance(e, str) else e.model for e in suite],
+        "seed": seed,
+        "max_samples": max_samples,
+        "entries": [e.to_dict() for e in entries],
+        "budget": budget,
+        "timings": {},
+        "status": "training",
+    }
+    write_json(run.study, study)
+    for k, entry in enumerate(entries, 1):
+        say(f"[{k}/{len(entries)}] training {entry.model}"
+            + (f" ({entry.settings['epochs']} epochs)" if entry.settings.get("epochs") else ""))
+        t0 = time.perf_counter()
+        _train_one(source, entry, run, seed=seed, max_samples=max_samples, show_progress=show_progress, threads=threads)
+        seconds = time.perf_counter() - t0
+        study["timings"][entry.model] = round(seconds, 2)
+        test_auc = (read_json(run.model(entry.model).metrics).get("test") or {}).get("auc")
+        say(f"[{k}/{len(entries)}] {entry.model} done in {seconds:.1f} s"
+            + (f" (test AUC {test_auc:.3f})" if isinstance(test_auc, (int, float)) else ""))
+        write_json(run.study, study)
+    study["timings"]["training_total"] = round(time.perf_counter() - started, 2)
+    study["status"] = "trained"
+    write_json(run.study, study)  # evaluate copies study.json into comparison.json
+    say("evaluating")
+    t0 = time.perf_counter()
+    evaluate(run.root, seed=seed, n_resamples=n_resamples, log=say)
+    study["status"] = "evaluated"
+    study["timings"]["evaluation"] = round(time.perf_counter() - t0, 2)
+    study["timings"]["total"] = round(time.perf_counter() - started, 2)
+    write_json(run.study, study)
+    from medlens.manifest import write_manifest
+
+    write_manifest(run.root)  # study.json changed after evaluate's manifest
+    return run
+
+
+def _cap_epochs(entry: SuiteEntry, epochs: int) -> SuiteEntry:
+    if "epochs" not in entry.settings:
+        return entry
+    settings = {**entry.settings, "epochs": min(int(entry.settings["epochs"]), epochs)}
+    if "patience" in settings:
+        settings["patience"] = min(int(settings["patience"]), settings["epochs"])
+    return SuiteEntry(entry.model, settings)
+
+
+def _train_one(source: str, entry: SuiteEntry, run: RunDir, *, seed: int, max_samples: int | None,
+               show_progress: bool, threads: int | None) -> None:
+    from medlens.training.config import TrainConfig
+    from medlens.training.run import train
+
+    settings = dict(entry.settings)
+    cap = settings.pop("max_img_size", None)
+    if cap is not None and "img_size" not in settings:
+        settings["img_size"] = min(int(cap), _native_size(source, seed))
+    config = TrainConfig(source=source, model=entry.model, out=str(run.root), seed=seed, progress=show_progress)
+    config = config.updated(**settings, max_samples=max_samples, threads=threads)
+    train(config, explicit=set(settings))
+
+
+def _native_size(source: str, seed: int) -> int:
+    """The largest spatial side of the source's first image."""
+    from medlens.data.sources import open_source
+    from medlens.training.config import native_size
+
+    dataset = open_source(source, seed=seed)
+    return native_size(dataset.load(dataset.records[0].id).image.shape)
+
+
+def _fit_budget(dataset, source: str, entries: list[SuiteEntry], budget_minutes: float, *, seed: int,
+                max_samples: int | None) -> tuple[list[SuiteEntry], dict[str, Any]]:
+    """Resolve each deep model's input size and batch size as training will, then fit the budget."""
+    from medlens.data.splits import assign_splits
+    from medlens.models.registry import get_model
+    from medlens.training.config import TrainConfig, native_size, resolve_config
+
+    splits = assign_splits(dataset, seed=seed)
+    n_train, n_val = len(splits.get("train", [])), len(splits.get("val", []))
+    if max_samples:
+        n_train, n_val = min(n_train, max_samples), min(n_val, max_samples)
+    first = dataset.load(dataset.records[0].id)
+    img_sizes, batch_sizes = {}, {}
+    for entry in entries:
+        spec = get_model(entry.model)
+        if spec.kind != "deep":
+            continue
+        settings = dict(entry.settings)
+        cap = settings.pop("max_img_size", None)
+        if cap is not None and "img_size" not in settings:
+            settings["img_size"] = min(int(cap), native_size(first.image.shape))
+        cfg = TrainConfig(source=source, model=entry.model).updated(**settings)
+        cfg = resolve_config(cfg, spec=spec, dims=dataset.dims, modality=dataset.modality, first_shape=first.image.shape)
+        img_sizes[entry.model], batch_sizes[entry.model] = int(cfg.img_size), int(cfg.batch_size)
+    return fit_budget(entries, budget_minutes, n_train=n_train, n_val=n_val, dims=dataset.dims,
+                      in_channels=int(first.image.shape[0]), num_outputs=len(dataset.class_names),
+                      img_sizes=img_sizes, batch_sizes=batch_sizes)

@@ -1,0 +1,65 @@
+"""`compare`: a two-model suite on identical splits gives a complete, strict comparison.json."""
+
+from __future__ import annotations
+
+import json
+import math
+
+from medlens.manifest import verify_manifest
+from medlens.runs import RunDir, read_json
+
+
+def _strict(path):
+    """Parse with NaN/Infinity forbidden (strict JSON)."""
+    def bad(token):
+        raise ValueError(f"non-strict JSON token {token}")
+
+    return json.loads(path.read_text(), parse_constant=bad)
+
+
+def test_compare_writes_comparison_with_cis_delong_and_holm(tiny_run):
+    run = RunDir(tiny_run)
+    c = _strict(run.comparison)
+    assert c["schema"] == "medlens.comparison/1"
+    assert c["order"] == ["elm", "cnn-small"] and c["task"] == "binary"
+    assert c["ci"]["n_resamples"] >= 1000
+    # identical test ids for both models
+    ids = [[row.split(",")[0] for row in run.model(n).predictions("test").read_text().splitlines()[1:]] for n in c["order"]]
+    assert ids[0] == ids[1] and len(ids[0]) == c["pairwise"]["n_common"]
+    for name in c["order"]:
+        m = c["models"][name]["metrics"]["test"]
+        for metric in ("auc", "acc", "sensitivity", "specificity", "brier", "ece"):
+            ci = m[metric]
+            assert ci["low"] <= ci["value"] <= ci["high"], (name, metric, ci)
+        assert c["models"][name]["calibrated_metrics"]["test"]["auc"]["value"] == m["auc"]["value"] or math.isclose(
+            c["models"][name]["calibrated_metrics"]["test"]["auc"]["value"], m["auc"]["value"], abs_tol=1e-9)
+    tests = c["pairwise"]["tests"]
+    auc_tests = [t for t in tests if t["metric"] == "auc"]
+    acc_tests = [t for t in tests if t["metric"] == "accuracy"]
+    assert [t["method"] for t in auc_tests] == ["delong"] and [t["method"] for t in acc_tests] == ["mcnemar"]
+    raw = sorted(t["p_value"] for t in tests)
+    for t in tests:
+        assert 0 <= t["p_value"] <= t["p_holm"] <= 1
+    # Holm with two tests: the smallest p doubled (capped at 1)
+    assert math.isclose(min(t["p_holm"] for t in tests), min(1.0, 2 * raw[0]))
+    assert c["best"]["model"] in c["order"] and "auc" in c["best"]["by_metric"]
+    assert c["summary"][0]["model"] == "elm" and c["summary"][0]["auc_low"] is not None
+
+
+def test_compare_records_study_and_keeps_bundles_verifiable(tiny_run):
+    run = RunDir(tiny_run)
+    study = read_json(run.study)
+    assert [e["model"] for e in study["entries"]] == ["elm", "cnn-small"]
+    assert set(study["timings"]) >= {"elm", "cnn-small", "evaluation", "total"}
+    info = read_json(run.model("cnn-small").info)
+    assert info["temperature"] > 0 and info["abstention"]["method"] in ("max_prob", "entropy")
+    assert info["thresholds"]["decision"] == info["thresholds"]["youden"]
+    assert "sensitivity_0.95" in info["thresholds"]
+    assert verify_manifest(run.root) == []
+
+
+def test_compare_cli_list_suites(cli):
+    code, out, _ = cli("compare", "--list-suites")
+    assert code == 0
+    for word in ("quick", "standard", "full", "cnn-small", "resnet18-3d", "cnn-lstm", "svm", "elm"):
+        assert word in out
