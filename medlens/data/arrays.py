@@ -17,6 +17,7 @@ import numpy as np
 
 from medlens.data.sample import Dataset, Record, Task
 from medlens.errors import MedlensError
+from medlens.data.transforms import size_list
 
 T = TypeVar("T")
 BULK_CHUNK = 4096  # samples preprocessed at once on the bulk path
@@ -39,15 +40,6 @@ def progress_iter(items: Iterable[T], total: int, description: str, show: bool =
             bar.advance(task)
 
 
-def _size(size: int | Sequence[int] | None, dims: int) -> list[int] | None:
-    if size is None:
-        return None
-    if isinstance(size, (int, np.integer)):
-        return [int(size)] * dims
-    size = [int(s) for s in size]
-    if len(size) != dims:
-        raise MedlensError(f"size {size} does not have {dims} dimensions")
-    return size
 
 
 def _pipeline_config(preprocessing: dict | None, size: list[int] | None, dims: int) -> dict:
@@ -115,7 +107,7 @@ def load_arrays(
     ids = [r.id for r in dataset.records] if ids is None else list(ids)
     records = [dataset.records[dataset.index_of(i)] for i in ids]
     labels = _labels(records, dataset.task)
-    config = _pipeline_config(preprocessing, _size(size, dataset.dims), dataset.dims)
+    config = _pipeline_config(preprocessing, size_list(size, dataset.dims), dataset.dims)
     pipeline = build_transform(config, dataset.dims)
 
     bulk = _bulk_images(dataset, records)
@@ -144,7 +136,7 @@ def load_arrays(
             raise MedlensError(f"shape {tuple(x.shape)} differs from {first[1]} of {first[0]}{hint}", rec.origin)
         out[n] = x
     if out is None:
-        out = np.empty((0, channels or 1, *(_size(size, dataset.dims) or [0] * dataset.dims)), dtype=np.float32)
+        out = np.empty((0, channels or 1, *(size_list(size, dataset.dims) or [0] * dataset.dims)), dtype=np.float32)
     return out, labels
 
 
@@ -173,7 +165,7 @@ def load_masks(dataset: Dataset, ids: Sequence[str] | None = None, size: int | S
     from medlens.data.transforms import build_transform
 
     ids = [r.id for r in dataset.records] if ids is None else list(ids)
-    sz = _size(size, dataset.dims)
+    sz = size_list(size, dataset.dims)
     resize = build_transform({"steps": [{"name": "resize", "size": sz, "mode": "nearest"}]} if sz else None,
                              dataset.dims)
     masks: list[np.ndarray | None] = []

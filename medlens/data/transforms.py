@@ -39,7 +39,8 @@ XRAY_MODALITIES = {"DX", "CR", "XR", "MG", "RF", "XA", "RG", "PX", "IO"}
 
 
 # -- configs -----------------------------------------------------------------------------------
-def _size_tuple(size: int | Sequence[int] | None, dims: int) -> list[int] | None:
+def size_list(size: int | Sequence[int] | None, dims: int) -> list[int] | None:
+    """An int or a per-axis sequence as a list of ``dims`` sizes (None stays None)."""
     if size is None:
         return None
     if isinstance(size, (int, np.integer)):
@@ -58,7 +59,7 @@ def default_preprocessing(modality: str | None, dims: int, size: int | Sequence[
     (robust to 8-, 12- and 16-bit detectors).
     """
     steps: list[dict[str, Any]] = []
-    sz = _size_tuple(size, dims)
+    sz = size_list(size, dims)
     if sz is not None:
         steps.append({"name": "resize", "size": sz, "mode": "area" if dims == 2 else "trilinear"})
     m = (modality or "").upper()
@@ -107,7 +108,7 @@ def _monai_step(step: dict[str, Any], dims: int) -> Callable:
     name = step.get("name")
     p = float(step.get("prob", 1.0))
     if name == "resize":
-        size = _size_tuple(step["size"], dims)
+        size = size_list(step["size"], dims)
         mode = step.get("mode", "area")
         return T.Resize(size, mode=mode, **({} if mode in ("area", "nearest", "nearest-exact") else {"align_corners": False}))
     if name == "window":
@@ -298,7 +299,7 @@ def preprocess_batch(x: np.ndarray, config: dict | None, dims: int) -> np.ndarra
     for step in (config or {}).get("steps", []):
         name = step.get("name")
         if name == "resize":
-            size = _size_tuple(step["size"], dims)
+            size = size_list(step["size"], dims)
             if list(out.shape[2:]) == size:
                 continue
             mode = step.get("mode", "area")
