@@ -210,6 +210,14 @@ CONTENDERS = ("plain", "medlens", "medlens+progress", "medlens-lean", "lightning
 
 
 def _peak_rss_mb() -> float:
+    """Peak resident memory of this process. VmHWM belongs to the process's own address space;
+    ru_maxrss would not do: Linux carries it over fork+exec from the (large) parent process."""
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0  # kB
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
 
 

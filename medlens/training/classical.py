@@ -51,6 +51,25 @@ class ClassicalFitResult:
     feature_seconds: float = 0.0
 
 
+def _fit_calibration_folds(model: Any, y_train: np.ndarray, spec_name: str) -> Any:
+    """Fewer calibration folds when a class has fewer training samples than folds; a clear error
+    when a class has fewer than two (probability calibration by cross-validation is impossible)."""
+    y = np.asarray(y_train)
+    counts = y.sum(axis=0).astype(int) if y.ndim == 2 else np.bincount(y.astype(int))
+    if y.ndim == 2:  # multi-label: each label is a binary problem with positives and negatives
+        counts = np.minimum(counts, len(y) - counts)
+    smallest = int(counts[counts > 0].min()) if np.any(counts > 0) else 0
+    for key, value in model.get_params().items():
+        if (key == "cv" or key.endswith("__cv")) and isinstance(value, int) and value > smallest:
+            if smallest < 2:
+                raise MedlensError(
+                    f"'{spec_name}' calibrates its probabilities by cross-validation and needs at least 2 "
+                    f"training samples of every class; the smallest class has {smallest}"
+                )
+            model.set_params(**{key: smallest})
+    return model
+
+
 def fit_classical(
     spec_name: str,
     X_train: np.ndarray,
@@ -110,7 +129,8 @@ def fit_classical(
             best_i, best_model = i, model
     best_params = points[best_i]
     if uncalibrated:  # refit the chosen point with its calibration
-        best_model = set_classifier_params(clone(template), best_params).fit(F_train, y_train)
+        calibrated = _fit_calibration_folds(set_classifier_params(clone(template), best_params), y_train, spec_name)
+        best_model = calibrated.fit(F_train, y_train)
     fit_seconds = time.perf_counter() - t0
 
     # the feature steps inside ``pipeline`` are the objects ``featurizer`` fitted

@@ -143,3 +143,24 @@ def test_save_load_checks_sha256(tmp_path, lr_result, splits):
         load_estimator(path, digest)
     with pytest.raises(MedlensError, match="not found"):
         load_estimator(tmp_path / "absent.joblib", digest)
+
+
+def test_svm_calibration_folds_shrink_for_small_classes_and_fail_clearly_below_two():
+    """Probability calibration by 5-fold CV on a class with 3 samples uses 3 folds; with 1 it is a clear error."""
+    from medlens.errors import MedlensError
+    from medlens.training.classical import fit_classical
+
+    rng = np.random.default_rng(0)
+
+    def data(n_per_class):
+        y = np.repeat([0, 1], n_per_class)
+        X = rng.random((len(y), 1, 16, 16)).astype(np.float32)
+        X[y == 1, :, 4:12, 4:12] += 1.0
+        return X, y
+
+    X, y = data(3)
+    result = fit_classical("svm", X, y, X, y, task="binary", seed=0, grid={"C": [1.0]}, show_progress=False)
+    assert result.estimator.steps[-1][1].cv == 3
+    X1, y1 = data(1)
+    with pytest.raises(MedlensError, match="at least 2"):
+        fit_classical("svm", X1, y1, X1, y1, task="binary", seed=0, grid={"C": [1.0]}, show_progress=False)
