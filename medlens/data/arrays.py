@@ -57,18 +57,11 @@ def _pipeline_config(preprocessing: dict | None, size: list[int] | None, dims: i
 
 def convert_channels(image: np.ndarray, channels: int | None, origin: str = "") -> np.ndarray:
     """(C, ...) -> (channels, ...): gray to RGB by repetition, RGB to gray by luminance."""
-    c = image.shape[0]
-    if channels is None or c == channels:
-        return image
-    if c == 1:
-        return np.repeat(image, channels, axis=0)
-    if channels == 1 and c in (3, 4):
-        return np.tensordot(LUMA, image[:3], axes=(0, 0))[None].astype(np.float32)
-    raise MedlensError(f"cannot convert {c} channels to {channels}", origin or None)
+    return convert_channels_batch(image[None], channels, origin)[0]
 
 
-def convert_channels_batch(x: np.ndarray, channels: int | None) -> np.ndarray:
-    """:func:`convert_channels` for a stacked batch (N, C, ...)."""
+def convert_channels_batch(x: np.ndarray, channels: int | None, origin: str = "") -> np.ndarray:
+    """:func:`convert_channels` for a stacked batch (N, C, ...); ``origin`` names the source in errors."""
     c = x.shape[1]
     if channels is None or c == channels:
         return x
@@ -76,7 +69,7 @@ def convert_channels_batch(x: np.ndarray, channels: int | None) -> np.ndarray:
         return np.repeat(x, channels, axis=1)
     if channels == 1 and c in (3, 4):
         return np.tensordot(x[:, :3], LUMA, axes=([1], [0]))[:, None].astype(np.float32)
-    raise MedlensError(f"cannot convert {c} channels to {channels}")
+    raise MedlensError(f"cannot convert {c} channels to {channels}", origin or None)
 
 
 def _labels(records: Sequence[Record], task: Task) -> np.ndarray:

@@ -35,7 +35,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 import pydicom
-from pydicom.errors import InvalidDicomError
+from pydicom.errors import BytesLengthException, InvalidDicomError
 
 from medlens.errors import BadInputError
 
@@ -194,14 +194,21 @@ def read_file(path: str | Path, *, pixels: bool = True, full: bool = False) -> p
             ds = pydicom.dcmread(
                 path, defer_size=None if pixels else _DEFER_BYTES, specific_tags=None if full else READ_TAGS
             )
+            _check_image(ds, path)  # pydicom converts values lazily: corrupt ones fail here, not in dcmread
     except InvalidDicomError:
         raise BadInputError("not a DICOM file (no 'DICM' marker after the 128-byte preamble)", path) from None
     except IsADirectoryError:
         raise BadInputError("is a folder, expected a DICOM file", path) from None
     except FileNotFoundError:
         raise BadInputError("no such file", path) from None
-    except (EOFError, struct.error, ValueError, KeyError, TypeError, OSError) as e:
-        raise BadInputError(f"truncated or corrupt DICOM file ({type(e).__name__}: {e})".splitlines()[0], path) from None
+    except (EOFError, struct.error, ValueError, KeyError, TypeError, AttributeError, OSError, NotImplementedError,
+            BytesLengthException) as e:
+        raise BadInputError(f"truncated or corrupt DICOM file ({type(e).__name__}: {e})".splitlines()[0][:300], path) from None
+    return ds
+
+
+def _check_image(ds: pydicom.Dataset, path: Path) -> None:
+    """Raise :class:`BadInputError` unless ``ds`` holds an image whose pixel data is all there."""
     if "Rows" not in ds or "Columns" not in ds:
         sop = ds.get("SOPClassUID")
         kind = f"SOP class {getattr(sop, 'name', sop)}" if sop else "no SOP class"
@@ -209,7 +216,7 @@ def read_file(path: str | Path, *, pixels: bool = True, full: bool = False) -> p
     raw = ds.get_item(_PIXEL_DATA)
     if raw is None:
         if "FloatPixelData" in ds or "DoubleFloatPixelData" in ds:
-            return ds
+            return
         raise BadInputError("DICOM file has no pixel data (truncated, or not an image)", path)
     if not _compressed(ds):
         expected = _expected_bytes(ds)
@@ -219,7 +226,6 @@ def read_file(path: str | Path, *, pixels: bool = True, full: bool = False) -> p
             got = len(ds.PixelData or b"")
         if got < expected:
             raise BadInputError(f"truncated pixel data: expected {expected} bytes, got {got}", path)
-    return ds
 
 
 def _compressed(ds) -> bool:

@@ -167,12 +167,7 @@ def _nifti_sample(s: Sample, out: Path, dataset: Dataset, n: int) -> tuple[str, 
     (out / "images").mkdir(parents=True, exist_ok=True)
     img = s.image[0]
     nib.save(nifti_image(img, s.affine, s.spacing, _int_dtype(img)), out / "images" / f"{fid}.nii.gz")
-    mask = ""
-    if s.mask is not None:
-        (out / "masks").mkdir(parents=True, exist_ok=True)
-        nib.save(nifti_image(s.mask, s.affine, s.spacing, np.uint8), out / "masks" / f"{fid}.nii.gz")
-        mask = f"masks/{fid}.nii.gz"
-    return f"images/{fid}.nii.gz", mask
+    return f"images/{fid}.nii.gz", _nifti_mask(s, out, fid)
 
 
 # -- dicom -----------------------------------------------------------------------------------------
@@ -194,14 +189,18 @@ def _dicom_sample(s: Sample, out: Path, dataset: Dataset, n: int) -> tuple[str, 
     folder = out / "series" / fid
     write_ct_series(s.image[0], s.affine, folder, patient_id=s.patient_id, study_uid=study, series_uid=series,
                     series_number=n + 1, description=f"synthetic {dataset.name} {s.id}")
-    mask = ""
-    if s.mask is not None:
-        import nibabel as nib
+    return f"series/{fid}", _nifti_mask(s, out, fid)
 
-        (out / "masks").mkdir(parents=True, exist_ok=True)
-        nib.save(nifti_image(s.mask, s.affine, s.spacing, np.uint8), out / "masks" / f"{fid}.nii.gz")
-        mask = f"masks/{fid}.nii.gz"
-    return f"series/{fid}", mask
+
+def _nifti_mask(s: Sample, out: Path, fid: str) -> str:
+    """Write the sample's mask as masks/FID.nii.gz (same geometry as the image); its relative path, or ""."""
+    if s.mask is None:
+        return ""
+    import nibabel as nib
+
+    (out / "masks").mkdir(parents=True, exist_ok=True)
+    nib.save(nifti_image(s.mask, s.affine, s.spacing, np.uint8), out / "masks" / f"{fid}.nii.gz")
+    return f"masks/{fid}.nii.gz"
 
 
 def _write_dicom_2d(s: Sample, path: Path, study: str, series: str, series_number: int) -> None:

@@ -406,3 +406,31 @@ def test_unused_high_bits_are_ignored_like_pydicom(tmp_path, signed):
     got = dicom.read_dicom(path).array[0]
     np.testing.assert_array_equal(got, expected)
     assert got.max() <= 4095 and (got.min() < 0) == bool(signed)
+
+
+def test_corrupt_headers_give_bad_input_errors_not_library_exceptions(tmp_path):
+    """Seeded byte flips in the header: read_file either reads the file or raises BadInputError naming it
+    (pydicom parses values lazily, so corrupt ones used to escape as ValueError/BytesLengthException)."""
+    import numpy as np
+    from pydicom.data import get_testdata_file
+
+    from medlens.data.dicom import read_file
+    from medlens.errors import BadInputError
+
+    original = bytearray(open(get_testdata_file("CT_small.dcm"), "rb").read())
+    rng = np.random.default_rng(0)
+    rejected = 0
+    for trial in range(60):
+        data = bytearray(original)
+        for i in rng.integers(132, 800, 6):
+            data[int(i)] = int(rng.integers(0, 256))
+        path = tmp_path / f"corrupt-{trial}.dcm"
+        path.write_bytes(bytes(data))
+        try:
+            read_file(path, full=True)
+        except BadInputError as e:
+            assert e.path == str(path)
+            rejected += 1
+        finally:
+            path.unlink()
+    assert rejected > 0  # the mutations do hit parsed values
