@@ -3,7 +3,8 @@ AdrenalMNIST3D and Brain Tumor MRI, next to MedMNIST v2's published numbers.
 
 Per dataset (``--datasets``, each recorded in its own section ``study-<dataset>``):
 
-* classical models (``svm``, ``elm``; HOG + LBP + histogram features, grid search on validation)
+* classical models (``svm``, ``random-forest``, ``elm`` by default, ``--classical``; HOG + LBP + histogram
+  features, grid search on validation)
   trained once (first seed; they are deterministic given the split);
 * deep recipes trained once per seed (``--seeds``, default 0,1,2) with
   :func:`medlens.training.run.train` and medlens's defaults (AdamW, cosine, light augmentation,
@@ -39,6 +40,7 @@ import shutil
 import statistics
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -71,7 +73,7 @@ DEEP: dict[str, list[str]] = {
     "adrenalmnist3d": ["resnet18-3d:20", "cnn-2.5d:40", "cnn-lstm:20"],
     "brain_tumor_mri": ["cnn-small@128:15", "resnet18@128:6"],
 }
-CLASSICAL = ["svm", "elm"]
+CLASSICAL = ["svm", "random-forest", "elm"]
 
 TARGETS = {  # (metric, minimum) the issue asks for
     "pneumoniamnist": [("auc", 0.985), ("acc", 0.92)],
@@ -97,18 +99,64 @@ def quick_cap(ds: str) -> int:
     return 64 if DATASETS[ds]["dims"] == 3 else 200
 
 
-def parse_recipe(text: str) -> tuple[str, int | None, int]:
-    """``model[@size]:epochs`` -> (model, img_size or None, epochs)."""
-    name, _, epochs = text.partition(":")
+@dataclass(frozen=True)
+class Recipe:
+    """One deep recipe: ``model[@size]:epochs[xSEEDS][+key=value...]``.
+
+    ``xSEEDS`` trains only the first SEEDS of ``--seeds`` (costly models); ``+key=value`` sets a
+    :class:`~medlens.training.config.TrainConfig` field (``+ema=0.99``, ``+augment=standard``).
+    """
+
+    model: str
+    size: int | None
+    epochs: int
+    n_seeds: int | None = None
+    options: tuple[tuple[str, Any], ...] = ()
+
+    @property
+    def label(self) -> str:
+        return recipe_label(self.model, self.size) + "".join(f"+{k}={v}" for k, v in self.options)
+
+    def seeds(self, seeds: list[int]) -> list[int]:
+        return seeds[: self.n_seeds] if self.n_seeds else list(seeds)
+
+    def describe(self) -> str:
+        runs = f", {self.n_seeds} seed{'s' if self.n_seeds > 1 else ''}" if self.n_seeds else ""
+        return f"`{self.label}` {self.epochs} epochs{runs}"
+
+
+def parse_recipe(text: str) -> Recipe:
+    """``model[@size]:epochs[xSEEDS][+key=value...]`` -> :class:`Recipe`."""
+    head, *opts = text.strip().split("+")
+    name, _, rest = head.partition(":")
     model, _, size = name.partition("@")
-    return model.strip(), int(size) if size else None, int(epochs or 10)
+    epochs, _, n_seeds = (rest or "10").partition("x")
+    options = []
+    for opt in opts:
+        key, _, value = opt.partition("=")
+        options.append((key.strip(), _number(value.strip())))
+    return Recipe(model.strip(), int(size) if size else None, int(epochs), int(n_seeds) if n_seeds else None,
+                  tuple(options))
+
+
+def _number(text: str) -> Any:
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
 
 
 def recipe_label(model: str, size: int | None) -> str:
     return f"{model}@{size}" if size else model
 
 
-def estimate(ds: str, recipes, seeds: list[int], n_cap: int | None, quick: bool) -> tuple[float, dict[str, float]]:
+def args_classical(classical: list[str] | None) -> list[str]:
+    return CLASSICAL if classical is None else classical
+
+
+def estimate(ds: str, recipes, seeds: list[int], n_cap: int | None, quick: bool, classical: list[str] | None = None) -> tuple[float, dict[str, float]]:
     """Seconds for dataset ``ds`` (deep from a measured training speed, classical from the table)."""
     from medlens.models.registry import get_model
 
@@ -117,17 +165,17 @@ def estimate(ds: str, recipes, seeds: list[int], n_cap: int | None, quick: bool)
     if n_cap:
         n_train, n_val = min(n_train, n_cap), min(n_val, n_cap)
     per_model: dict[str, float] = {}
-    for model in CLASSICAL:
+    for model in args_classical(classical):
         per_model[model] = classical_estimate(model, n_train, info["dims"]) * (2.0 if ds == "brain_tumor_mri" else 1.0) + 10
-    for model, size, epochs in recipes:
+    for r in recipes:
         native = 128 if ds == "brain_tumor_mri" else 28
-        img = size or min(native, 128 if info["dims"] == 2 else 64)
-        bs = int(get_model(model).defaults.get("batch_size", 64))
-        ips = probe_ips(model, dims=info["dims"], img_size=img, batch_size=4 if quick else bs, channels=info["channels"],
+        img = r.size or min(native, 128 if info["dims"] == 2 else 64)
+        bs = int(get_model(r.model).defaults.get("batch_size", 64))
+        ips = probe_ips(r.model, dims=info["dims"], img_size=img, batch_size=4 if quick else bs, channels=info["channels"],
                         outputs=info["classes"], seconds=0.3 if quick else 1.5)
-        epochs = 1 if quick else epochs
+        epochs = 1 if quick else r.epochs
         per_call = 45 if ds == "brain_tumor_mri" else 15  # start-up; train() reads every image of the splits again
-        per_model[recipe_label(model, size)] = len(seeds) * (epochs * (n_train + 0.35 * n_val) / ips + per_call)
+        per_model[r.label] = len(r.seeds(seeds)) * (epochs * (n_train + 0.35 * n_val) / ips + per_call)
     load = 60.0 if ds == "brain_tumor_mri" else 5.0  # audit of 7000 JPEGs
     return sum(per_model.values()) + load, per_model
 
@@ -138,17 +186,17 @@ def run_dataset(ds: str, recipes, seeds: list[int], args) -> dict[str, Any]:
     out = (args.out or ROOT / "runs" / "bench") / ("study-quick" if args.quick else "study") / ds
     n_cap = quick_cap(ds) if args.quick else None
     results: dict[str, dict[str, Any]] = {}  # label -> {"kind", "seeds": {seed: {...}}}
-    for model in CLASSICAL:
+    for model in args_classical(args.classical):
         _one_in(out / f"seed{seeds[0]}", model, model, seeds[0], {}, results, src, n_cap, args, ds)
-    for model, size, epochs in recipes:
-        label = recipe_label(model, size)
-        settings: dict[str, Any] = {"epochs": 1 if args.quick else epochs, "patience": 1 if args.quick else epochs}
-        if size:
-            settings["img_size"] = size
-        for seed in seeds:
-            # a run directory holds one model per name: a recipe with an explicit size gets its own
-            run_out = out / (f"seed{seed}-{label}" if size else f"seed{seed}")
-            _one_in(run_out, label, model, seed, settings, results, src, n_cap, args, ds)
+    for r in recipes:
+        settings: dict[str, Any] = {"epochs": 1 if args.quick else r.epochs, "patience": 1 if args.quick else r.epochs,
+                                    **dict(r.options)}
+        if r.size:
+            settings["img_size"] = r.size
+        for seed in r.seeds(seeds):
+            # a run directory holds one model per name: a recipe with a size or options gets its own
+            run_out = out / (f"seed{seed}-{r.label}" if r.label != r.model else f"seed{seed}")
+            _one_in(run_out, r.label, r.model, seed, settings, results, src, n_cap, args, ds)
     dedup = _duplicates(src, args) if ds == "brain_tumor_mri" else None
     return {"task": _task_any(results), "results": results, "dedup": dedup}
 
@@ -349,9 +397,9 @@ def _ensemble_acc_thr(good: dict) -> float | None:
 def markdown(ds: str, res: dict[str, Any], recipes, seeds: list[int], args, elapsed: float, est: float) -> str:
     table, notes = summarize(ds, res, args)
     info = DATASETS[ds]
-    rec = ", ".join(f"`{recipe_label(m, s)}` {e} epochs" for m, s, e in recipes)
+    rec = ", ".join(r.describe() for r in recipes)
     lines = [
-        f"{info['title']}. Classical (`svm`, `elm`; seed {seeds[0]}) and deep ({rec}; seeds "
+        f"{info['title']}. Classical ({', '.join(f'`{m}`' for m in args_classical(args.classical))}; seed {seeds[0]}) and deep ({rec}; seeds "
         f"{', '.join(map(str, seeds))}) trained by `medlens.training.run.train` with its defaults (AdamW, cosine, light "
         "augmentation, class-weighted loss, best epoch by validation AUC). Test AUC / ACC (MedMNIST's rule: "
         "0.5 on the positive score, argmax otherwise) with 95% stratified bootstrap CIs; *ensemble*: mean of "
@@ -386,7 +434,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--datasets", default=",".join(DATASETS), help=f"comma-separated subset of {', '.join(DATASETS)}")
     parser.add_argument("--seeds", default="0,1,2", help="seeds for the deep models (classical: the first)")
     parser.add_argument("--deep", default=None,
-                        help="override the deep recipes of every chosen dataset: 'model[@size]:epochs,...'")
+                        help="override the deep recipes of every chosen dataset: 'model[@size]:epochs[xSEEDS][+key=value...],...'")
+    parser.add_argument("--classical", default=None, type=lambda t: [m.strip() for m in t.split(",") if m.strip()],
+                        help=f"classical models, comma-separated (default {','.join(CLASSICAL)}; '' for none)")
     parser.add_argument("--estimate-only", action="store_true", help="print the time estimate and stop")
     args = parser.parse_args(argv)
     datasets = [d.strip() for d in args.datasets.split(",") if d.strip()]
@@ -404,7 +454,7 @@ def main(argv: list[str] | None = None) -> int:
     for ds in datasets:
         recipes = [parse_recipe(r) for r in (args.deep.split(",") if args.deep else DEEP[ds])]
         plans[ds] = recipes
-        est, per_model = estimate(ds, recipes, seeds, quick_cap(ds) if args.quick else None, args.quick)
+        est, per_model = estimate(ds, recipes, seeds, quick_cap(ds) if args.quick else None, args.quick, args.classical)
         estimates[ds] = est
         print(f"  {ds:16s} about {fmt_minutes(est):>9s}  (" + ", ".join(f"{k} {fmt_minutes(v)}" for k, v in per_model.items())
               + ")", flush=True)

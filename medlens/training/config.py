@@ -44,6 +44,7 @@ class TrainConfig:
     imbalance: str = "weighted-loss"
     augment: str = "light"
     gan_epochs: int = 30
+    ema: float = 0.0  # decay of an exponential moving average of the weights per step (0: off)
     # data
     seed: int = 0
     val_fraction: float = 0.15
@@ -108,6 +109,8 @@ class TrainConfig:
             raise MedlensError(f"--lr must be positive, not {self.lr}")
         if not 0 < self.val_fraction < 1 or not 0 <= self.test_fraction < 1:
             raise MedlensError("val/test fractions must lie in (0, 1)")
+        if not 0 <= self.ema < 1:
+            raise MedlensError(f"--ema must lie in [0, 1) (a decay per optimizer step, e.g. 0.99), not {self.ema}")
         if self.num_nodes < 1:
             raise MedlensError(f"--num-nodes must be at least 1, not {self.num_nodes}")
         if self.weights is not None and not Path(self.weights).is_file():

@@ -226,3 +226,38 @@ def test_weights_option_starts_from_local_weights(run, tmp_path):
     assert convs
     for k in convs:
         torch.testing.assert_close(after[k], before[k], atol=1e-6, rtol=0)
+
+
+def test_ema_decay_warms_up_then_holds():
+    from medlens.training.trainer import ema_with_warmup
+
+    update = ema_with_warmup(0.99)
+    avg, cur = [torch.zeros(3), torch.tensor(5)], [torch.ones(3), torch.tensor(7)]
+    update(avg, cur, torch.tensor(0))  # decay min(0.99, 1/10): mostly the current weights
+    torch.testing.assert_close(avg[0], torch.full((3,), 0.9))
+    assert int(avg[1]) == 7  # integer buffers are copied
+    avg = [torch.zeros(3)]
+    update(avg, [torch.ones(3)], torch.tensor(10_000))  # warmed up: the full decay
+    torch.testing.assert_close(avg[0], torch.full((3,), 0.01))
+
+
+def test_ema_exports_the_averaged_weights(run, tmp_path):
+    """--ema: best.ckpt holds the moving average (and the live weights beside it); the exported
+    weights are the average, not the live weights."""
+    from safetensors.torch import load_file
+
+    out = tmp_path / "ema"
+    assert _main("train", "synthetic:chest2d", "--model", "cnn-small", "--epochs", "1", "--img-size", "32",
+                 "--max-samples", "40", "--batch-size", "8", "--ema", "0.9", "--no-progress", "--out", out) == 0
+    md = RunDir(out).model("cnn-small")
+    ckpt = torch.load(md.checkpoints / "best.ckpt", map_location="cpu", weights_only=False)
+    exported = load_file(str(md.weights))
+    key = next(k for k in exported if k.endswith("conv.weight"))
+    torch.testing.assert_close(exported[key], ckpt["state_dict"][f"net.{key}"])
+    assert not torch.allclose(exported[key], ckpt["current_model_state"][f"net.{key}"])
+    assert read_yaml(RunDir(out).config)["ema"] == 0.9
+
+
+def test_ema_outside_its_range_is_a_one_line_error(cli, tmp_path):
+    code, _, err = cli("train", "synthetic:chest2d", "--model", "cnn-small", "--ema", "1.5", "--out", tmp_path / "r")
+    assert code == 2 and "--ema" in err and "Traceback" not in err
