@@ -183,7 +183,8 @@ def estimate(ds: str, recipes, seeds: list[int], n_cap: int | None, quick: bool,
 def run_dataset(ds: str, recipes, seeds: list[int], args) -> dict[str, Any]:
     info = DATASETS[ds]
     src = args.data / info["source"]
-    out = (args.out or ROOT / "runs" / "bench") / ("study-quick" if args.quick else "study") / ds
+    out = (args.out or ROOT / "runs" / "bench") / ("study-quick" if args.quick else "study") / (
+        f"{ds}-{args.tag}" if args.tag else ds)
     n_cap = quick_cap(ds) if args.quick else None
     results: dict[str, dict[str, Any]] = {}  # label -> {"kind", "seeds": {seed: {...}}}
     for model in args_classical(args.classical):
@@ -437,6 +438,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="override the deep recipes of every chosen dataset: 'model[@size]:epochs[xSEEDS][+key=value...],...'")
     parser.add_argument("--classical", default=None, type=lambda t: [m.strip() for m in t.split(",") if m.strip()],
                         help=f"classical models, comma-separated (default {','.join(CLASSICAL)}; '' for none)")
+    parser.add_argument("--tag", default=None,
+                        help="record as a separate section study-<dataset>-<tag> (extra recipes beside the main table)")
     parser.add_argument("--estimate-only", action="store_true", help="print the time estimate and stop")
     args = parser.parse_args(argv)
     datasets = [d.strip() for d in args.datasets.split(",") if d.strip()]
@@ -468,7 +471,10 @@ def main(argv: list[str] | None = None) -> int:
         elapsed = time.perf_counter() - t0
         md = markdown(ds, res, plans[ds], seeds, args, elapsed, estimates[ds])
         print(md)
-        record(args, f"study-{ds}", f"Study: {DATASETS[ds]['title']}", md)
+        key, title = f"study-{ds}", f"Study: {DATASETS[ds]['title']}"
+        if args.tag:
+            key, title = f"{key}-{args.tag}", f"{title}: {args.tag}"
+        record(args, key, title, md)
     return 0
 
 

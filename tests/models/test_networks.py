@@ -12,7 +12,7 @@ from medlens.models.registry import all_models, get_model
 torch.set_num_threads(1)
 
 DEEP = [s.name for s in all_models() if s.kind == "deep"]
-EXPECTED = {"cnn-small", "resnet18", "resnet50", "densenet121", "efficientnet-b0", "vit",
+EXPECTED = {"cnn-small", "cnn-medium", "resnet18", "resnet50", "densenet121", "efficientnet-b0", "vit",
             "resnet18-3d", "cnn-2.5d", "cnn-lstm"}
 
 # (in_channels, spatial size) per dims; 3D size is (D, H, W)
@@ -59,7 +59,7 @@ def test_forward_backward_and_cam_layer(name):
         assert has_dropout == spec.defaults["mc_dropout"], name
 
 
-@pytest.mark.parametrize("name", ["cnn-small", "resnet18", "vit"])
+@pytest.mark.parametrize("name", ["cnn-small", "cnn-medium", "resnet18", "vit"])
 def test_cam_layer_sees_a_spatial_map(name):
     """The Grad-CAM layer outputs (N, C, h, w) and the logits depend on it."""
     spec = get_model(name)

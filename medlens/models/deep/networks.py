@@ -14,6 +14,7 @@ about [0, 1], to logits (N, num_outputs). Output conventions (the training code 
 Registered names (``spec.dims`` in brackets):
 
 - ``cnn-small`` [2D] hand-written ~0.3 M parameter CNN (:mod:`.small_cnn`), the CPU workhorse.
+- ``cnn-medium`` [2D] hand-written VGG-style CNN (two convolutions per stage, ~0.29 M parameters).
 - ``resnet18``, ``resnet50`` [2D] MONAI ``ResNet``. Inputs of at most 64 px get a 3x3 stride-1
   first conv and no max-pool (as MedMNIST's reference ResNets), larger ones the ImageNet stem
   (7x7 stride 2 + max-pool).
@@ -50,7 +51,7 @@ from torch import nn
 from medlens.data.sample import Task
 from medlens.errors import MedlensError
 from medlens.models.deep.cnn_lstm import CNNLSTM
-from medlens.models.deep.small_cnn import SmallCNN
+from medlens.models.deep.small_cnn import MediumCNN, SmallCNN
 from medlens.models.registry import ModelSpec, register
 
 CLASSIFICATION_TASKS = tuple(t.value for t in (Task.BINARY, Task.MULTICLASS, Task.MULTILABEL, Task.ORDINAL))
@@ -80,6 +81,11 @@ def spatial_size(img_size: int | Sequence[int], spatial_dims: int) -> tuple[int,
 def build_small_cnn(*, in_channels: int, num_outputs: int, spatial_dims: int = 2, img_size=28, **kw) -> nn.Module:
     """``cnn-small``: see :class:`~medlens.models.deep.small_cnn.SmallCNN` (kw: channels, dropout)."""
     return SmallCNN(in_channels, num_outputs, img_size=spatial_size(img_size, 2), **kw)
+
+
+def build_medium_cnn(*, in_channels: int, num_outputs: int, spatial_dims: int = 2, img_size=28, **kw) -> nn.Module:
+    """``cnn-medium``: see :class:`~medlens.models.deep.small_cnn.MediumCNN` (kw: channels, dropout)."""
+    return MediumCNN(in_channels, num_outputs, img_size=spatial_size(img_size, 2), **kw)
 
 
 def _build_resnet(factory, *, in_channels: int, num_outputs: int, spatial_dims: int, img_size, **kw) -> nn.Module:
@@ -289,6 +295,8 @@ def _defaults(cam_layer: str, img: int, lr: float, batch: int, mc: bool) -> dict
 _SPECS = [
     ("cnn-small", (2,), build_small_cnn, "Small 4-stage CNN (~0.3M params), fast on CPU",
      _defaults("features.stage4", 28, 1e-3, 128, True)),
+    ("cnn-medium", (2,), build_medium_cnn, "VGG-style CNN, 3 stages x 2 convs (~0.29M params)",
+     _defaults("features.stage3", 28, 1e-3, 128, True)),
     ("resnet18", (2,), build_resnet18, "MONAI ResNet-18 (3x3 stem up to 64 px)",
      _defaults("layer4", 28, 1e-3, 64, False)),
     ("resnet50", (2,), build_resnet50, "MONAI ResNet-50 (3x3 stem up to 64 px)",

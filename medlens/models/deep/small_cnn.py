@@ -89,3 +89,48 @@ class SmallCNN(nn.Module):
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Pooled features (N, channels[-1]) before dropout and the head (used by the CNN-LSTM)."""
         return self.head.flatten(self.head.pool(self.features(x)))
+
+
+MEDIUM_CHANNELS = (32, 64, 128)
+
+
+class MediumCNN(nn.Module):
+    """VGG-style: three stages of two conv-BN-ReLU blocks (32, 64, 128 channels by default, about
+    0.29 M parameters), 2x2 max-pooling between stages, global average pooling, dropout, linear.
+
+    Unlike :class:`SmallCNN` it convolves twice at full resolution before the first pooling, which
+    costs about three times the compute per image at 28 px. Large inputs (>= 96 px) get a stride-2
+    first convolution and a 4x4 pooling before the last stage. ``features.stage3`` is the
+    Grad-CAM layer; ``head.dropout`` the MC-dropout.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        num_outputs: int,
+        *,
+        channels: Sequence[int] = MEDIUM_CHANNELS,
+        dropout: float = 0.3,
+        img_size: int | Sequence[int] = 28,
+    ):
+        super().__init__()
+        if len(channels) != 3:
+            raise ValueError(f"MediumCNN needs 3 stage widths, got {tuple(channels)}")
+        size = min(img_size) if isinstance(img_size, (tuple, list)) else int(img_size)
+        large = size >= LARGE_INPUT
+        c1, c2, c3 = (int(c) for c in channels)
+        self.features = nn.Sequential()
+        self.features.add_module("stage1", nn.Sequential(_block(in_channels, c1, stride=2 if large else 1), _block(c1, c1)))
+        self.features.add_module("pool1", nn.MaxPool2d(2))
+        self.features.add_module("stage2", nn.Sequential(_block(c1, c2), _block(c2, c2)))
+        self.features.add_module("pool2", nn.MaxPool2d(4) if large else nn.MaxPool2d(2, ceil_mode=True))
+        self.features.add_module("stage3", nn.Sequential(_block(c2, c3), _block(c3, c3)))
+        self.head = nn.Sequential()
+        self.head.add_module("pool", nn.AdaptiveAvgPool2d(1))
+        self.head.add_module("flatten", nn.Flatten(1))
+        self.head.add_module("dropout", nn.Dropout(dropout))
+        self.head.add_module("fc", nn.Linear(c3, num_outputs) if num_outputs > 0 else nn.Identity())
+        self.out_features = c3
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
