@@ -250,12 +250,15 @@ def collect_runs(ds: str, args) -> dict[str, Any] | None:
     """``run_dataset``'s results rebuilt from the run directories on disk (no training).
 
     ``seed{N}`` holds the classical models and the deep recipes without size or options (label
-    = model name); ``seed{N}-{label}`` one recipe each. ``None`` when nothing was trained.
+    = model name); ``seed{N}-{label}`` one recipe each. Without ``--tag`` the runs of every tag
+    (``<dataset>-<tag>``) are read too. ``None`` when nothing was trained.
     """
     from medlens.runs import RunDir, read_json
 
     results: dict[str, dict[str, Any]] = {}
-    for run_dir in sorted(study_dir(ds, args).glob("seed*")):
+    main = study_dir(ds, args)
+    folders = [main] if args.tag else [main, *sorted(main.parent.glob(f"{ds}-*"))]  # with the tagged runs
+    for run_dir in sorted(d for folder in folders for d in folder.glob("seed*")):
         head, _, label_part = run_dir.name.partition("-")
         if not head[4:].isdigit() or not (run_dir / "models").is_dir():
             continue
@@ -494,10 +497,14 @@ def markdown(ds: str, res: dict[str, Any], recipes, seeds: list[int], args, elap
     table, notes = summarize(ds, res, args)
     info = DATASETS[ds]
     rec = ", ".join(r.describe() for r in recipes)
+    classical = args_classical(args.classical, ds)
+    classical_text = (f"Classical ({', '.join(f'`{m}`' for m in classical)}; seed {seeds[0]})" if classical
+                      else "No classical models")
     lines = [
-        f"{info['title']}. Classical ({', '.join(f'`{m}`' for m in args_classical(args.classical, ds))}; seed {seeds[0]}) and deep ({rec}; seeds "
+        f"{info['title']}. {classical_text} and deep ({rec}; seeds "
         f"{', '.join(map(str, seeds))}) trained by `medlens.training.run.train` with its defaults (AdamW, cosine, light "
-        "augmentation, class-weighted loss, best epoch by validation AUC). Test AUC / ACC (MedMNIST's rule: "
+        "augmentation, class-weighted loss, best epoch by validation AUC) unless a recipe's `+key=value` sets "
+        "otherwise (`ema`: `--ema`, `imbalance=none`: plain cross-entropy). Test AUC / ACC (MedMNIST's rule: "
         "0.5 on the positive score, argmax otherwise) with 95% stratified bootstrap CIs; *ensemble*: mean of "
         "the seeds' test probabilities; *ACC@thr*: threshold chosen on validation. *fit s*: training incl. "
         "validation (ensemble: sum).",
