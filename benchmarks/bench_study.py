@@ -70,7 +70,7 @@ DATASETS: dict[str, dict[str, Any]] = {
 DEEP: dict[str, list[str]] = {
     "pneumoniamnist": ["cnn-small:30", "cnn-small:30+ema=0.99", "resnet18:6x1", "vit:10x1", "efficientnet-b0:10x1"],
     "retinamnist": ["cnn-small:40", "cnn-small:40+ema=0.99", "resnet18:15x1"],
-    "adrenalmnist3d": ["cnn-2.5d:40", "cnn-2.5d:40+ema=0.99", "resnet18-3d:6x1", "cnn-lstm:15x1"],
+    "adrenalmnist3d": ["cnn-2.5d:40+ema=0.99", "resnet18-3d:6x1", "cnn-lstm:15x1"],
     "brain_tumor_mri": ["cnn-small@128:15+ema=0.99"],
 }
 CLASSICAL = ["svm", "random-forest", "elm"]

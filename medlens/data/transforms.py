@@ -51,19 +51,31 @@ def size_list(size: int | Sequence[int] | None, dims: int) -> list[int] | None:
     return size
 
 
-def default_preprocessing(modality: str | None, dims: int, size: int | Sequence[int] | None) -> dict:
+HU_AIR_BELOW = -500.0  # a CT volume in Hounsfield units has air (about -1000) below this
+
+
+def looks_like_hounsfield(image: np.ndarray) -> bool:
+    """True when ``image`` holds Hounsfield units (air below :data:`HU_AIR_BELOW`), False for
+    8-bit renderings such as MedMNIST's CT-derived arrays (0..255)."""
+    return bool(np.size(image)) and float(np.min(image)) < HU_AIR_BELOW
+
+
+def default_preprocessing(modality: str | None, dims: int, size: int | Sequence[int] | None, *,
+                          hounsfield: bool = True) -> dict:
     """Resize to ``size`` (if given), then normalize for the modality.
 
-    CT: clip to the HU window ``CT_WINDOW`` and scale to [0, 1]; MR: z-score over nonzero voxels;
-    photographs (XC, OP, ...): divide by 255; X-ray and anything else: per-image min-max to [0, 1]
-    (robust to 8-, 12- and 16-bit detectors).
+    CT in Hounsfield units: clip to the window ``CT_WINDOW`` and scale to [0, 1]; MR: z-score over
+    nonzero voxels; photographs (XC, OP, ...): divide by 255; X-ray, CT stored as display values
+    (``hounsfield=False``, e.g. MedMNIST's 0..255 arrays, where an HU window would squeeze every
+    voxel into [0.71, 0.90]) and anything else: per-image min-max to [0, 1] (robust to 8-, 12-
+    and 16-bit detectors).
     """
     steps: list[dict[str, Any]] = []
     sz = size_list(size, dims)
     if sz is not None:
         steps.append({"name": "resize", "size": sz, "mode": "area" if dims == 2 else "trilinear"})
     m = (modality or "").upper()
-    if m == "CT":
+    if m == "CT" and hounsfield:
         steps.append({"name": "window", "low": CT_WINDOW[0], "high": CT_WINDOW[1]})
     elif m in ("MR", "MRI"):
         steps.append({"name": "zscore", "nonzero": True})

@@ -130,10 +130,12 @@ def native_size(shape: tuple[int, ...]) -> int:
     return int(max(shape[1:]))
 
 
-def resolve_config(config: TrainConfig, *, spec: Any, dims: int, modality: str | None, first_shape: tuple[int, ...]) -> TrainConfig:
+def resolve_config(config: TrainConfig, *, spec: Any, dims: int, modality: str | None, first_shape: tuple[int, ...],
+                   hounsfield: bool = True) -> TrainConfig:
     """Fill every ``None`` from the model's registry defaults and the data.
 
-    ``first_shape`` is the channels-first shape of one stored image. The input size defaults to
+    ``first_shape`` is the channels-first shape of one stored image; ``hounsfield`` says whether
+    a CT source holds Hounsfield units (:func:`~medlens.data.transforms.looks_like_hounsfield`). The input size defaults to
     the native size (small MedMNIST images are not upsampled: it costs time and gains little),
     capped at :data:`NATIVE_CAP` (or the model's larger ``default_img_size``).
     """
@@ -150,7 +152,7 @@ def resolve_config(config: TrainConfig, *, spec: Any, dims: int, modality: str |
     if c.preprocessing is None:
         from medlens.data.transforms import default_preprocessing
 
-        c.preprocessing = dict(default_preprocessing(modality, dims, c.img_size))
+        c.preprocessing = dict(default_preprocessing(modality, dims, c.img_size, hounsfield=hounsfield))
     if c.augmentation is None and spec.kind == "deep":
         strength = "light" if c.augment == "gan" else c.augment
         if strength == "none":

@@ -92,7 +92,7 @@ def make_plan(source: str, *, budget_minutes: float = 10.0, model: str | None = 
     """Plan a training of ``source`` that fits ``budget_minutes`` on this machine."""
     from medlens.data.fingerprint import compute_fingerprint
     from medlens.data.sources import open_source
-    from medlens.data.transforms import default_preprocessing
+    from medlens.data.transforms import default_preprocessing, looks_like_hounsfield
     from medlens.models.registry import get_model
 
     if not budget_minutes > 0:
@@ -104,7 +104,8 @@ def make_plan(source: str, *, budget_minutes: float = 10.0, model: str | None = 
         raise MedlensError(f"cannot plan a classifier for {dims}D data", source)
     counts = _n_splits(dataset, seed)
     n_train, n_val = counts["train"], counts["val"]
-    shape = dataset.load(0).image.shape
+    first = dataset.load(0).image
+    shape = first.shape
     channels = int(shape[0])
     native = int(max(shape[1:]))
     num_outputs = len(dataset.class_names)
@@ -156,7 +157,8 @@ def make_plan(source: str, *, budget_minutes: float = 10.0, model: str | None = 
     ratio = fp.get("imbalance_ratio")
     imbalance = "sampler" if ratio is not None and ratio > 10 else "weighted-loss"
     reasons.append(f"class imbalance ratio {ratio if ratio is not None else 'n/a'}: {imbalance}")
-    preprocessing = dict(default_preprocessing(dataset.modality, dims, chosen["img_size"]))
+    preprocessing = dict(default_preprocessing(dataset.modality, dims, chosen["img_size"],
+                                               hounsfield=looks_like_hounsfield(first)))
     intensity = fp.get("intensity") or {}
     reasons.append(f"normalization for modality '{dataset.modality or 'unknown'}': {preprocessing} "
                    f"(intensities {intensity.get('min', '?')}..{intensity.get('max', '?')})")

@@ -95,8 +95,11 @@ def train(config: TrainConfig, *, explicit: set[str] | None = None) -> RunDir:
     splits = _splits(run, dataset, config, write=zero)
     if config.max_samples:
         splits = {k: cap_ids(v, config.max_samples, seed=config.seed) for k, v in splits.items()}
+    from medlens.data.transforms import looks_like_hounsfield
+
     first = dataset.load(splits["train"][0])
-    config = resolve_config(config, spec=spec, dims=dataset.dims, modality=dataset.modality, first_shape=first.image.shape)
+    config = resolve_config(config, spec=spec, dims=dataset.dims, modality=dataset.modality, first_shape=first.image.shape,
+                            hounsfield=looks_like_hounsfield(first.image))
     if zero:
         write_yaml(run.config, config.to_dict())
         _write_fingerprint(run, dataset, show_progress=config.progress)

@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from medlens.data.transforms import augment_batch, build_transform, default_augmentation, default_preprocessing
+from medlens.data.transforms import (
+    augment_batch, build_transform, default_augmentation, default_preprocessing, looks_like_hounsfield,
+)
 from medlens.errors import MedlensError
 
 
@@ -16,6 +18,20 @@ def test_ct_window_resize_and_range():
     out = build_transform(cfg, 3)(vol)
     assert out.shape == (1, 16, 16, 16) and out.dtype == np.float32
     assert out.min() == 0.0 and out.max() == 1.0
+
+
+def test_ct_display_values_get_minmax_not_the_hu_window():
+    """MedMNIST's CT-derived arrays are 0..255 renderings: an HU window would squeeze them into
+    [0.71, 0.90] (what AdrenalMNIST3D got before); they are min-max scaled instead."""
+    rendering = np.zeros((1, 8, 8, 8), np.float32)
+    rendering[0, 2:6, 2:6, 2:6] = 255
+    in_hu = np.full((1, 8, 8, 8), -1024, np.float32)
+    assert not looks_like_hounsfield(rendering) and looks_like_hounsfield(in_hu)
+    cfg = default_preprocessing("CT", 3, None, hounsfield=False)
+    assert [s["name"] for s in cfg["steps"]] == ["minmax"]
+    out = build_transform(cfg, 3)(rendering)
+    assert out.min() == 0.0 and out.max() == 1.0
+    assert [s["name"] for s in default_preprocessing("CT", 3, None)["steps"]] == ["window"]
 
 
 def test_mr_zscore_on_nonzero_voxels():

@@ -206,6 +206,9 @@ def test_cnn_lstm_trains_on_adrenalmnist3d(shared_data, tmp_path):
     rd = RunDir(out)
     info = read_json(rd.model("cnn-lstm").info)
     assert info["dims"] == 3 and info["task"] == "binary" and info["img_size"] == 28
+    # CT-derived, but stored as 0..255 renderings: min-max, not the HU window
+    steps = [s["name"] for s in info["preprocessing"]["steps"]]
+    assert steps[-1] == "minmax" and "window" not in steps
     metrics = read_json(rd.model("cnn-lstm").metrics)
     assert metrics["n"] == {"train": 48, "val": 48, "test": 48}
     assert 0.0 <= metrics["test"]["auc"] <= 1.0
