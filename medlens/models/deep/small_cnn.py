@@ -40,6 +40,17 @@ def _block(in_ch: int, out_ch: int, *, stride: int = 1) -> nn.Module:
     )
 
 
+def _head(channels: int, num_outputs: int, dropout: float) -> nn.Sequential:
+    """Global average pooling, dropout (the MC-dropout layer ``head.dropout``) and a linear layer
+    (``num_outputs`` 0: none, the pooled features are returned)."""
+    head = nn.Sequential()
+    head.add_module("pool", nn.AdaptiveAvgPool2d(1))
+    head.add_module("flatten", nn.Flatten(1))
+    head.add_module("dropout", nn.Dropout(dropout))
+    head.add_module("fc", nn.Linear(channels, num_outputs) if num_outputs > 0 else nn.Identity())
+    return head
+
+
 class SmallCNN(nn.Module):
     """conv-BN-ReLU stages, global average pooling, dropout, linear.
 
@@ -76,11 +87,7 @@ class SmallCNN(nn.Module):
         # ceil_mode keeps a 1x1 map alive for tiny inputs (a 7x7 map pools to 4x4, not 3x3)
         self.features.add_module("pool3", nn.MaxPool2d(2, ceil_mode=True) if not large else nn.MaxPool2d(4))
         self.features.add_module("stage4", _block(c3, c4))
-        self.head = nn.Sequential()
-        self.head.add_module("pool", nn.AdaptiveAvgPool2d(1))
-        self.head.add_module("flatten", nn.Flatten(1))
-        self.head.add_module("dropout", nn.Dropout(dropout))
-        self.head.add_module("fc", nn.Linear(c4, num_outputs) if num_outputs > 0 else nn.Identity())
+        self.head = _head(c4, num_outputs, dropout)
         self.out_features = c4
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -125,11 +132,7 @@ class MediumCNN(nn.Module):
         self.features.add_module("stage2", nn.Sequential(_block(c1, c2), _block(c2, c2)))
         self.features.add_module("pool2", nn.MaxPool2d(4) if large else nn.MaxPool2d(2, ceil_mode=True))
         self.features.add_module("stage3", nn.Sequential(_block(c2, c3), _block(c3, c3)))
-        self.head = nn.Sequential()
-        self.head.add_module("pool", nn.AdaptiveAvgPool2d(1))
-        self.head.add_module("flatten", nn.Flatten(1))
-        self.head.add_module("dropout", nn.Dropout(dropout))
-        self.head.add_module("fc", nn.Linear(c3, num_outputs) if num_outputs > 0 else nn.Identity())
+        self.head = _head(c3, num_outputs, dropout)
         self.out_features = c3
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
