@@ -40,6 +40,12 @@ def _block(in_ch: int, out_ch: int, *, stride: int = 1) -> nn.Module:
     )
 
 
+def _is_large(img_size: int | Sequence[int]) -> bool:
+    """Whether the smallest side reaches :data:`LARGE_INPUT` (stride-2 stem, extra pooling)."""
+    size = min(img_size) if isinstance(img_size, (tuple, list)) else int(img_size)
+    return size >= LARGE_INPUT
+
+
 def _head(channels: int, num_outputs: int, dropout: float) -> nn.Sequential:
     """Global average pooling, dropout (the MC-dropout layer ``head.dropout``) and a linear layer
     (``num_outputs`` 0: none, the pooled features are returned)."""
@@ -75,8 +81,7 @@ class SmallCNN(nn.Module):
         super().__init__()
         if len(channels) != 4:
             raise ValueError(f"SmallCNN needs 4 stage widths, got {tuple(channels)}")
-        size = min(img_size) if isinstance(img_size, (tuple, list)) else int(img_size)
-        large = size >= LARGE_INPUT
+        large = _is_large(img_size)
         c1, c2, c3, c4 = (int(c) for c in channels)
         self.features = nn.Sequential()
         self.features.add_module("stage1", _block(in_channels, c1, stride=2 if large else 1))
@@ -123,8 +128,7 @@ class MediumCNN(nn.Module):
         super().__init__()
         if len(channels) != 3:
             raise ValueError(f"MediumCNN needs 3 stage widths, got {tuple(channels)}")
-        size = min(img_size) if isinstance(img_size, (tuple, list)) else int(img_size)
-        large = size >= LARGE_INPUT
+        large = _is_large(img_size)
         c1, c2, c3 = (int(c) for c in channels)
         self.features = nn.Sequential()
         self.features.add_module("stage1", nn.Sequential(_block(in_channels, c1, stride=2 if large else 1), _block(c1, c1)))
