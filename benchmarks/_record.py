@@ -39,7 +39,9 @@ def machine_description() -> str:
 def provenance(command: str | None = None) -> str:
     command = command or " ".join([Path(sys.executable).name, *sys.argv])
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+        ).stdout.strip()
     except OSError:
         commit = "unknown"
     return (

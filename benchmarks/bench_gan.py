@@ -31,7 +31,16 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.bench_train import (  # noqa: E402
-    LOAD_CAVEAT, add_common_args, check_data, f3, fmt_minutes, load_note, mean_sd, probe_ips, read_predictions, record,
+    LOAD_CAVEAT,
+    add_common_args,
+    check_data,
+    f3,
+    fmt_minutes,
+    load_note,
+    mean_sd,
+    probe_ips,
+    read_predictions,
+    record,
     train_model,
 )
 
@@ -64,8 +73,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gan-epochs", type=int, default=30, help="GAN epochs (default 30, medlens's default)")
     parser.add_argument("--model", default="cnn-small")
     parser.add_argument("--estimate-only", action="store_true", help="print the time estimate and stop")
-    parser.add_argument("--budget-minutes", type=float, default=25.0,
-                        help="reduce GAN epochs (never the classifier's) so the run fits this; 0: no limit")
+    parser.add_argument(
+        "--budget-minutes",
+        type=float,
+        default=25.0,
+        help="reduce GAN epochs (never the classifier's) so the run fits this; 0: no limit",
+    )
     args = parser.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     if not check_data(args, "medmnist/pneumoniamnist.npz"):
@@ -89,14 +102,19 @@ def main(argv: list[str] | None = None) -> int:
         room = args.budget_minutes * 60 / len(seeds) - base_s - cls_gan_s
         fit = max(1, int(room / (n_train * gan_cost)))
         if fit < gan_epochs:
-            print(f"GAN epochs reduced from {gan_epochs} to {fit} to fit --budget-minutes {args.budget_minutes:g} "
-                  f"({gan_epochs} would take about {fmt_minutes(gan_epochs * n_train * gan_cost)} per seed; "
-                  "--budget-minutes 0 keeps them)")
+            print(
+                f"GAN epochs reduced from {gan_epochs} to {fit} to fit --budget-minutes {args.budget_minutes:g} "
+                f"({gan_epochs} would take about {fmt_minutes(gan_epochs * n_train * gan_cost)} per seed; "
+                "--budget-minutes 0 keeps them)"
+            )
             gan_epochs = fit
     gan_s = gan_epochs * n_train * gan_cost + cls_gan_s
     est = len(seeds) * (base_s + gan_s)
-    print(f"estimated time: {len(seeds)} seeds x ({fmt_minutes(base_s)} without + {fmt_minutes(gan_s)} with GAN, "
-          f"{gan_epochs} GAN epochs) = about {fmt_minutes(est)}", flush=True)
+    print(
+        f"estimated time: {len(seeds)} seeds x ({fmt_minutes(base_s)} without + {fmt_minutes(gan_s)} with GAN, "
+        f"{gan_epochs} GAN epochs) = about {fmt_minutes(est)}",
+        flush=True,
+    )
     if args.estimate_only:
         return 0
 
@@ -106,16 +124,31 @@ def main(argv: list[str] | None = None) -> int:
     for seed in seeds:
         res = {}
         for mode in ("light", "gan"):
-            settings = dict(seed=seed, epochs=epochs, patience=epochs, augment=mode, gan_epochs=gan_epochs,
-                            max_samples=n_cap, threads=args.threads)
+            settings = dict(
+                seed=seed,
+                epochs=epochs,
+                patience=epochs,
+                augment=mode,
+                gan_epochs=gan_epochs,
+                max_samples=n_cap,
+                threads=args.threads,
+            )
             r = train_model(src, args.model, out / f"seed{seed}-{mode}", **settings)
             m = r["metrics"]
             t = m.get("test", {})
-            res[mode] = {"auc": t.get("auc"), "acc": t.get("acc"), "acc_thr": t.get("acc@threshold"),
-                         "fit_s": m["timing"].get("total_seconds"), "model_dir": r["model_dir"],
-                         "n_train_fit": m.get("n_train_fit")}
-            print(f"  seed {seed} {mode:5s}  AUC {f3(t.get('auc'))}  ACC {f3(t.get('acc'))}  ACC@thr "
-                  f"{f3(t.get('acc@threshold'))}  n_train {m.get('n_train_fit')}  fit {res[mode]['fit_s']:.0f} s", flush=True)
+            res[mode] = {
+                "auc": t.get("auc"),
+                "acc": t.get("acc"),
+                "acc_thr": t.get("acc@threshold"),
+                "fit_s": m["timing"].get("total_seconds"),
+                "model_dir": r["model_dir"],
+                "n_train_fit": m.get("n_train_fit"),
+            }
+            print(
+                f"  seed {seed} {mode:5s}  AUC {f3(t.get('auc'))}  ACC {f3(t.get('acc'))}  ACC@thr "
+                f"{f3(t.get('acc@threshold'))}  n_train {m.get('n_train_fit')}  fit {res[mode]['fit_s']:.0f} s",
+                flush=True,
+            )
         from medlens.evaluation.statistics import delong_test
 
         _, y, p_light = read_predictions(res["light"]["model_dir"])
@@ -126,14 +159,24 @@ def main(argv: list[str] | None = None) -> int:
         except Exception:  # noqa: BLE001 - tiny quick subsets may lack a class
             p_value = None
         png = res["gan"]["model_dir"].samples_png
-        rows.append({"seed": seed, **{f"{k}_{mode}": v for mode in res for k, v in res[mode].items() if k != "model_dir"},
-                     "delong_p": p_value, "png": png if png.is_file() else None})
+        rows.append(
+            {
+                "seed": seed,
+                **{f"{k}_{mode}": v for mode in res for k, v in res[mode].items() if k != "model_dir"},
+                "delong_p": p_value,
+                "png": png if png.is_file() else None,
+            }
+        )
     elapsed = time.perf_counter() - started
     print(f"done in {fmt_minutes(elapsed)} (estimated {fmt_minutes(est)})")
     for r in rows:
         print(f"  GAN sample grid (seed {r['seed']}): {r['png']}")
-    record(args, "gan", "GAN augmentation on PneumoniaMNIST (cnn-small)",
-           markdown(rows, args, epochs, gan_epochs, n_cap, elapsed))
+    record(
+        args,
+        "gan",
+        "GAN augmentation on PneumoniaMNIST (cnn-small)",
+        markdown(rows, args, epochs, gan_epochs, n_cap, elapsed),
+    )
     return 0
 
 
@@ -150,25 +193,38 @@ def markdown(rows, args, epochs: int, gan_epochs: int, n_cap, elapsed: float) ->
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
-        lines.append(f"| {r['seed']} | {f3(r['auc_light'])} | {f3(r['auc_gan'])} | {f3(r['acc_light'])} | "
-                     f"{f3(r['acc_gan'])} | {f3(r['acc_thr_light'])} | {f3(r['acc_thr_gan'])} | {f3(r['delong_p'])} | "
-                     f"{r['n_train_fit_gan']} | {r['fit_s_light']:.0f} | {r['fit_s_gan']:.0f} |")
+        lines.append(
+            f"| {r['seed']} | {f3(r['auc_light'])} | {f3(r['auc_gan'])} | {f3(r['acc_light'])} | "
+            f"{f3(r['acc_gan'])} | {f3(r['acc_thr_light'])} | {f3(r['acc_thr_gan'])} | {f3(r['delong_p'])} | "
+            f"{r['n_train_fit_gan']} | {r['fit_s_light']:.0f} | {r['fit_s_gan']:.0f} |"
+        )
     col = lambda k: [r[k] for r in rows]  # noqa: E731
-    lines.append(f"| mean ± sd | {mean_sd(col('auc_light'))} | {mean_sd(col('auc_gan'))} | {mean_sd(col('acc_light'))} | "
-                 f"{mean_sd(col('acc_gan'))} | {mean_sd(col('acc_thr_light'))} | {mean_sd(col('acc_thr_gan'))} | | | "
-                 f"{statistics.mean(col('fit_s_light')):.0f} | {statistics.mean(col('fit_s_gan')):.0f} |")
+    lines.append(
+        f"| mean ± sd | {mean_sd(col('auc_light'))} | {mean_sd(col('auc_gan'))} | {mean_sd(col('acc_light'))} | "
+        f"{mean_sd(col('acc_gan'))} | {mean_sd(col('acc_thr_light'))} | {mean_sd(col('acc_thr_gan'))} | | | "
+        f"{statistics.mean(col('fit_s_light')):.0f} | {statistics.mean(col('fit_s_gan')):.0f} |"
+    )
     diffs = [g - b for g, b in zip(col("auc_gan"), col("auc_light")) if g is not None and b is not None]
     if diffs:
-        lines += ["", f"AUC difference gan - light per seed: {', '.join(f'{d:+.3f}' for d in diffs)} "
-                  f"(mean {statistics.mean(diffs):+.3f})."]
-    pngs = [f"seed {r['seed']}: `{Path(r['png']).relative_to(ROOT) if str(r['png']).startswith(str(ROOT)) else r['png']}`"
-            for r in rows if r["png"]]
+        lines += [
+            "",
+            f"AUC difference gan - light per seed: {', '.join(f'{d:+.3f}' for d in diffs)} "
+            f"(mean {statistics.mean(diffs):+.3f}).",
+        ]
+    pngs = [
+        f"seed {r['seed']}: `{Path(r['png']).relative_to(ROOT) if str(r['png']).startswith(str(ROOT)) else r['png']}`"
+        for r in rows
+        if r["png"]
+    ]
     if pngs:
         lines += ["", "GAN sample grids (one row of generated images per class): " + "; ".join(pngs) + "."]
     if not args.quick and gan_epochs < args.gan_epochs:
-        lines += ["", f"GAN epochs were reduced from {args.gan_epochs} (medlens's default) to {gan_epochs} to fit "
-                  f"--budget-minutes {args.budget_minutes:g}; at the default, `--augment gan` on PneumoniaMNIST costs "
-                  "correspondingly more GAN training time."]
+        lines += [
+            "",
+            f"GAN epochs were reduced from {args.gan_epochs} (medlens's default) to {gan_epochs} to fit "
+            f"--budget-minutes {args.budget_minutes:g}; at the default, `--augment gan` on PneumoniaMNIST costs "
+            "correspondingly more GAN training time.",
+        ]
     lines += ["", f"Total {fmt_minutes(elapsed)}. " + LOAD_CAVEAT + " " + load_note() + "."]
     return "\n".join(lines)
 

@@ -81,14 +81,24 @@ def bench_dicom(data: Path, repeats: int) -> list[dict]:
         n_files = sum(1 for p in folder.iterdir() if p.suffix == ".dcm")
         for name, fn in readers.items():
             try:
-                seconds = timed(lambda: fn(folder), repeats)
+                seconds = timed(lambda fn=fn, folder=folder: fn(folder), repeats)
                 shape = tuple(fn(folder).shape)
             except Exception as e:  # noqa: BLE001 - a third-party reader failing is a result, not a crash
-                rows.append({"series": label, "reader": name, "files": n_files, "error": f"{type(e).__name__}: {e}"[:120]})
+                rows.append(
+                    {"series": label, "reader": name, "files": n_files, "error": f"{type(e).__name__}: {e}"[:120]}
+                )
                 print(f"{label:40s} {name:28s} failed: {e}")
                 continue
-            rows.append({"series": label, "reader": name, "files": n_files, "seconds": seconds,
-                         "slices_per_s": n_files / seconds, "shape": shape})
+            rows.append(
+                {
+                    "series": label,
+                    "reader": name,
+                    "files": n_files,
+                    "seconds": seconds,
+                    "slices_per_s": n_files / seconds,
+                    "shape": shape,
+                }
+            )
             print(f"{label:40s} {name:28s} {seconds * 1000:8.1f} ms  {n_files / seconds:8.0f} slices/s  {shape}")
     return rows
 
@@ -142,13 +152,18 @@ def markdown(dicom_rows: list[dict], npz_rows: list[dict], repeats: int) -> str:
         if "error" in r:
             lines.append(f"| {r['series']} | {r['reader']} | {r['files']} | - | - | failed: {r['error']} |")
         else:
-            lines.append(f"| {r['series']} | {r['reader']} | {r['files']} | {r['seconds'] * 1000:.1f} | "
-                         f"{r['slices_per_s']:.0f} | {r['shape']} |")
+            lines.append(
+                f"| {r['series']} | {r['reader']} | {r['files']} | {r['seconds'] * 1000:.1f} | "
+                f"{r['slices_per_s']:.0f} | {r['shape']} |"
+            )
     if npz_rows:
         lines += ["", "pneumoniamnist.npz (5856 images of 28x28):", "", "| case | ms |", "|---|---:|"]
         lines += [f"| {r['case']} | {r['seconds'] * 1000:.1f} |" for r in npz_rows]
-    lines += ["", "medlens reads the GE series as 4D (10 time points x 15 slices); MONAI and SimpleITK stack the "
-              "150 files as one 3D volume. The machine was shared with other jobs: compare readers within one run."]
+    lines += [
+        "",
+        "medlens reads the GE series as 4D (10 time points x 15 slices); MONAI and SimpleITK stack the "
+        "150 files as one 3D volume. The machine was shared with other jobs: compare readers within one run.",
+    ]
     return "\n".join(lines)
 
 
@@ -156,7 +171,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="2 timed runs instead of --repeats")
     parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--data", type=Path, default=Path(os.environ.get("MEDLENS_DATA", ROOT.parent / "shared" / "data")))
+    parser.add_argument(
+        "--data", type=Path, default=Path(os.environ.get("MEDLENS_DATA", ROOT.parent / "shared" / "data"))
+    )
     parser.add_argument("--no-record", action="store_true", help="print only; do not write BENCHMARKS.md")
     args = parser.parse_args(argv)
     repeats = 2 if args.quick else args.repeats

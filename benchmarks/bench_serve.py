@@ -180,8 +180,24 @@ def png_224() -> bytes:
 
 
 def train_default(out: Path) -> Path:
-    cmd = [sys.executable, "-m", "medlens.cli.main", "train", "synthetic:chest2d", "--model", "cnn-small", "--epochs", "1",
-           "--img-size", "224", "--max-samples", "64", "--out", str(out), "--no-progress"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "medlens.cli.main",
+        "train",
+        "synthetic:chest2d",
+        "--model",
+        "cnn-small",
+        "--epochs",
+        "1",
+        "--img-size",
+        "224",
+        "--max-samples",
+        "64",
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
     subprocess.run(cmd, check=True, cwd=ROOT)
     return out
 
@@ -215,9 +231,24 @@ def main(argv: list[str] | None = None) -> int:
     env = {**os.environ, "MEDLENS_PSEUDONYM_KEY": "bench"}
 
     mport, bport = free_port(), free_port()
-    mcmd = [sys.executable, "-m", "medlens.cli.main", "serve", str(run), "--port", str(mport), "--audit-db", str(tmp / "audit.sqlite"),
-            "--store-dir", str(tmp / "store"), "--log-level", "warning"] + (["--model", args.model] if args.model else [])
-    bcmd = [sys.executable, str(Path(__file__).resolve()), "--baseline-server", str(run), str(bport)] + (["--model", args.model] if args.model else [])
+    mcmd = [
+        sys.executable,
+        "-m",
+        "medlens.cli.main",
+        "serve",
+        str(run),
+        "--port",
+        str(mport),
+        "--audit-db",
+        str(tmp / "audit.sqlite"),
+        "--store-dir",
+        str(tmp / "store"),
+        "--log-level",
+        "warning",
+    ] + (["--model", args.model] if args.model else [])
+    bcmd = [sys.executable, str(Path(__file__).resolve()), "--baseline-server", str(run), str(bport)] + (
+        ["--model", args.model] if args.model else []
+    )
     mproc = subprocess.Popen(mcmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     bproc = subprocess.Popen(bcmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     murl, burl = f"http://127.0.0.1:{mport}", f"http://127.0.0.1:{bport}"
@@ -230,7 +261,9 @@ def main(argv: list[str] | None = None) -> int:
         client_m, client_b = httpx.Client(base_url=murl, timeout=120), httpx.Client(base_url=burl, timeout=120)
 
         def m_post(explain=False, client=client_m):
-            return client.post(f"/v1/predictions?explain={str(explain).lower()}", content=data, headers={"Content-Type": "image/png"})
+            return client.post(
+                f"/v1/predictions?explain={str(explain).lower()}", content=data, headers={"Content-Type": "image/png"}
+            )
 
         def b_post(client=client_b):
             return client.post("/predict", content=data, headers={"Content-Type": "image/png"})

@@ -50,20 +50,53 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.bench_train import (  # noqa: E402
-    LOAD_CAVEAT, add_common_args, classical_estimate, f3, fmt_minutes, load_note, mean_sd, probe_ips,
-    read_predictions, record, train_model,
+    LOAD_CAVEAT,
+    add_common_args,
+    classical_estimate,
+    f3,
+    fmt_minutes,
+    load_note,
+    mean_sd,
+    probe_ips,
+    read_predictions,
+    record,
+    train_model,
 )
 
 # name: source (relative to the data folder), dims, channels, classes, n train / val / test, task
 DATASETS: dict[str, dict[str, Any]] = {
-    "pneumoniamnist": {"source": "medmnist/pneumoniamnist.npz", "dims": 2, "channels": 1, "classes": 2,
-                       "n": (4708, 524, 624), "title": "PneumoniaMNIST (28 px, binary)"},
-    "retinamnist": {"source": "medmnist/retinamnist.npz", "dims": 2, "channels": 3, "classes": 5,
-                    "n": (1080, 120, 400), "title": "RetinaMNIST (28 px RGB, 5-grade ordinal)"},
-    "adrenalmnist3d": {"source": "medmnist/adrenalmnist3d.npz", "dims": 3, "channels": 1, "classes": 2,
-                       "n": (1188, 98, 298), "title": "AdrenalMNIST3D (28³, binary)"},
-    "brain_tumor_mri": {"source": "brain_tumor_mri", "dims": 2, "channels": 1, "classes": 4,
-                        "n": (4857, 857, 1311), "title": "Brain Tumor MRI (4 classes, from scratch)"},
+    "pneumoniamnist": {
+        "source": "medmnist/pneumoniamnist.npz",
+        "dims": 2,
+        "channels": 1,
+        "classes": 2,
+        "n": (4708, 524, 624),
+        "title": "PneumoniaMNIST (28 px, binary)",
+    },
+    "retinamnist": {
+        "source": "medmnist/retinamnist.npz",
+        "dims": 2,
+        "channels": 3,
+        "classes": 5,
+        "n": (1080, 120, 400),
+        "title": "RetinaMNIST (28 px RGB, 5-grade ordinal)",
+    },
+    "adrenalmnist3d": {
+        "source": "medmnist/adrenalmnist3d.npz",
+        "dims": 3,
+        "channels": 1,
+        "classes": 2,
+        "n": (1188, 98, 298),
+        "title": "AdrenalMNIST3D (28³, binary)",
+    },
+    "brain_tumor_mri": {
+        "source": "brain_tumor_mri",
+        "dims": 2,
+        "channels": 1,
+        "classes": 4,
+        "n": (4857, 857, 1311),
+        "title": "Brain Tumor MRI (4 classes, from scratch)",
+    },
 }
 
 # deep recipes per dataset: "model[@img_size]:epochs" (training under ~10 min per model on 2 idle cores)
@@ -84,13 +117,25 @@ TARGETS = {  # (metric, minimum) the issue asks for
 }
 
 PUBLISHED = {  # MedMNIST v2 (Yang et al., Scientific Data 2023), test AUC / ACC
-    "pneumoniamnist": [("ResNet-18 (28)", .944, .854), ("ResNet-18 (224)", .956, .864), ("ResNet-50 (28)", .948, .854),
-                       ("ResNet-50 (224)", .962, .884), ("auto-sklearn", .942, .855), ("AutoKeras", .947, .878),
-                       ("Google AutoML Vision", .991, .946)],
-    "retinamnist": [("ResNet-18 (28)", .717, .524), ("ResNet-18 (224)", .710, .493), ("ResNet-50 (28)", .726, .528),
-                    ("ResNet-50 (224)", .716, .511), ("auto-sklearn", .690, .515), ("AutoKeras", .719, .503),
-                    ("Google AutoML Vision", .750, .531)],
-    "adrenalmnist3d": [("best published ResNet (3D / ACS / 2.5D)", .84, None)],
+    "pneumoniamnist": [
+        ("ResNet-18 (28)", 0.944, 0.854),
+        ("ResNet-18 (224)", 0.956, 0.864),
+        ("ResNet-50 (28)", 0.948, 0.854),
+        ("ResNet-50 (224)", 0.962, 0.884),
+        ("auto-sklearn", 0.942, 0.855),
+        ("AutoKeras", 0.947, 0.878),
+        ("Google AutoML Vision", 0.991, 0.946),
+    ],
+    "retinamnist": [
+        ("ResNet-18 (28)", 0.717, 0.524),
+        ("ResNet-18 (224)", 0.710, 0.493),
+        ("ResNet-50 (28)", 0.726, 0.528),
+        ("ResNet-50 (224)", 0.716, 0.511),
+        ("auto-sklearn", 0.690, 0.515),
+        ("AutoKeras", 0.719, 0.503),
+        ("Google AutoML Vision", 0.750, 0.531),
+    ],
+    "adrenalmnist3d": [("best published ResNet (3D / ACS / 2.5D)", 0.84, None)],
     "brain_tumor_mri": [],
 }
 
@@ -136,8 +181,9 @@ def parse_recipe(text: str) -> Recipe:
     for opt in opts:
         key, _, value = opt.partition("=")
         options.append((key.strip(), _number(value.strip())))
-    return Recipe(model.strip(), int(size) if size else None, int(epochs), int(n_seeds) if n_seeds else None,
-                  tuple(options))
+    return Recipe(
+        model.strip(), int(size) if size else None, int(epochs), int(n_seeds) if n_seeds else None, tuple(options)
+    )
 
 
 def _number(text: str) -> Any:
@@ -158,7 +204,9 @@ def args_classical(classical: list[str] | None, ds: str) -> list[str]:
     return CLASSICAL_FOR.get(ds, CLASSICAL) if classical is None else classical
 
 
-def estimate(ds: str, recipes, seeds: list[int], n_cap: int | None, quick: bool, classical: list[str] | None = None) -> tuple[float, dict[str, float]]:
+def estimate(
+    ds: str, recipes, seeds: list[int], n_cap: int | None, quick: bool, classical: list[str] | None = None
+) -> tuple[float, dict[str, float]]:
     """Seconds for dataset ``ds`` (deep from a measured training speed, classical from the table)."""
     from medlens.models.registry import get_model
 
@@ -168,13 +216,22 @@ def estimate(ds: str, recipes, seeds: list[int], n_cap: int | None, quick: bool,
         n_train, n_val = min(n_train, n_cap), min(n_val, n_cap)
     per_model: dict[str, float] = {}
     for model in args_classical(classical, ds):
-        per_model[model] = classical_estimate(model, n_train, info["dims"]) * (2.0 if ds == "brain_tumor_mri" else 1.0) + 10
+        per_model[model] = (
+            classical_estimate(model, n_train, info["dims"]) * (2.0 if ds == "brain_tumor_mri" else 1.0) + 10
+        )
     for r in recipes:
         native = 128 if ds == "brain_tumor_mri" else 28
         img = r.size or min(native, 128 if info["dims"] == 2 else 64)
         bs = int(get_model(r.model).defaults.get("batch_size", 64))
-        ips = probe_ips(r.model, dims=info["dims"], img_size=img, batch_size=4 if quick else bs, channels=info["channels"],
-                        outputs=info["classes"], seconds=0.3 if quick else 1.5)
+        ips = probe_ips(
+            r.model,
+            dims=info["dims"],
+            img_size=img,
+            batch_size=4 if quick else bs,
+            channels=info["channels"],
+            outputs=info["classes"],
+            seconds=0.3 if quick else 1.5,
+        )
         epochs = 1 if quick else r.epochs
         per_call = 45 if ds == "brain_tumor_mri" else 15  # start-up; train() reads every image of the splits again
         per_model[r.label] = len(r.seeds(seeds)) * (epochs * (n_train + 0.35 * n_val) / ips + per_call)
@@ -191,8 +248,11 @@ def run_dataset(ds: str, recipes, seeds: list[int], args) -> dict[str, Any]:
     for model in args_classical(args.classical, ds):
         _one_in(out / f"seed{seeds[0]}", model, model, seeds[0], {}, results, src, n_cap, args, ds)
     for r in recipes:
-        settings: dict[str, Any] = {"epochs": 1 if args.quick else r.epochs, "patience": 1 if args.quick else r.epochs,
-                                    **dict(r.options)}
+        settings: dict[str, Any] = {
+            "epochs": 1 if args.quick else r.epochs,
+            "patience": 1 if args.quick else r.epochs,
+            **dict(r.options),
+        }
         if r.size:
             settings["img_size"] = r.size
         for seed in r.seeds(seeds):
@@ -203,10 +263,10 @@ def run_dataset(ds: str, recipes, seeds: list[int], args) -> dict[str, Any]:
     return {"task": _task_any(results), "results": results, "dedup": dedup}
 
 
-def _one_in(run_out: Path, label: str, model: str, seed: int, settings: dict, results: dict, src: Path, n_cap, args,
-            ds: str) -> None:
+def _one_in(
+    run_out: Path, label: str, model: str, seed: int, settings: dict, results: dict, src: Path, n_cap, args, ds: str
+) -> None:
     """Train one model into ``run_out`` and add its test/val predictions to ``results[label]``."""
-    from medlens.runs import read_json
 
     settings = dict(settings, seed=seed, max_samples=n_cap, threads=args.threads)
     shared = run_out.parent / "fingerprint.json"  # same source: reuse it (train() computes it per run directory)
@@ -218,13 +278,18 @@ def _one_in(run_out: Path, label: str, model: str, seed: int, settings: dict, re
         if not shared.is_file() and r["run"].fingerprint.is_file():
             shutil.copyfile(r["run"].fingerprint, shared)
     except Exception as e:  # noqa: BLE001 - a failing model is a result
-        results.setdefault(label, {"kind": "?", "seeds": {}})["seeds"][seed] = {"error": f"{type(e).__name__}: {e}"[:200]}
+        results.setdefault(label, {"kind": "?", "seeds": {}})["seeds"][seed] = {
+            "error": f"{type(e).__name__}: {e}"[:200]
+        }
         print(f"  {ds} {label} seed {seed} FAILED: {e}")
         return
     _add_entry(results, label, seed, r["model_dir"], r["metrics"])
     t = r["metrics"].get("test", {})
-    print(f"  {ds:15s} {label:16s} seed {seed}  AUC {f3(t.get('auc'))}  ACC {f3(t.get('acc'))}  "
-          f"fit {r['metrics']['timing'].get('total_seconds', 0):.0f} s", flush=True)
+    print(
+        f"  {ds:15s} {label:16s} seed {seed}  AUC {f3(t.get('auc'))}  ACC {f3(t.get('acc'))}  "
+        f"fit {r['metrics']['timing'].get('total_seconds', 0):.0f} s",
+        flush=True,
+    )
 
 
 def _add_entry(results: dict, label: str, seed: int, model_dir, metrics: dict) -> None:
@@ -234,16 +299,24 @@ def _add_entry(results: dict, label: str, seed: int, model_dir, metrics: dict) -
     model_info = read_json(model_dir.info)
     ids, y, probs = read_predictions(model_dir, "test")
     results.setdefault(label, {"kind": model_info["kind"], "seeds": {}})["seeds"][seed] = {
-        "ids": ids, "y": y, "probs": probs, "fit_s": metrics["timing"].get("total_seconds"),
+        "ids": ids,
+        "y": y,
+        "probs": probs,
+        "fit_s": metrics["timing"].get("total_seconds"),
         "acc_thr": metrics.get("test", {}).get("acc@threshold"),
         "threshold": (model_info.get("thresholds") or {}).get("decision"),
-        "val": read_predictions(model_dir, "val"), "task": model_info["task"]}
+        "val": read_predictions(model_dir, "val"),
+        "task": model_info["task"],
+    }
 
 
 def study_dir(ds: str, args) -> Path:
     """Where ``run_dataset`` writes the run directories of dataset ``ds``."""
-    return (args.out or ROOT / "runs" / "bench") / ("study-quick" if args.quick else "study") / (
-        f"{ds}-{args.tag}" if args.tag else ds)
+    return (
+        (args.out or ROOT / "runs" / "bench")
+        / ("study-quick" if args.quick else "study")
+        / (f"{ds}-{args.tag}" if args.tag else ds)
+    )
 
 
 def collect_runs(ds: str, args) -> dict[str, Any] | None:
@@ -297,13 +370,25 @@ def _duplicates(src: Path, args) -> dict[str, Any]:
             splits = {m["split"] for m in g["members"]}
             if "test" in splits and "train" in splits:
                 dup_ids[kind].update(m["id"] for m in g["members"] if m["split"] == "test")
-    within_test = sum(1 for kind in ("exact", "near") for g in report[f"{kind}_duplicates"]["groups"]
-                      if {m["split"] for m in g["members"]} == {"test"})
-    print(f"  audit: {len(dup_ids['exact'])} test images with an exact copy in Training, "
-          f"{len(dup_ids['near'] - dup_ids['exact'])} more with a near copy ({time.perf_counter() - t0:.0f} s)")
-    return {"exact": dup_ids["exact"], "near": dup_ids["near"], "any": dup_ids["exact"] | dup_ids["near"],
-            "within_test_groups": within_test, "n_samples": report["n_samples"],
-            "near_threshold": report["near_duplicates"]["threshold"], "seconds": time.perf_counter() - t0}
+    within_test = sum(
+        1
+        for kind in ("exact", "near")
+        for g in report[f"{kind}_duplicates"]["groups"]
+        if {m["split"] for m in g["members"]} == {"test"}
+    )
+    print(
+        f"  audit: {len(dup_ids['exact'])} test images with an exact copy in Training, "
+        f"{len(dup_ids['near'] - dup_ids['exact'])} more with a near copy ({time.perf_counter() - t0:.0f} s)"
+    )
+    return {
+        "exact": dup_ids["exact"],
+        "near": dup_ids["near"],
+        "any": dup_ids["exact"] | dup_ids["near"],
+        "within_test_groups": within_test,
+        "n_samples": report["n_samples"],
+        "near_threshold": report["near_duplicates"]["threshold"],
+        "seconds": time.perf_counter() - t0,
+    }
 
 
 # -- statistics -----------------------------------------------------------------------------
@@ -333,8 +418,12 @@ def summarize(ds: str, res: dict[str, Any], args) -> tuple[str, list[str]]:
     n_res = 200 if args.quick else 1000
     binary = task == "binary"
     dedup_cols = dedup is not None
-    head = "| model | seed | test AUC [95% CI] | test ACC [95% CI] |" + (" ACC@thr (val) |" if binary else "") + \
-        (" ACC, exact duplicates removed [95% CI] | ACC, exact + near removed [95% CI] |" if dedup_cols else "") + " fit s |"
+    head = (
+        "| model | seed | test AUC [95% CI] | test ACC [95% CI] |"
+        + (" ACC@thr (val) |" if binary else "")
+        + (" ACC, exact duplicates removed [95% CI] | ACC, exact + near removed [95% CI] |" if dedup_cols else "")
+        + " fit s |"
+    )
     sep = "|---|---|---:|---:|" + ("---:|" if binary else "") + ("---:|---:|" if dedup_cols else "") + "---:|"
     lines = [head, sep]
     achieved: dict[str, list[float]] = {"auc": [], "acc": []}
@@ -344,8 +433,12 @@ def summarize(ds: str, res: dict[str, Any], args) -> tuple[str, list[str]]:
         good = {s: e for s, e in seeds.items() if "error" not in e}
         for s, e in seeds.items():
             if "error" in e:
-                lines.append(f"| {label} | {s} | failed: {e['error'][:90]} | |" + (" |" if binary else "")
-                             + (" | |" if dedup_cols else "") + " |")
+                lines.append(
+                    f"| {label} | {s} | failed: {e['error'][:90]} | |"
+                    + (" |" if binary else "")
+                    + (" | |" if dedup_cols else "")
+                    + " |"
+                )
                 continue
             m = ci_metrics(e["y"], e["probs"], task, n_res)
             e["m"] = m
@@ -353,8 +446,12 @@ def summarize(ds: str, res: dict[str, Any], args) -> tuple[str, list[str]]:
             if binary:
                 row += f" {f3(e['acc_thr'])} |"
             if dedup_cols:
-                e["m_exact"] = ci_metrics(e["y"], e["probs"], task, n_res, np.array([i not in dedup["exact"] for i in e["ids"]]))
-                e["m_dedup"] = ci_metrics(e["y"], e["probs"], task, n_res, np.array([i not in dedup["any"] for i in e["ids"]]))
+                e["m_exact"] = ci_metrics(
+                    e["y"], e["probs"], task, n_res, np.array([i not in dedup["exact"] for i in e["ids"]])
+                )
+                e["m_dedup"] = ci_metrics(
+                    e["y"], e["probs"], task, n_res, np.array([i not in dedup["any"] for i in e["ids"]])
+                )
                 row += f" {fmt_ci(e['m_exact'], 'acc')} | {fmt_ci(e['m_dedup'], 'acc')} |"
             lines.append(row + f" {e['fit_s']:.0f} |")
         if len(good) > 1:
@@ -384,7 +481,7 @@ def summarize(ds: str, res: dict[str, Any], args) -> tuple[str, list[str]]:
                     best_deep[f"{label} ensemble"] = m["auc"]["value"]
                     achieved["auc"].append(m["auc"]["value"])
                     achieved["acc"].append(m["acc"]["value"])
-        for s, e in good.items():
+        for e in good.values():
             if r["kind"] == "deep" and "auc" in e.get("m", {}):
                 achieved["auc"].append(e["m"]["auc"]["value"])
                 achieved["acc"].append(e["m"]["acc"]["value"])
@@ -393,7 +490,9 @@ def summarize(ds: str, res: dict[str, Any], args) -> tuple[str, list[str]]:
         vals = achieved[metric]
         if vals:
             best = max(vals)
-            notes.append(f"target deep {metric.upper()} >= {minimum}: best {best:.3f} -> {'met' if best >= minimum else 'NOT met'}")
+            notes.append(
+                f"target deep {metric.upper()} >= {minimum}: best {best:.3f} -> {'met' if best >= minimum else 'NOT met'}"
+            )
     return "\n".join(lines), notes
 
 
@@ -409,8 +508,9 @@ def summary_row(ds: str, res: dict[str, Any], args) -> str:
     def value(m, key):
         return m[key]["value"] if m and key in m and m[key]["value"] is not None else float("nan")
 
-    classical = [(label, e) for label, r in results.items() if r["kind"] == "classical"
-                 for e in r["seeds"].values() if "m" in e]
+    classical = [
+        (label, e) for label, r in results.items() if r["kind"] == "classical" for e in r["seeds"].values() if "m" in e
+    ]
     cell_classical = "-"
     if classical:
         label, e = max(classical, key=lambda t: value(t[1]["m"], "auc"))
@@ -421,8 +521,10 @@ def summary_row(ds: str, res: dict[str, Any], args) -> str:
     if deep:
         label = max(deep, key=lambda k: statistics.mean(value(e["m"], "auc") for e in deep[k]))
         entries = deep[label]
-        cell_deep = (f"{label} ({len(entries)} seed{'s' if len(entries) > 1 else ''}): "
-                     f"{mean_sd([value(e['m'], 'auc') for e in entries])} / {mean_sd([value(e['m'], 'acc') for e in entries])}")
+        cell_deep = (
+            f"{label} ({len(entries)} seed{'s' if len(entries) > 1 else ''}): "
+            f"{mean_sd([value(e['m'], 'auc') for e in entries])} / {mean_sd([value(e['m'], 'acc') for e in entries])}"
+        )
         good = {s: e for s, e in results[label]["seeds"].items() if "m" in e}
         if len(good) > 1:
             ids, y, p = _aligned_mean(good, "test")
@@ -436,28 +538,36 @@ def summary_row(ds: str, res: dict[str, Any], args) -> str:
     if ds == "adrenalmnist3d":
         pub_cells[0] = "best published ResNet about .84"
     title = DATASETS[ds]["title"].split(" (")[0]
-    return (f"| {title} | {cell_classical} | {cell_deep} | {cell_ens} | " + " | ".join(pub_cells)
-            + f" | {'; '.join(notes) or '-'} |")
+    return (
+        f"| {title} | {cell_classical} | {cell_deep} | {cell_ens} | "
+        + " | ".join(pub_cells)
+        + f" | {'; '.join(notes) or '-'} |"
+    )
 
 
 def summary_markdown(rows: list[str]) -> str:
-    head = ("| dataset | best classical: test AUC / ACC [95% CI] | best deep recipe (by mean AUC): mean ± sd over seeds, "
-            "AUC / ACC | that recipe's ensemble of seeds: AUC / ACC [95% CI] | MedMNIST v2 ResNet-18 (28) | ResNet-50 (28) "
-            "| auto-sklearn | Google AutoML Vision | targets of the issue |")
-    return "\n".join([
-        "The study's answer per dataset, from the run directories that `bench_study.py` trained (sections "
-        "`study-<dataset>` below hold every model, seed and CI). ACC: MedMNIST's rule (0.5 on the positive score "
-        "for binary, argmax otherwise). Published numbers: MedMNIST v2 (Yang et al., Scientific Data 2023), test "
-        "AUC / ACC at 28 px.",
-        "",
-        head,
-        "|---|---|---|---|---:|---:|---:|---:|---|",
-        *rows,
-    ])
+    head = (
+        "| dataset | best classical: test AUC / ACC [95% CI] | best deep recipe (by mean AUC): mean ± sd over seeds, "
+        "AUC / ACC | that recipe's ensemble of seeds: AUC / ACC [95% CI] | MedMNIST v2 ResNet-18 (28) | ResNet-50 (28) "
+        "| auto-sklearn | Google AutoML Vision | targets of the issue |"
+    )
+    return "\n".join(
+        [
+            "The study's answer per dataset, from the run directories that `bench_study.py` trained (sections "
+            "`study-<dataset>` below hold every model, seed and CI). ACC: MedMNIST's rule (0.5 on the positive score "
+            "for binary, argmax otherwise). Published numbers: MedMNIST v2 (Yang et al., Scientific Data 2023), test "
+            "AUC / ACC at 28 px.",
+            "",
+            head,
+            "|---|---|---|---|---:|---:|---:|---:|---|",
+            *rows,
+        ]
+    )
 
 
 def _aligned_mean(good: dict, split: str) -> tuple[list[str], np.ndarray, np.ndarray]:
     """Ids common to every seed's ``split`` predictions, their labels and the mean probabilities."""
+
     def parts(e):
         return (e["ids"], e["y"], e["probs"]) if split == "test" else e["val"]
 
@@ -498,8 +608,9 @@ def markdown(ds: str, res: dict[str, Any], recipes, seeds: list[int], args, elap
     info = DATASETS[ds]
     rec = ", ".join(r.describe() for r in recipes)
     classical = args_classical(args.classical, ds)
-    classical_text = (f"Classical ({', '.join(f'`{m}`' for m in classical)}; seed {seeds[0]})" if classical
-                      else "No classical models")
+    classical_text = (
+        f"Classical ({', '.join(f'`{m}`' for m in classical)}; seed {seeds[0]})" if classical else "No classical models"
+    )
     lines = [
         f"{info['title']}. {classical_text} and deep ({rec}; seeds "
         f"{', '.join(map(str, seeds))}) trained by `medlens.training.run.train` with its defaults (AdamW, cosine, light "
@@ -513,37 +624,70 @@ def markdown(ds: str, res: dict[str, Any], recipes, seeds: list[int], args, elap
     ]
     if res["dedup"] is not None:
         d = res["dedup"]
-        lines += ["", f"Duplicates (`medlens.data.audit.audit_dataset`, {d['n_samples']} images, near = pHash within "
-                  f"{d['near_threshold']} bits): {len(d['exact'])} Testing images have an exact copy in Training and "
-                  f"{len(d['any'] - d['exact'])} more a near copy (pHash pairs at 3-4 bits can be similar-looking "
-                  f"different slices rather than copies); the *removed* columns leave the {len(d['exact'])} "
-                  f"exact / all {len(d['any'])} out of the test set."]
+        lines += [
+            "",
+            f"Duplicates (`medlens.data.audit.audit_dataset`, {d['n_samples']} images, near = pHash within "
+            f"{d['near_threshold']} bits): {len(d['exact'])} Testing images have an exact copy in Training and "
+            f"{len(d['any'] - d['exact'])} more a near copy (pHash pairs at 3-4 bits can be similar-looking "
+            f"different slices rather than copies); the *removed* columns leave the {len(d['exact'])} "
+            f"exact / all {len(d['any'])} out of the test set.",
+        ]
     if PUBLISHED.get(ds):
-        lines += ["", "MedMNIST v2 published (test AUC / ACC): " + "; ".join(
-            f"{name} {auc:.3f}" + (f"/{acc:.3f}" if acc is not None else "") for name, auc, acc in PUBLISHED[ds]) + "."]
+        lines += [
+            "",
+            "MedMNIST v2 published (test AUC / ACC): "
+            + "; ".join(
+                f"{name} {auc:.3f}" + (f"/{acc:.3f}" if acc is not None else "") for name, auc, acc in PUBLISHED[ds]
+            )
+            + ".",
+        ]
     if notes:
         lines += ["", "Targets of the issue: " + "; ".join(notes) + "."]
     if info["classes"] == 2:
-        lines += ["", "Temperature scaling is not listed as an ACC stabilizer: for a 2-class softmax, p > 0.5 iff "
-                  "logit1 > logit0 at every temperature, so ACC at 0.5 cannot change."]
-    lines += ["", f"Wall time {fmt_minutes(elapsed)} (estimated up front {fmt_minutes(est)}). " + LOAD_CAVEAT + " "
-              + load_note() + "."]
+        lines += [
+            "",
+            "Temperature scaling is not listed as an ACC stabilizer: for a 2-class softmax, p > 0.5 iff "
+            "logit1 > logit0 at every temperature, so ACC at 0.5 cannot change.",
+        ]
+    lines += [
+        "",
+        f"Wall time {fmt_minutes(elapsed)} (estimated up front {fmt_minutes(est)}). "
+        + LOAD_CAVEAT
+        + " "
+        + load_note()
+        + ".",
+    ]
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_common_args(parser)
-    parser.add_argument("--datasets", default=",".join(DATASETS), help=f"comma-separated subset of {', '.join(DATASETS)}")
+    parser.add_argument(
+        "--datasets", default=",".join(DATASETS), help=f"comma-separated subset of {', '.join(DATASETS)}"
+    )
     parser.add_argument("--seeds", default="0,1,2", help="seeds for the deep models (classical: the first)")
-    parser.add_argument("--deep", default=None,
-                        help="override the deep recipes of every chosen dataset: 'model[@size]:epochs[xSEEDS][+key=value...],...'")
-    parser.add_argument("--classical", default=None, type=lambda t: [m.strip() for m in t.split(",") if m.strip()],
-                        help=f"classical models, comma-separated (default {','.join(CLASSICAL)}, Brain Tumor MRI svm,elm; '' for none)")
-    parser.add_argument("--tag", default=None,
-                        help="record as a separate section study-<dataset>-<tag> (extra recipes beside the main table)")
-    parser.add_argument("--summary", action="store_true",
-                        help="train nothing: rebuild the cross-dataset table (section study-summary) from the run directories")
+    parser.add_argument(
+        "--deep",
+        default=None,
+        help="override the deep recipes of every chosen dataset: 'model[@size]:epochs[xSEEDS][+key=value...],...'",
+    )
+    parser.add_argument(
+        "--classical",
+        default=None,
+        type=lambda t: [m.strip() for m in t.split(",") if m.strip()],
+        help=f"classical models, comma-separated (default {','.join(CLASSICAL)}, Brain Tumor MRI svm,elm; '' for none)",
+    )
+    parser.add_argument(
+        "--tag",
+        default=None,
+        help="record as a separate section study-<dataset>-<tag> (extra recipes beside the main table)",
+    )
+    parser.add_argument(
+        "--summary",
+        action="store_true",
+        help="train nothing: rebuild the cross-dataset table (section study-summary) from the run directories",
+    )
     parser.add_argument("--estimate-only", action="store_true", help="print the time estimate and stop")
     args = parser.parse_args(argv)
     datasets = [d.strip() for d in args.datasets.split(",") if d.strip()]
@@ -554,8 +698,12 @@ def main(argv: list[str] | None = None) -> int:
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     if args.quick:
         seeds = seeds[:2]
-    datasets = [d for d in datasets if (args.data / DATASETS[d]["source"]).exists() or print(
-        f"skip {d}: {args.data / DATASETS[d]['source']} absent")]
+    datasets = [
+        d
+        for d in datasets
+        if (args.data / DATASETS[d]["source"]).exists()
+        or print(f"skip {d}: {args.data / DATASETS[d]['source']} absent")
+    ]
     if args.summary:
         rows = [summary_row(ds, res, args) for ds in datasets if (res := collect_runs(ds, args)) is not None]
         if not rows:
@@ -572,8 +720,12 @@ def main(argv: list[str] | None = None) -> int:
         plans[ds] = recipes
         est, per_model = estimate(ds, recipes, seeds, quick_cap(ds) if args.quick else None, args.quick, args.classical)
         estimates[ds] = est
-        print(f"  {ds:16s} about {fmt_minutes(est):>9s}  (" + ", ".join(f"{k} {fmt_minutes(v)}" for k, v in per_model.items())
-              + ")", flush=True)
+        print(
+            f"  {ds:16s} about {fmt_minutes(est):>9s}  ("
+            + ", ".join(f"{k} {fmt_minutes(v)}" for k, v in per_model.items())
+            + ")",
+            flush=True,
+        )
     print(f"estimated total: {fmt_minutes(sum(estimates.values()))}", flush=True)
     if args.estimate_only:
         return 0

@@ -63,8 +63,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-LOAD_CAVEAT = ("Measured on a machine shared with other jobs unless the load average says otherwise: "
-               "compare rows within one run, not across runs.")
+LOAD_CAVEAT = (
+    "Measured on a machine shared with other jobs unless the load average says otherwise: "
+    "compare rows within one run, not across runs."
+)
 
 
 # ============================================================================================
@@ -76,11 +78,19 @@ def default_data() -> Path:
 
 def add_common_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true", help="tiny check (a few hundred samples, 1 epoch, seconds)")
-    parser.add_argument("--record", action=argparse.BooleanOptionalAction, default=None,
-                        help="write the section(s) into BENCHMARKS.md (default: yes for full runs, no with --quick)")
-    parser.add_argument("--md", type=Path, default=None, help="record into this file instead of BENCHMARKS.md (scratch)")
+    parser.add_argument(
+        "--record",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="write the section(s) into BENCHMARKS.md (default: yes for full runs, no with --quick)",
+    )
+    parser.add_argument(
+        "--md", type=Path, default=None, help="record into this file instead of BENCHMARKS.md (scratch)"
+    )
     parser.add_argument("--data", type=Path, default=default_data(), help="the shared data folder (env MEDLENS_DATA)")
-    parser.add_argument("--out", type=Path, default=None, help="scratch folder for run directories (default runs/bench/...)")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="scratch folder for run directories (default runs/bench/...)"
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's, one per core)")
 
 
@@ -118,8 +128,9 @@ def check_data(args: argparse.Namespace, *rel: str) -> bool:
     return True
 
 
-def probe_ips(model: str, *, dims: int, img_size: int, batch_size: int, channels: int = 1, outputs: int = 2,
-              seconds: float = 1.5) -> float:
+def probe_ips(
+    model: str, *, dims: int, img_size: int, batch_size: int, channels: int = 1, outputs: int = 2, seconds: float = 1.5
+) -> float:
     """Training images/s of ``model`` on this machine (a few timed forward/backward steps)."""
     import warnings
 
@@ -127,8 +138,16 @@ def probe_ips(model: str, *, dims: int, img_size: int, batch_size: int, channels
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return measure_throughput(model, in_channels=channels, num_outputs=outputs, dims=dims, img_size=img_size,
-                                  batch_size=batch_size, seconds=seconds, max_steps=6)
+        return measure_throughput(
+            model,
+            in_channels=channels,
+            num_outputs=outputs,
+            dims=dims,
+            img_size=img_size,
+            batch_size=batch_size,
+            seconds=seconds,
+            max_steps=6,
+        )
 
 
 def fmt_minutes(seconds: float) -> str:
@@ -179,7 +198,7 @@ def read_predictions(model_dir, split: str = "test") -> tuple[list[str], np.ndar
         for row in reader:
             ids.append(row[0])
             labels.append(int(row[1]))
-            probs.append([float(v) for v in row[2:2 + k]])
+            probs.append([float(v) for v in row[2 : 2 + k]])
     return ids, np.asarray(labels), np.asarray(probs, dtype=np.float64)
 
 
@@ -236,10 +255,26 @@ def _worker(spec: dict[str, Any]) -> dict[str, Any]:
     if contender == "plain":
         return {**_plain_loop(npz, model, epochs, n, seed), "rss_start_mb": rss_start, "peak_rss_mb": _peak_rss_mb()}
     if contender == "lightning-bare":
-        return {**_bare_lightning(npz, model, epochs, n, seed), "rss_start_mb": rss_start, "peak_rss_mb": _peak_rss_mb()}
-    settings = dict(epochs=epochs, batch_size=128, lr=1e-3, optimizer="adam", weight_decay=0.0, scheduler="none",
-                    imbalance="none", augment="none", max_samples=n, seed=seed, patience=epochs + 1,
-                    progress=contender == "medlens+progress", threads=spec.get("threads"))
+        return {
+            **_bare_lightning(npz, model, epochs, n, seed),
+            "rss_start_mb": rss_start,
+            "peak_rss_mb": _peak_rss_mb(),
+        }
+    settings = dict(
+        epochs=epochs,
+        batch_size=128,
+        lr=1e-3,
+        optimizer="adam",
+        weight_decay=0.0,
+        scheduler="none",
+        imbalance="none",
+        augment="none",
+        max_samples=n,
+        seed=seed,
+        patience=epochs + 1,
+        progress=contender == "medlens+progress",
+        threads=spec.get("threads"),
+    )
     if contender == "medlens-lean":
         settings.update(checkpoint_every_n_steps=10**9, deterministic=False)
     import lightning as L
@@ -343,19 +378,44 @@ def _bare_lightning(npz: str, model: str, epochs: int, n: int | None, seed: int)
     xt, yt = _medmnist_arrays(npz, "train", n, seed)
     xv, yv = _medmnist_arrays(npz, "val", n, seed)
     L.seed_everything(seed, verbose=False)
-    module = ClassifierModule(model, in_channels=xt.shape[1], num_outputs=2, spatial_dims=2, img_size=28, task="binary",
-                              lr=1e-3, weight_decay=0.0, optimizer="adam", scheduler="none", epochs=epochs)
+    module = ClassifierModule(
+        model,
+        in_channels=xt.shape[1],
+        num_outputs=2,
+        spatial_dims=2,
+        img_size=28,
+        task="binary",
+        lr=1e-3,
+        weight_decay=0.0,
+        optimizer="adam",
+        scheduler="none",
+        epochs=epochs,
+    )
     dm = ArrayDataModule({"train": (xt, yt), "val": (xv, yv)}, batch_size=128, seed=seed)
     timer = EpochTimer()
-    trainer = L.Trainer(accelerator="cpu", devices=1, max_epochs=epochs, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-                        callbacks=[timer])
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_epochs=epochs,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        callbacks=[timer],
+    )
     t_fit = time.perf_counter()
     trainer.fit(module, datamodule=dm)
     fit_s = time.perf_counter() - t_fit
     s = timer.summary()
-    return {"train_images_per_s": s["images_per_second"], "train_s": s["train_seconds"], "fit_s": fit_s,
-            "wall_s": time.perf_counter() - t_all, "n_train": len(xt), "val_auc_last": None}
+    return {
+        "train_images_per_s": s["images_per_second"],
+        "train_s": s["train_seconds"],
+        "fit_s": fit_s,
+        "wall_s": time.perf_counter() - t_all,
+        "n_train": len(xt),
+        "val_auc_last": None,
+    }
 
 
 def run_contender(spec: dict[str, Any], timeout: float | None = None) -> dict[str, Any]:
@@ -364,7 +424,7 @@ def run_contender(spec: dict[str, Any], timeout: float | None = None) -> dict[st
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
     for line in reversed(proc.stdout.splitlines()):
         if line.startswith("RESULT "):
-            return json.loads(line[len("RESULT "):])
+            return json.loads(line[len("RESULT ") :])
     tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
     return {"error": f"exit {proc.returncode}: {' | '.join(tail)[:300]}"}
 
@@ -374,14 +434,26 @@ def part_a_plan(args, ips: dict[str, float]) -> tuple[list[dict[str, Any]], floa
     if args.quick:
         plan = [("cnn-small", 1, 256)]
     else:
-        plan = [("cnn-small", args.a_epochs_small, None), ("resnet18", args.a_epochs_resnet, args.a_resnet_samples or None)]
+        plan = [
+            ("cnn-small", args.a_epochs_small, None),
+            ("resnet18", args.a_epochs_resnet, args.a_resnet_samples or None),
+        ]
     specs, est = [], 0.0
     for model, epochs, n in plan:
         n_train, n_val = (n or 4708), (min(n, 524) if n else 524)
         per = epochs * (n_train + 0.35 * n_val) / max(ips.get(model, 1.0), 1e-6) + 15  # + start-up
         for c in CONTENDERS:
-            specs.append({"contender": c, "model": model, "epochs": epochs, "max_samples": n, "npz": npz,
-                          "seed": 0, "threads": args.threads})
+            specs.append(
+                {
+                    "contender": c,
+                    "model": model,
+                    "epochs": epochs,
+                    "max_samples": n,
+                    "npz": npz,
+                    "seed": 0,
+                    "threads": args.threads,
+                }
+            )
             est += per
     return specs, est
 
@@ -399,11 +471,13 @@ def part_a(args, specs: list[dict[str, Any]], repeats: int) -> list[dict[str, An
             if "error" in r:
                 print(f"  [{rep + 1}/{repeats}] {spec['model']:10s} {spec['contender']:18s} FAILED {r['error']}")
             else:
-                print(f"  [{rep + 1}/{repeats}] {spec['model']:10s} {spec['contender']:18s} {r['train_images_per_s'] or 0:8.1f} "
-                      f"img/s  fit {r['fit_s']:6.1f} s  peak RSS {r['peak_rss_mb']:6.0f} MB  ({time.perf_counter() - t0:.0f} s)",
-                      flush=True)
+                print(
+                    f"  [{rep + 1}/{repeats}] {spec['model']:10s} {spec['contender']:18s} {r['train_images_per_s'] or 0:8.1f} "
+                    f"img/s  fit {r['fit_s']:6.1f} s  peak RSS {r['peak_rss_mb']:6.0f} MB  ({time.perf_counter() - t0:.0f} s)",
+                    flush=True,
+                )
     rows = []
-    for (model, contender), rs in runs.items():
+    for rs in runs.values():
         good = [r for r in rs if "error" not in r]
         if not good:
             rows.append(rs[0])
@@ -432,20 +506,28 @@ def part_a_markdown(rows: list[dict[str, Any]]) -> str:
     plain = {r["model"]: r.get("train_images_per_s") for r in rows if r["contender"] == "plain" and "error" not in r}
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['model']} | {r['contender']} | {r['epochs']} | - | failed: {r['error'][:80]} | | | | | |")
+            lines.append(
+                f"| {r['model']} | {r['contender']} | {r['epochs']} | - | failed: {r['error'][:80]} | | | | | |"
+            )
             continue
         base = plain.get(r["model"])
         rel = f"{r['train_images_per_s'] / base:.2f}x" if base and r.get("train_images_per_s") else "-"
-        lines.append(f"| {r['model']} | {r['contender']} | {r['epochs']} | {r['n_train']} | "
-                     f"{r['train_images_per_s'] or 0:.1f} | {', '.join(map(str, r.get('spread', [])))} | {rel} | "
-                     f"{r['fit_s']:.1f} | {r['wall_s']:.1f} | "
-                     f"{r['peak_rss_mb']:.0f} |")
-    lines += ["", "Contenders: *plain* hand-written loop (TensorDataset + DataLoader, per-sample collate); "
-              "*medlens* `train()` with progress off; *medlens+progress* with the Rich bar (CLI default); "
-              "*medlens-lean* `train()` with step checkpoints off and `deterministic=False`; *lightning-bare* "
-              "medlens's module and data module under a bare `lightning.Trainer` (no logger, checkpoints, "
-              "callbacks, bar). Peak RSS is the whole process (Python, torch and Lightning imports included).",
-              "", LOAD_CAVEAT + " " + load_note() + "."]
+        lines.append(
+            f"| {r['model']} | {r['contender']} | {r['epochs']} | {r['n_train']} | "
+            f"{r['train_images_per_s'] or 0:.1f} | {', '.join(map(str, r.get('spread', [])))} | {rel} | "
+            f"{r['fit_s']:.1f} | {r['wall_s']:.1f} | "
+            f"{r['peak_rss_mb']:.0f} |"
+        )
+    lines += [
+        "",
+        "Contenders: *plain* hand-written loop (TensorDataset + DataLoader, per-sample collate); "
+        "*medlens* `train()` with progress off; *medlens+progress* with the Rich bar (CLI default); "
+        "*medlens-lean* `train()` with step checkpoints off and `deterministic=False`; *lightning-bare* "
+        "medlens's module and data module under a bare `lightning.Trainer` (no logger, checkpoints, "
+        "callbacks, bar). Peak RSS is the whole process (Python, torch and Lightning imports included).",
+        "",
+        LOAD_CAVEAT + " " + load_note() + ".",
+    ]
     return "\n".join(lines)
 
 
@@ -453,8 +535,15 @@ def part_a_markdown(rows: list[dict[str, Any]]) -> str:
 # part b: inference throughput and latency
 # ============================================================================================
 DEEP_TYPICAL = {  # model: (dims, img_size) at its typical size
-    "cnn-small": (2, 28), "resnet18": (2, 28), "resnet50": (2, 28), "densenet121": (2, 32),
-    "efficientnet-b0": (2, 64), "vit": (2, 32), "resnet18-3d": (3, 28), "cnn-2.5d": (3, 28), "cnn-lstm": (3, 28),
+    "cnn-small": (2, 28),
+    "resnet18": (2, 28),
+    "resnet50": (2, 28),
+    "densenet121": (2, 32),
+    "efficientnet-b0": (2, 64),
+    "vit": (2, 32),
+    "resnet18-3d": (3, 28),
+    "cnn-2.5d": (3, 28),
+    "cnn-lstm": (3, 28),
 }
 
 
@@ -499,8 +588,14 @@ def part_b(args) -> list[dict[str, Any]]:
         x1 = torch.rand(1, *shape)
         fwd(x1)
         lat = sorted(_one(fwd, x1) for _ in range(lat_reps))
-        row = {"model": name, "kind": "deep", "input": "x".join([str(size)] * dims), "batch": batch,
-               "images_per_s": batch / per_batch, "latency_p50_ms": 1000 * lat[len(lat) // 2]}
+        row = {
+            "model": name,
+            "kind": "deep",
+            "input": "x".join([str(size)] * dims),
+            "batch": batch,
+            "images_per_s": batch / per_batch,
+            "latency_p50_ms": 1000 * lat[len(lat) // 2],
+        }
         rows.append(row)
         print(f"  {name:16s} {row['input']:>8s}  {row['images_per_s']:9.1f} img/s  p50 {row['latency_p50_ms']:7.2f} ms")
     rows += _classical_inference(args, batch, min_s, reps, lat_reps)
@@ -532,8 +627,14 @@ def _classical_inference(args, batch: int, min_s: float, reps: int, lat_reps: in
             per_batch = _time_batches(est.predict_proba, xb, min_s, reps)
             est.predict_proba(xb[:1])
             lat = sorted(_one(est.predict_proba, xb[:1]) for _ in range(lat_reps))
-            row = {"model": name, "kind": "classical", "input": label, "batch": len(xb),
-                   "images_per_s": len(xb) / per_batch, "latency_p50_ms": 1000 * lat[len(lat) // 2]}
+            row = {
+                "model": name,
+                "kind": "classical",
+                "input": label,
+                "batch": len(xb),
+                "images_per_s": len(xb) / per_batch,
+                "latency_p50_ms": 1000 * lat[len(lat) // 2],
+            }
             rows.append(row)
             print(f"  {name:16s} {label:>8s}  {row['images_per_s']:9.1f} img/s  p50 {row['latency_p50_ms']:7.2f} ms")
     return rows
@@ -550,8 +651,10 @@ def part_b_markdown(rows: list[dict[str, Any]], threads: int) -> str:
         "|---|---|---|---:|---:|---:|",
     ]
     for r in rows:
-        lines.append(f"| {r['model']} | {r['kind']} | {r['input']} | {r['batch']} | {r['images_per_s']:.1f} | "
-                     f"{r['latency_p50_ms']:.2f} |")
+        lines.append(
+            f"| {r['model']} | {r['kind']} | {r['input']} | {r['batch']} | {r['images_per_s']:.1f} | "
+            f"{r['latency_p50_ms']:.2f} |"
+        )
     lines += ["", LOAD_CAVEAT + " " + load_note() + "."]
     return "\n".join(lines)
 
@@ -560,8 +663,15 @@ def part_b_markdown(rows: list[dict[str, Any]], threads: int) -> str:
 # part c: every family reaches a sensible test AUC
 # ============================================================================================
 C_PLAN = {
-    "pneumoniamnist": [("svm", None), ("elm", None), ("cnn-small", 10), ("resnet18", 5), ("vit", 5),
-                       ("densenet121", 2), ("efficientnet-b0", 3)],
+    "pneumoniamnist": [
+        ("svm", None),
+        ("elm", None),
+        ("cnn-small", 10),
+        ("resnet18", 5),
+        ("vit", 5),
+        ("densenet121", 2),
+        ("efficientnet-b0", 3),
+    ],
     "adrenalmnist3d": [("svm", None), ("elm", None), ("resnet18-3d", 10), ("cnn-2.5d", 10), ("cnn-lstm", 10)],
 }
 C_SIZES = {"pneumoniamnist": (2, 4708, 524), "adrenalmnist3d": (3, 1188, 98)}
@@ -573,7 +683,9 @@ def part_c_plan(args, ips: dict[str, float]) -> tuple[dict[str, list[tuple[str, 
 
     plan = {k: list(v) for k, v in C_PLAN.items() if k in args.c_datasets}
     if args.quick:
-        plan = {k: [(m, 1 if e else None) for m, e in v if m in ("elm", "cnn-small", "cnn-2.5d")] for k, v in plan.items()}
+        plan = {
+            k: [(m, 1 if e else None) for m, e in v if m in ("elm", "cnn-small", "cnn-2.5d")] for k, v in plan.items()
+        }
     fixed, per_epoch, wanted = 0.0, {}, {}
     for ds, entries in plan.items():
         dims, n_train, n_val = C_SIZES[ds]
@@ -607,17 +719,30 @@ def part_c(args, plan) -> list[dict[str, Any]]:
             try:
                 r = train_model(src, model, out / ds, **settings)
             except Exception as e:  # noqa: BLE001 - a failing model is a result
-                rows.append({"dataset": ds, "model": model, "epochs": epochs, "error": f"{type(e).__name__}: {e}"[:200]})
+                rows.append(
+                    {"dataset": ds, "model": model, "epochs": epochs, "error": f"{type(e).__name__}: {e}"[:200]}
+                )
                 print(f"  {ds:15s} {model:16s} FAILED {e}")
                 continue
             m = r["metrics"]
             t = m.get("test", {})
-            row = {"dataset": ds, "model": model, "epochs": epochs, "auc": t.get("auc"), "acc": t.get("acc"),
-                   "acc_thr": t.get("acc@threshold"), "fit_s": m["timing"].get("total_seconds"), "wall_s": r["wall_s"],
-                   "ips": m["timing"].get("images_per_second"), "n_test": m["n"].get("test")}
+            row = {
+                "dataset": ds,
+                "model": model,
+                "epochs": epochs,
+                "auc": t.get("auc"),
+                "acc": t.get("acc"),
+                "acc_thr": t.get("acc@threshold"),
+                "fit_s": m["timing"].get("total_seconds"),
+                "wall_s": r["wall_s"],
+                "ips": m["timing"].get("images_per_second"),
+                "n_test": m["n"].get("test"),
+            }
             rows.append(row)
-            print(f"  {ds:15s} {model:16s} ep {epochs or '-':>3}  AUC {f3(row['auc'])}  ACC {f3(row['acc'])}  "
-                  f"fit {row['fit_s']:.0f} s")
+            print(
+                f"  {ds:15s} {model:16s} ep {epochs or '-':>3}  AUC {f3(row['auc'])}  ACC {f3(row['acc'])}  "
+                f"fit {row['fit_s']:.0f} s"
+            )
     return rows
 
 
@@ -635,16 +760,28 @@ def part_c_markdown(rows: list[dict[str, Any]], cut: dict, budget: float) -> str
     ]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['dataset']} | {r['model']} | {r['epochs'] or '-'} | failed: {r['error'][:100]} | | | | |")
+            lines.append(
+                f"| {r['dataset']} | {r['model']} | {r['epochs'] or '-'} | failed: {r['error'][:100]} | | | | |"
+            )
             continue
-        lines.append(f"| {r['dataset']} | {r['model']} | {r['epochs'] or '-'} | {f3(r['auc'])} | {f3(r['acc'])} | "
-                     f"{f3(r['acc_thr'])} | {r['fit_s']:.0f} | {r['ips'] if r['ips'] is not None else '-'} |")
+        lines.append(
+            f"| {r['dataset']} | {r['model']} | {r['epochs'] or '-'} | {f3(r['auc'])} | {f3(r['acc'])} | "
+            f"{f3(r['acc_thr'])} | {r['fit_s']:.0f} | {r['ips'] if r['ips'] is not None else '-'} |"
+        )
     if cut:
-        lines += ["", f"Epochs cut to fit --budget-minutes {budget:g} (planned -> run): "
-                  + ", ".join(f"{k} {a} -> {b}" for k, (a, b) in cut.items()) + "."]
-    lines += ["", "MedMNIST v2 reference (test AUC/ACC): PneumoniaMNIST ResNet-18 (28) .944/.854; "
-              "AdrenalMNIST3D ResNet-18+3D (28) .827/.721, best published ResNet about .84/.80.",
-              "", LOAD_CAVEAT + " " + load_note() + "."]
+        lines += [
+            "",
+            f"Epochs cut to fit --budget-minutes {budget:g} (planned -> run): "
+            + ", ".join(f"{k} {a} -> {b}" for k, (a, b) in cut.items())
+            + ".",
+        ]
+    lines += [
+        "",
+        "MedMNIST v2 reference (test AUC/ACC): PneumoniaMNIST ResNet-18 (28) .944/.854; "
+        "AdrenalMNIST3D ResNet-18+3D (28) .827/.721, best published ResNet about .84/.80.",
+        "",
+        LOAD_CAVEAT + " " + load_note() + ".",
+    ]
     return "\n".join(lines)
 
 
@@ -659,12 +796,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--a-epochs-small", type=int, default=2, help="part a: epochs of cnn-small")
     parser.add_argument("--a-epochs-resnet", type=int, default=1, help="part a: epochs of resnet18")
     parser.add_argument("--a-repeats", type=int, default=2, help="part a: runs per contender (median reported)")
-    parser.add_argument("--a-resnet-samples", type=int, default=512,
-                        help="part a: resnet18 trains on this seeded subset of the train split (0: all 4708)")
+    parser.add_argument(
+        "--a-resnet-samples",
+        type=int,
+        default=512,
+        help="part a: resnet18 trains on this seeded subset of the train split (0: all 4708)",
+    )
     parser.add_argument("--c-datasets", default="pneumoniamnist,adrenalmnist3d")
     parser.add_argument("--estimate-only", action="store_true", help="print the time estimate and stop")
-    parser.add_argument("--budget-minutes", type=float, default=15.0,
-                        help="part c: the costliest deep models get fewer epochs to fit this (default 15)")
+    parser.add_argument(
+        "--budget-minutes",
+        type=float,
+        default=15.0,
+        help="part c: the costliest deep models get fewer epochs to fit this (default 15)",
+    )
     args = parser.parse_args(argv)
     parts = {p.strip() for p in args.parts.split(",") if p.strip()}
     args.c_datasets = [d.strip() for d in args.c_datasets.split(",") if d.strip()]
@@ -692,20 +837,32 @@ def main(argv: list[str] | None = None) -> int:
                         needed[model] = (C_SIZES[ds][0], 28, int(d.get("batch_size", 64)))
     if args.quick:
         needed = {m: v for m, v in needed.items() if m in ("cnn-small", "cnn-2.5d")}
-    ips = {m: probe_ips(m, dims=d, img_size=s, batch_size=b, seconds=0.5 if args.quick else 1.5)
-           for m, (d, s, b) in needed.items()}
+    ips = {
+        m: probe_ips(m, dims=d, img_size=s, batch_size=b, seconds=0.5 if args.quick else 1.5)
+        for m, (d, s, b) in needed.items()
+    }
     for m, v in ips.items():
         print(f"  {m:16s} {v:8.1f} training img/s")
     specs, est_a = part_a_plan(args, ips) if "a" in parts else ([], 0.0)
     est_a *= 1 if args.quick else args.a_repeats
     est_b = (20 if args.quick else 9 * 12 + 4 * 40) if "b" in parts else 0.0
     plan_c, est_c, cut = part_c_plan(args, ips) if "c" in parts else ({}, 0.0, {})
-    print(f"estimated time: part a {fmt_minutes(est_a)}, part b {fmt_minutes(est_b)}, part c {fmt_minutes(est_c)}"
-          + (f" (part c epochs cut to fit --budget-minutes {args.budget_minutes:g}: "
-             + ", ".join(f"{k} {a}->{b}" for k, (a, b) in cut.items()) + ")" if cut else "")
-          + f"; total about {fmt_minutes(est_a + est_b + est_c)}", flush=True)
+    print(
+        f"estimated time: part a {fmt_minutes(est_a)}, part b {fmt_minutes(est_b)}, part c {fmt_minutes(est_c)}"
+        + (
+            f" (part c epochs cut to fit --budget-minutes {args.budget_minutes:g}: "
+            + ", ".join(f"{k} {a}->{b}" for k, (a, b) in cut.items())
+            + ")"
+            if cut
+            else ""
+        )
+        + f"; total about {fmt_minutes(est_a + est_b + est_c)}",
+        flush=True,
+    )
     if est_a + est_b + est_c > 25 * 60:
-        print("note: over 25 min; lower --a-epochs-* / --a-resnet-samples / --budget-minutes, or run --parts separately")
+        print(
+            "note: over 25 min; lower --a-epochs-* / --a-resnet-samples / --budget-minutes, or run --parts separately"
+        )
     if args.estimate_only:
         return 0
 
@@ -717,12 +874,21 @@ def main(argv: list[str] | None = None) -> int:
     if "b" in parts:
         print("part b: inference throughput and latency")
         rows = part_b(args)
-        record(args, "inference", "Inference: throughput and latency per model family (CPU)", part_b_markdown(rows, threads))
+        record(
+            args,
+            "inference",
+            "Inference: throughput and latency per model family (CPU)",
+            part_b_markdown(rows, threads),
+        )
     if "c" in parts:
         print("part c: every family on PneumoniaMNIST / AdrenalMNIST3D")
         rows = part_c(args, plan_c)
-        record(args, "train-families", "Training: every model family on PneumoniaMNIST and AdrenalMNIST3D",
-               part_c_markdown(rows, cut, args.budget_minutes))
+        record(
+            args,
+            "train-families",
+            "Training: every model family on PneumoniaMNIST and AdrenalMNIST3D",
+            part_c_markdown(rows, cut, args.budget_minutes),
+        )
     print(f"done in {fmt_minutes(time.perf_counter() - started)} (estimated {fmt_minutes(est_a + est_b + est_c)})")
     return 0
 

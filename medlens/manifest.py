@@ -19,7 +19,12 @@ from typing import Iterable
 
 from medlens.runs import RunDir, read_json, read_yaml, sha256_file, write_json
 
-EXCLUDED_DIRS = {"checkpoints", "logs", "__pycache__", "serve"}  # serve/: audit log and prediction store of `medlens serve`
+EXCLUDED_DIRS = {
+    "checkpoints",
+    "logs",
+    "__pycache__",
+    "serve",
+}  # serve/: audit log and prediction store of `medlens serve`
 LIBRARIES = ("medlens", "torch", "lightning", "monai", "numpy", "scikit-learn", "scipy", "safetensors", "pydicom")
 
 
@@ -64,7 +69,10 @@ def write_manifest(run_dir: str | Path) -> dict:
     seed = None
     if run.config.is_file():
         seed = (read_yaml(run.config) or {}).get("seed")
-    files = {rel: {"sha256": sha256_file(run.root / rel), "bytes": (run.root / rel).stat().st_size} for rel in artifact_files(run.root)}
+    files = {
+        rel: {"sha256": sha256_file(run.root / rel), "bytes": (run.root / rel).stat().st_size}
+        for rel in artifact_files(run.root)
+    }
     manifest = {
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "seed": seed,
@@ -89,7 +97,7 @@ def verify_manifest(run_dir: str | Path, files: Iterable[str] | None = None) -> 
         return [f"{run.manifest}: no manifest"]
     listed = read_json(run.manifest).get("files", {})
     problems = []
-    for rel in (listed if files is None else [Path(f).as_posix() for f in files]):
+    for rel in listed if files is None else [Path(f).as_posix() for f in files]:
         path = run.root / rel
         if rel not in listed:
             problems.append(f"{path}: not listed in the manifest")

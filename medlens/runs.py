@@ -148,6 +148,7 @@ def _current_umask() -> int:
 
 _UMASK = _current_umask()
 
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write ``data`` to ``path`` so that a crash leaves either the old file or the new one."""
     path = Path(path)

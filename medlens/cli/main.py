@@ -31,7 +31,9 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
-    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
 ) -> None:
     """medlens: read medical images correctly, learn, explain, compare and serve."""
 
@@ -58,7 +60,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         code = app(args=argv, standalone_mode=False)
     except MedlensError as e:
-        err_console.print(f"[bold red]error:[/bold red] {e}", highlight=False, soft_wrap=True)  # one line, never wrapped
+        err_console.print(
+            f"[bold red]error:[/bold red] {e}", highlight=False, soft_wrap=True
+        )  # one line, never wrapped
         return e.exit_code
     except click.exceptions.Exit as e:
         return e.exit_code

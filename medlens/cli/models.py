@@ -19,7 +19,13 @@ def models(
     if as_json:
         print_json(
             [
-                {"name": s.name, "kind": s.kind, "dims": list(s.dims), "tasks": list(s.tasks), "description": s.description}
+                {
+                    "name": s.name,
+                    "kind": s.kind,
+                    "dims": list(s.dims),
+                    "tasks": list(s.tasks),
+                    "description": s.description,
+                }
                 for s in specs
             ]
         )

@@ -12,8 +12,12 @@ from medlens.cli.common import console
 def report(
     run: Path = typer.Argument(..., help="Run directory (from `medlens train` / `medlens compare`)."),
     out: Path = typer.Option(None, "--out", "-o", help="Write the HTML here instead of RUN/report.html."),
-    no_source: bool = typer.Option(False, "--no-source", help="Do not open the data source (no audit or montage unless already in the run)."),
-    open_path: bool = typer.Option(False, "--open-path", help="Print a file:// URI to open in a browser instead of the plain path."),
+    no_source: bool = typer.Option(
+        False, "--no-source", help="Do not open the data source (no audit or montage unless already in the run)."
+    ),
+    open_path: bool = typer.Option(
+        False, "--open-path", help="Print a file:// URI to open in a browser instead of the plain path."
+    ),
 ) -> None:
     """Write a self-contained HTML report (figures embedded) and print its path."""
     from medlens.reporting import build_report

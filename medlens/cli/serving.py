@@ -19,10 +19,21 @@ FORMATS = ("json", "sr", "fhir")
 def predict(
     run: Path = typer.Argument(..., help="Run directory holding the trained model (models/MODEL/ + manifest.json)."),
     inputs: list[Path] = typer.Argument(..., help="DICOM files, series or study folders, NIfTI, PNG or JPEG files."),
-    model: str = typer.Option(None, "--model", "-m", help="Model of the run (default: the only one, or the best by validation AUC)."),
-    explain: bool = typer.Option(False, "--explain", help="Also write DIR/<name>.heatmap.png (Grad-CAM; occlusion for classical models)."),
-    fmt: str = typer.Option("json", "--format", "-f", help="json | sr (DICOM SR, DICOM input only) | fhir (FHIR R4 DiagnosticReport)."),
-    out: Path = typer.Option(None, "--out", "-o", help="Write DIR/<name>.json | .sr.dcm | .fhir.json (default: json and fhir to stdout; SR files and heatmaps to the current folder)."),
+    model: str = typer.Option(
+        None, "--model", "-m", help="Model of the run (default: the only one, or the best by validation AUC)."
+    ),
+    explain: bool = typer.Option(
+        False, "--explain", help="Also write DIR/<name>.heatmap.png (Grad-CAM; occlusion for classical models)."
+    ),
+    fmt: str = typer.Option(
+        "json", "--format", "-f", help="json | sr (DICOM SR, DICOM input only) | fhir (FHIR R4 DiagnosticReport)."
+    ),
+    out: Path = typer.Option(
+        None,
+        "--out",
+        "-o",
+        help="Write DIR/<name>.json | .sr.dcm | .fhir.json (default: json and fhir to stdout; SR files and heatmaps to the current folder).",
+    ),
 ) -> None:
     """Predict the finding, its probability and uncertainty for each input (one per DICOM series).
 
@@ -101,21 +112,51 @@ def _render(result, name: str, *, fmt: str, out: Path | None, explain: bool) -> 
 # ============================================================================================
 def serve(
     run: Path = typer.Argument(..., help="Run directory holding the trained model (models/MODEL/ + manifest.json)."),
-    model: str = typer.Option(None, "--model", "-m", help="Model of the run (default: the only one, or the best by validation AUC)."),
-    host: str = typer.Option("127.0.0.1", "--host", help="Address to bind. The default answers this machine only; bind wider only behind TLS and with --api-keys."),
+    model: str = typer.Option(
+        None, "--model", "-m", help="Model of the run (default: the only one, or the best by validation AUC)."
+    ),
+    host: str = typer.Option(
+        "127.0.0.1",
+        "--host",
+        help="Address to bind. The default answers this machine only; bind wider only behind TLS and with --api-keys.",
+    ),
     port: int = typer.Option(8000, "--port", help="TCP port."),
-    api_keys: Path = typer.Option(None, "--api-keys", help="Key file (KEY_ID:SHA256 lines, made with `medlens serve-keys`): every endpoint but /healthz then needs X-API-Key or Authorization: Bearer."),
-    audit_db: str = typer.Option(None, "--audit-db", help="Audit log: SQLite path or SQLAlchemy URL (default RUN/serve/audit.sqlite)."),
+    api_keys: Path = typer.Option(
+        None,
+        "--api-keys",
+        help="Key file (KEY_ID:SHA256 lines, made with `medlens serve-keys`): every endpoint but /healthz then needs X-API-Key or Authorization: Bearer.",
+    ),
+    audit_db: str = typer.Option(
+        None, "--audit-db", help="Audit log: SQLite path or SQLAlchemy URL (default RUN/serve/audit.sqlite)."
+    ),
     max_upload_mb: float = typer.Option(64.0, "--max-upload-mb", help="Largest accepted upload; bigger ones get 413."),
-    pacs_url: str = typer.Option(None, "--pacs-url", help="DICOMweb root of the PACS (e.g. http://127.0.0.1:8042/dicom-web) for predictions on stored studies."),
-    cors_origin: list[str] = typer.Option(None, "--cors-origin", help="Allow this browser origin (repeatable). Default: CORS off."),
-    store_dir: Path = typer.Option(None, "--store-dir", help="Folder for recent predictions (default RUN/serve/predictions; holds DICOM headers: keep it private)."),
+    pacs_url: str = typer.Option(
+        None,
+        "--pacs-url",
+        help="DICOMweb root of the PACS (e.g. http://127.0.0.1:8042/dicom-web) for predictions on stored studies.",
+    ),
+    cors_origin: list[str] = typer.Option(
+        None, "--cors-origin", help="Allow this browser origin (repeatable). Default: CORS off."
+    ),
+    store_dir: Path = typer.Option(
+        None,
+        "--store-dir",
+        help="Folder for recent predictions (default RUN/serve/predictions; holds DICOM headers: keep it private).",
+    ),
     log_level: str = typer.Option("info", "--log-level", help="uvicorn/medlens log level."),
-    dicom_port: int = typer.Option(0, "--dicom-port", help="Also run the DICOM node (C-ECHO/C-STORE SCP) on this port; 0: off."),
+    dicom_port: int = typer.Option(
+        0, "--dicom-port", help="Also run the DICOM node (C-ECHO/C-STORE SCP) on this port; 0: off."
+    ),
     dicom_aet: str = typer.Option("MEDLENS", "--dicom-aet", help="AE title of the DICOM node."),
-    allow_aet: list[str] = typer.Option(None, "--allow-aet", help="Calling AE title allowed to send to the node (repeatable). Default: any."),
-    pacs_dicom: str = typer.Option(None, "--pacs-dicom", help="Where the node sends SR + overlay: AET@HOST:PORT (e.g. ORTHANC@127.0.0.1:4242)."),
-    quiet_seconds: float = typer.Option(5.0, "--series-quiet-seconds", help="A series counts as complete when no instance arrived for this long."),
+    allow_aet: list[str] = typer.Option(
+        None, "--allow-aet", help="Calling AE title allowed to send to the node (repeatable). Default: any."
+    ),
+    pacs_dicom: str = typer.Option(
+        None, "--pacs-dicom", help="Where the node sends SR + overlay: AET@HOST:PORT (e.g. ORTHANC@127.0.0.1:4242)."
+    ),
+    quiet_seconds: float = typer.Option(
+        5.0, "--series-quiet-seconds", help="A series counts as complete when no instance arrived for this long."
+    ),
 ) -> None:
     """Serve the model: REST API (/docs), web page (/), audit log, and optionally a DICOM node. Stop with Ctrl-C.
 
@@ -130,8 +171,16 @@ def serve(
     from medlens.serving.settings import ServeSettings
 
     settings = ServeSettings(
-        run_dir=run, model=model, host=host, port=port, api_keys_file=api_keys, audit_url=audit_db,
-        max_upload_mb=max_upload_mb, pacs_url=pacs_url, cors_origins=list(cors_origin or []), store_dir=store_dir,
+        run_dir=run,
+        model=model,
+        host=host,
+        port=port,
+        api_keys_file=api_keys,
+        audit_url=audit_db,
+        max_upload_mb=max_upload_mb,
+        pacs_url=pacs_url,
+        cors_origins=list(cors_origin or []),
+        store_dir=store_dir,
     )
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # Library warnings quote header values (pydicom: "Invalid value for VR UI: '1.2.826...'"): kept out of the log.
@@ -139,9 +188,15 @@ def serve(
     logging.getLogger("py.warnings").setLevel(logging.ERROR)
     application = create_app(settings)
     keys = "API keys required" if settings.key_hashes() else "no API keys (open to anyone who can reach the port)"
-    err_console.print(f"medlens serving {application.state.service.predictor.model_id} on http://{host}:{port} ({keys})",
-                      highlight=False, markup=False, soft_wrap=True)
-    node = _start_dicom_node(application.state.service, settings, dicom_port, dicom_aet, allow_aet, pacs_dicom, quiet_seconds)
+    err_console.print(
+        f"medlens serving {application.state.service.predictor.model_id} on http://{host}:{port} ({keys})",
+        highlight=False,
+        markup=False,
+        soft_wrap=True,
+    )
+    node = _start_dicom_node(
+        application.state.service, settings, dicom_port, dicom_aet, allow_aet, pacs_dicom, quiet_seconds
+    )
     try:
         uvicorn.run(application, host=host, port=port, log_level=log_level.lower(), server_header=False)
     finally:
@@ -171,14 +226,24 @@ def _start_dicom_node(service, settings, port: int, aet: str, allow: list[str] |
     target = _parse_pacs(pacs) if pacs else None
     storage = Path(settings.run_dir) / "serve" / "dicom"
     node = DicomNode(
-        ae_title=aet, host=settings.host, port=port, allowed_calling_aets=set(allow) if allow else None,
+        ae_title=aet,
+        host=settings.host,
+        port=port,
+        allowed_calling_aets=set(allow) if allow else None,
         analyze=lambda datasets: service.predictor.predict_dicom(datasets, explain=True),
-        pacs=target, storage_dir=storage, audit=service.audit, quiet_period=quiet,
+        pacs=target,
+        storage_dir=storage,
+        audit=service.audit,
+        quiet_period=quiet,
     )
     node.start()
-    err_console.print(f"DICOM node {aet} listening on {settings.host}:{node.port}"
-                      + (f", results to {pacs}" if pacs else ", results kept locally (no --pacs-dicom)"),
-                      highlight=False, markup=False, soft_wrap=True)
+    err_console.print(
+        f"DICOM node {aet} listening on {settings.host}:{node.port}"
+        + (f", results to {pacs}" if pacs else ", results kept locally (no --pacs-dicom)"),
+        highlight=False,
+        markup=False,
+        soft_wrap=True,
+    )
     return node
 
 
@@ -194,10 +259,13 @@ def serve_keys(
     from medlens.serving.settings import create_key
 
     name, key = create_key(keys_file, key_id)
-    err_console.print(f"key '{name}' added to {keys_file} (only its sha256 is stored; this is the only time it is shown)",
-                      highlight=False, markup=False, soft_wrap=True)
+    err_console.print(
+        f"key '{name}' added to {keys_file} (only its sha256 is stored; this is the only time it is shown)",
+        highlight=False,
+        markup=False,
+        soft_wrap=True,
+    )
     typer.echo(key)
-
 
 
 def register(app: typer.Typer) -> None:

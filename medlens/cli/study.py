@@ -11,9 +11,13 @@ from medlens.cli.common import SOURCE_ARG_HELP, console, err_console
 
 def compare(
     source: str = typer.Argument(None, help=SOURCE_ARG_HELP),
-    suite: str = typer.Option("quick", "--suite", "-s", help="quick | standard | full, or model names joined by commas."),
+    suite: str = typer.Option(
+        "quick", "--suite", "-s", help="quick | standard | full, or model names joined by commas."
+    ),
     out: Path = typer.Option(None, "--out", "-o", help="Run directory (created; models share its splits.json)."),
-    budget_minutes: float = typer.Option(None, "--budget-minutes", help="Scale deep models' epochs down to fit this training time."),
+    budget_minutes: float = typer.Option(
+        None, "--budget-minutes", help="Scale deep models' epochs down to fit this training time."
+    ),
     seed: int = typer.Option(0, "--seed", help="The one seed for splits, training and the bootstrap."),
     max_samples: int = typer.Option(None, "--max-samples", help="Use at most N samples per split (quick runs)."),
     epochs: int = typer.Option(None, "--epochs", help="Cap every deep model's epochs (quick checks)."),
@@ -33,9 +37,19 @@ def compare(
         raise MedlensError("give a SOURCE (or --list-suites)")
     if out is None:
         raise MedlensError("give the run directory with --out")
-    run = run_compare(source, suite, out, seed=seed, budget_minutes=budget_minutes, max_samples=max_samples,
-                      show_progress=not no_progress, epochs=epochs, n_resamples=resamples, threads=threads,
-                      log=_log)
+    run = run_compare(
+        source,
+        suite,
+        out,
+        seed=seed,
+        budget_minutes=budget_minutes,
+        max_samples=max_samples,
+        show_progress=not no_progress,
+        epochs=epochs,
+        n_resamples=resamples,
+        threads=threads,
+        log=_log,
+    )
     print_summary(run.root)
 
 
@@ -44,13 +58,17 @@ def evaluate(
     split: str = typer.Option("test", "--split", help="The split to evaluate on: test | val."),
     resamples: int = typer.Option(1000, "--resamples", help="Bootstrap resamples for the confidence intervals."),
     seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap and the localization subset."),
-    target_risk: float = typer.Option(0.05, "--target-risk", help="Abstention: error rate to reach among answered cases (chosen on val)."),
+    target_risk: float = typer.Option(
+        0.05, "--target-risk", help="Abstention: error rate to reach among answered cases (chosen on val)."
+    ),
     no_report: bool = typer.Option(False, "--no-report", help="Do not (re)build report.html."),
 ) -> None:
     """Rebuild comparison.json (CIs, tests, calibration, abstention, localization) from a run's artifacts."""
     from medlens.study.evaluate import evaluate as run_evaluate
 
-    run_evaluate(run, split=split, n_resamples=resamples, seed=seed, target_risk=target_risk, report=not no_report, log=_log)
+    run_evaluate(
+        run, split=split, n_resamples=resamples, seed=seed, target_risk=target_risk, report=not no_report, log=_log
+    )
     print_summary(run)
 
 
@@ -67,7 +85,13 @@ def print_suites() -> None:
     for col in ("suite", "dims", "model", "kind", "epochs"):
         table.add_column(col)
     for row in describe_suites():
-        table.add_row(row["suite"], f"{row['dims']}D", row["model"], row["kind"], "" if row["epochs"] is None else str(row["epochs"]))
+        table.add_row(
+            row["suite"],
+            f"{row['dims']}D",
+            row["model"],
+            row["kind"],
+            "" if row["epochs"] is None else str(row["epochs"]),
+        )
     console.print(table)
 
 
@@ -82,8 +106,10 @@ def print_summary(run_dir: Path | str) -> None:
     comparison = read_json(run.comparison)
     split = comparison.get("split", "test")
     rows = summary_rows(comparison)
-    table = Table(title=f"{comparison.get('source')} — {split} split, 95% bootstrap CIs "
-                        f"({comparison['ci']['n_resamples']} resamples); * = best")
+    table = Table(
+        title=f"{comparison.get('source')} — {split} split, 95% bootstrap CIs "
+        f"({comparison['ci']['n_resamples']} resamples); * = best"
+    )
     for col in ("model", "kind", "AUC [95% CI]", "ACC [95% CI]", "T", "abstain: coverage@risk", "pointing"):
         table.add_column(col, justify="left" if col in ("model", "kind") else "right")
     for row in rows:
@@ -109,8 +135,9 @@ def print_summary(run_dir: Path | str) -> None:
             p_holm = t.get("p_holm")
             mark = " *" if t.get("significant") else ""
             method = {"paired_bootstrap": "bootstrap"}.get(t["method"], t["method"])
-            pt.add_row(t["a"], t["b"], t["metric"], method, _num(t.get("diff"), 3), _p(t.get("p_value")),
-                       _p(p_holm) + mark)
+            pt.add_row(
+                t["a"], t["b"], t["metric"], method, _num(t.get("diff"), 3), _p(t.get("p_value")), _p(p_holm) + mark
+            )
         console.print(pt)
     console.print(f"comparison: {run.comparison}", soft_wrap=True, highlight=False)
     if run.report.is_file():

@@ -11,7 +11,9 @@ from medlens.cli.common import SOURCE_ARG_HELP, console, err_console, print_json
 
 def train(
     source: str = typer.Argument(..., help=SOURCE_ARG_HELP),
-    model: str = typer.Option(None, "--model", "-m", help="Model name (see `medlens models`). Default: cnn-small, or the plan's."),
+    model: str = typer.Option(
+        None, "--model", "-m", help="Model name (see `medlens models`). Default: cnn-small, or the plan's."
+    ),
     out: Path = typer.Option(..., "--out", "-o", help="Run directory (created; splits.json there is reused)."),
     epochs: int = typer.Option(None, "--epochs", help="Maximum epochs (deep models). Default 20."),
     batch_size: int = typer.Option(None, "--batch-size", help="Batch size per device (default: the model's)."),
@@ -25,17 +27,31 @@ def train(
     imbalance: str = typer.Option(None, "--imbalance", help="Class imbalance: weighted-loss | sampler | none."),
     augment: str = typer.Option(None, "--augment", help="none | light | standard | gan (GAN-made minority samples)."),
     gan_epochs: int = typer.Option(None, "--gan-epochs", help="GAN training epochs for --augment gan (default 30)."),
-    ema: float = typer.Option(None, "--ema", help="Validate, checkpoint and export an exponential moving average of the weights with this decay per step (e.g. 0.99; default 0: off)."),
-    seed: int = typer.Option(None, "--seed", help="The one seed for splits, initialisation and augmentation (default 0)."),
+    ema: float = typer.Option(
+        None,
+        "--ema",
+        help="Validate, checkpoint and export an exponential moving average of the weights with this decay per step (e.g. 0.99; default 0: off).",
+    ),
+    seed: int = typer.Option(
+        None, "--seed", help="The one seed for splits, initialisation and augmentation (default 0)."
+    ),
     max_samples: int = typer.Option(None, "--max-samples", help="Use at most N samples per split (quick runs)."),
-    accelerator: str = typer.Option(None, "--accelerator", help="auto | cpu | gpu (default auto: a GPU when there is one)."),
+    accelerator: str = typer.Option(
+        None, "--accelerator", help="auto | cpu | gpu (default auto: a GPU when there is one)."
+    ),
     devices: str = typer.Option(None, "--devices", help="Devices (processes) per node, e.g. 2 or auto."),
     strategy: str = typer.Option(None, "--strategy", help="auto | ddp | ... (Lightning strategies)."),
     num_nodes: int = typer.Option(None, "--num-nodes", help="Machines taking part in DDP."),
     precision: str = typer.Option(None, "--precision", help="32 | bf16-mixed | 16-mixed (GPU)."),
-    num_workers: int = typer.Option(None, "--num-workers", help="DataLoader worker processes (0: in-process, fastest for in-memory data)."),
-    threads: int = typer.Option(None, "--threads", help="CPU threads for torch (default: one per core; 1 is faster on a busy machine)."),
-    checkpoint_every: int = typer.Option(None, "--checkpoint-every", help="Also write last.ckpt every N optimizer steps (default 50)."),
+    num_workers: int = typer.Option(
+        None, "--num-workers", help="DataLoader worker processes (0: in-process, fastest for in-memory data)."
+    ),
+    threads: int = typer.Option(
+        None, "--threads", help="CPU threads for torch (default: one per core; 1 is faster on a busy machine)."
+    ),
+    checkpoint_every: int = typer.Option(
+        None, "--checkpoint-every", help="Also write last.ckpt every N optimizer steps (default 50)."
+    ),
     weights: Path = typer.Option(None, "--weights", help="Start from these local .safetensors weights."),
     resume: bool = typer.Option(False, "--resume", help="Continue from models/MODEL/checkpoints/last.ckpt."),
     plan: Path = typer.Option(None, "--plan", help="Follow a plan.json from `medlens plan` (options given here win)."),
@@ -43,7 +59,8 @@ def train(
 ) -> None:
     """Train one model on SOURCE and write a complete run directory."""
     from medlens.training.config import TrainConfig
-    from medlens.training.run import is_global_zero, train as run_train
+    from medlens.training.run import is_global_zero
+    from medlens.training.run import train as run_train
 
     given = {
         "model": model,

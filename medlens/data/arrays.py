@@ -16,8 +16,8 @@ from typing import Iterable, Iterator, Sequence, TypeVar
 import numpy as np
 
 from medlens.data.sample import Dataset, Record, Task
-from medlens.errors import MedlensError
 from medlens.data.transforms import size_list
+from medlens.errors import MedlensError
 
 T = TypeVar("T")
 BULK_CHUNK = 4096  # samples preprocessed at once on the bulk path
@@ -32,14 +32,18 @@ def progress_iter(items: Iterable[T], total: int, description: str, show: bool =
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=Console(stderr=True), transient=False) as bar:
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+        transient=False,
+    ) as bar:
         task = bar.add_task(description, total=total)
         for item in items:
             yield item
             bar.advance(task)
-
-
 
 
 def _pipeline_config(preprocessing: dict | None, size: list[int] | None, dims: int) -> dict:
@@ -107,8 +111,10 @@ def load_arrays(
     if bulk is not None and can_preprocess_batch(config):
         out = np.empty((len(records), 0), np.float32)
         chunks = range(0, len(records), BULK_CHUNK)
-        parts = [convert_channels_batch(preprocess_batch(bulk[i:i + BULK_CHUNK], config, dataset.dims), channels)
-                 for i in progress_iter(chunks, len(chunks), "loading", show_progress)]
+        parts = [
+            convert_channels_batch(preprocess_batch(bulk[i : i + BULK_CHUNK], config, dataset.dims), channels)
+            for i in progress_iter(chunks, len(chunks), "loading", show_progress)
+        ]
         return np.concatenate(parts) if parts else out, labels
     if bulk is not None:
         images = (bulk[i] for i in range(len(records)))
@@ -119,7 +125,9 @@ def load_arrays(
     first: tuple[str, tuple[int, ...]] | None = None
     for n, (rec, img) in enumerate(progress_iter(zip(records, images), len(records), "loading", show_progress)):
         if img.ndim != dataset.dims + 1:
-            raise MedlensError(f"expected a {dataset.dims}D image with channels, got shape {tuple(img.shape)}", rec.origin)
+            raise MedlensError(
+                f"expected a {dataset.dims}D image with channels, got shape {tuple(img.shape)}", rec.origin
+            )
         x = convert_channels(pipeline(np.asarray(img, dtype=np.float32)), channels, rec.origin)
         if out is None:
             first = (rec.origin, tuple(x.shape))
@@ -151,16 +159,22 @@ def _bulk_images(dataset: Dataset, records: Sequence[Record]) -> np.ndarray | No
     return np.moveaxis(out, -1, 1) if rgb else out[:, None]
 
 
-def load_masks(dataset: Dataset, ids: Sequence[str] | None = None, size: int | Sequence[int] | None = None,
-               *, show_progress: bool = False) -> np.ndarray | None:
+def load_masks(
+    dataset: Dataset,
+    ids: Sequence[str] | None = None,
+    size: int | Sequence[int] | None = None,
+    *,
+    show_progress: bool = False,
+) -> np.ndarray | None:
     """Masks of ``ids`` as ``(N, *spatial)`` uint8 (nearest-neighbour resized to ``size``), or
     None when no sample has one. A sample without a mask gets zeros (no lesion)."""
     from medlens.data.transforms import build_transform
 
     ids = [r.id for r in dataset.records] if ids is None else list(ids)
     sz = size_list(size, dataset.dims)
-    resize = build_transform({"steps": [{"name": "resize", "size": sz, "mode": "nearest"}]} if sz else None,
-                             dataset.dims)
+    resize = build_transform(
+        {"steps": [{"name": "resize", "size": sz, "mode": "nearest"}]} if sz else None, dataset.dims
+    )
     masks: list[np.ndarray | None] = []
     shapes: list[tuple[int, ...]] = []
     for i in progress_iter(ids, len(ids), "loading masks", show_progress):
@@ -178,9 +192,13 @@ def load_masks(dataset: Dataset, ids: Sequence[str] | None = None, size: int | S
     for n, (i, m) in enumerate(zip(ids, masks)):
         if m is None:
             if not sz and shapes[n] != shape:
-                raise MedlensError(f"shape {shapes[n]} differs from {shape}; give a size", dataset.records[dataset.index_of(i)].origin)
+                raise MedlensError(
+                    f"shape {shapes[n]} differs from {shape}; give a size", dataset.records[dataset.index_of(i)].origin
+                )
             continue
         if m.shape != shape:
-            raise MedlensError(f"mask shape {m.shape} differs from {shape}; give a size", dataset.records[dataset.index_of(i)].origin)
+            raise MedlensError(
+                f"mask shape {m.shape} differs from {shape}; give a size", dataset.records[dataset.index_of(i)].origin
+            )
         out[n] = m
     return out

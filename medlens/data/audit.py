@@ -56,8 +56,11 @@ from medlens.errors import MedlensError
 IMBALANCE_WARNING = 3.0
 HASH_BITS = 64
 UNSPLIT = "unsplit"
-_UNPAIRED = re.compile(r"unpaired|no (matching |corresponding )?(label|image|mask)|without (an? )?(label|image|mask)"
-                       r"|missing (label|image|mask)", re.IGNORECASE)
+_UNPAIRED = re.compile(
+    r"unpaired|no (matching |corresponding )?(label|image|mask)|without (an? )?(label|image|mask)"
+    r"|missing (label|image|mask)",
+    re.IGNORECASE,
+)
 
 
 def audit_dataset(dataset: Dataset, *, show_progress: bool = True, near_duplicate_distance: int = 4) -> dict[str, Any]:
@@ -233,7 +236,7 @@ def _near_groups(phashes, exact_groups, threshold) -> tuple[list[tuple[list[int]
     max_dist: dict[int, int] = defaultdict(int)
     for a, b, _ in pairs:
         parent[find(a)] = find(b)
-    for a, b, d in pairs:
+    for a, _b, d in pairs:
         root = find(a)
         max_dist[root] = max(max_dist[root], d)
     components: dict[int, list[int]] = defaultdict(list)
@@ -365,8 +368,11 @@ def render_audit(report: dict[str, Any], console, *, max_groups: int = 10) -> No
     from rich.table import Table
 
     splits = ", ".join(f"{k} {v}" for k, v in report["splits"].items())
-    console.print(f"[bold]Audit of {report['name']}[/bold]  ({report['n_samples']} samples: {splits}; "
-                  f"{report['elapsed_s']:.1f} s)", highlight=False)
+    console.print(
+        f"[bold]Audit of {report['name']}[/bold]  ({report['n_samples']} samples: {splits}; "
+        f"{report['elapsed_s']:.1f} s)",
+        highlight=False,
+    )
     if report["leakage_found"]:
         console.print("[bold red]LEAKAGE:[/bold red] samples or patients are shared between splits")
     elif not report["warnings"]:
@@ -376,24 +382,29 @@ def render_audit(report: dict[str, Any], console, *, max_groups: int = 10) -> No
 
     copies = report["cross_split"]["samples_with_copy_in_other_split"]
     if copies:
-        console.print("samples with a copy in another split: " + ", ".join(f"{k} {v}" for k, v in copies.items()),
-                      highlight=False)
+        console.print(
+            "samples with a copy in another split: " + ", ".join(f"{k} {v}" for k, v in copies.items()), highlight=False
+        )
 
     for key in ("exact_duplicates", "near_duplicates"):
         groups = report[key]["groups"]
         if not groups:
             continue
-        table = Table(title=f"{key.replace('_', ' ').capitalize()}: {len(groups)} group(s)"
-                      + (f", first {max_groups}" if len(groups) > max_groups else ""), title_justify="left",
-                      show_lines=True)
+        table = Table(
+            title=f"{key.replace('_', ' ').capitalize()}: {len(groups)} group(s)"
+            + (f", first {max_groups}" if len(groups) > max_groups else ""),
+            title_justify="left",
+            show_lines=True,
+        )
         table.add_column("members (split/label/id)")
         table.add_column("cross-split")
         table.add_column("labels differ")
         if key == "near_duplicates":
             table.add_column("max bits", justify="right")
         for g in groups[:max_groups]:
-            members = "\n".join("/".join(str(v) for v in (m["split"], m["label"], m["id"]) if v is not None)
-                                for m in g["members"][:6])
+            members = "\n".join(
+                "/".join(str(v) for v in (m["split"], m["label"], m["id"]) if v is not None) for m in g["members"][:6]
+            )
             if len(g["members"]) > 6:
                 members += f"\n... {len(g['members']) - 6} more"
             row = [members, "yes" if g["cross_split"] else "", "yes" if g["conflicting_labels"] else ""]
@@ -411,5 +422,8 @@ def render_audit(report: dict[str, Any], console, *, max_groups: int = 10) -> No
     if leaks:
         console.print("[yellow]Patients in more than one split:[/yellow]")
         for p in leaks[:max_groups]:
-            console.print(f"  {p['patient_id']}: " + ", ".join(f"{k} {v}" for k, v in p["splits"].items()),
-                          markup=False, highlight=False)
+            console.print(
+                f"  {p['patient_id']}: " + ", ".join(f"{k} {v}" for k, v in p["splits"].items()),
+                markup=False,
+                highlight=False,
+            )

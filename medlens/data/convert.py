@@ -59,9 +59,17 @@ def convert_dataset(dataset: Dataset, out: str | Path, to: str, *, show_progress
             files = _to_png(s, out, fid)
         written.extend(files)
         rec = dataset.records[dataset.index_of(s.id)]
-        rows.append({"path": files[0].relative_to(out).as_posix(),
-                     "label": _label_text(dataset, s.label), "patient_id": s.patient_id, "split": rec.split or "",
-                     "mask": files[1].relative_to(out).as_posix() if len(files) > 1 and files[1].parent.name == "labels" else ""})
+        rows.append(
+            {
+                "path": files[0].relative_to(out).as_posix(),
+                "label": _label_text(dataset, s.label),
+                "patient_id": s.patient_id,
+                "split": rec.split or "",
+                "mask": files[1].relative_to(out).as_posix()
+                if len(files) > 1 and files[1].parent.name == "labels"
+                else "",
+            }
+        )
     if labelled and not (to == "png" and dataset.dims == 3):
         written.append(_write_manifest(out, rows, dataset.class_names))
     return written
@@ -160,9 +168,11 @@ def _to_npz(dataset: Dataset, samples, target: Path) -> Path:
         if first is None:
             first = s
         elif s.image.shape != first.image.shape:
-            raise MedlensError(f"images of mixed shapes: {tuple(s.image.shape)} ({s.origin}) differs from "
-                               f"{tuple(first.image.shape)} ({first.origin}); resize first or convert to nifti/png",
-                               dataset.uri)
+            raise MedlensError(
+                f"images of mixed shapes: {tuple(s.image.shape)} ({s.origin}) differs from "
+                f"{tuple(first.image.shape)} ({first.origin}); resize first or convert to nifti/png",
+                dataset.uri,
+            )
         images.append(s.image.astype(np.float32))
         masks.append(s.mask)
         spacing.append(s.spacing)

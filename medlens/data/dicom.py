@@ -48,7 +48,21 @@ WINDOW_PRESETS: dict[str, tuple[float, float]] = {
 }
 """Window (center, width) presets in HU for CT."""
 
-SIDECAR_ENDINGS = (".json", ".txt", ".md", ".nii", ".nii.gz", ".csv", ".xml", ".html", ".pdf", ".py", ".sh", ".yaml", ".yml")
+SIDECAR_ENDINGS = (
+    ".json",
+    ".txt",
+    ".md",
+    ".nii",
+    ".nii.gz",
+    ".csv",
+    ".xml",
+    ".html",
+    ".pdf",
+    ".py",
+    ".sh",
+    ".yaml",
+    ".yml",
+)
 """Endings of files that are never DICOM images: skipped inside DICOM folders without complaint
 (so is a DICOMDIR, which indexes the folder but holds no image)."""
 
@@ -59,19 +73,63 @@ _POSITION_TOL = 1e-2
 # The attributes a volume needs (geometry, rescale, pixel module, grouping, PHI-free summary,
 # Siemens CSA headers for mosaics). Parsing only these makes a series read ~25% faster.
 READ_TAGS: list = [
-    "SpecificCharacterSet", "SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID",
-    "SeriesNumber", "SeriesDescription", "InstanceNumber", "AcquisitionNumber", "TemporalPositionIdentifier",
-    "Modality", "Manufacturer", "BodyPartExamined", "PatientID", "ImageType",
-    "ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "ImagerPixelSpacing",
-    "SliceThickness", "SpacingBetweenSlices", "RescaleSlope", "RescaleIntercept", "WindowCenter", "WindowWidth",
-    "Rows", "Columns", "SamplesPerPixel", "PhotometricInterpretation", "PlanarConfiguration", "BitsAllocated",
-    "BitsStored", "HighBit", "PixelRepresentation", "NumberOfFrames", "SharedFunctionalGroupsSequence",
-    "PerFrameFunctionalGroupsSequence", "ExtendedOffsetTable", "ExtendedOffsetTableLengths",
-    "PixelData", "FloatPixelData", "DoubleFloatPixelData",
-    0x00190010, 0x0019100A,  # Siemens private creator + NumberOfImagesInMosaic
-    0x00290010, 0x00290011, 0x00290012, 0x00291010, 0x00291020, 0x00291110, 0x00291120, 0x00291210, 0x00291220,
+    "SpecificCharacterSet",
+    "SOPClassUID",
+    "SOPInstanceUID",
+    "StudyInstanceUID",
+    "SeriesInstanceUID",
+    "SeriesNumber",
+    "SeriesDescription",
+    "InstanceNumber",
+    "AcquisitionNumber",
+    "TemporalPositionIdentifier",
+    "Modality",
+    "Manufacturer",
+    "BodyPartExamined",
+    "PatientID",
+    "ImageType",
+    "ImagePositionPatient",
+    "ImageOrientationPatient",
+    "PixelSpacing",
+    "ImagerPixelSpacing",
+    "SliceThickness",
+    "SpacingBetweenSlices",
+    "RescaleSlope",
+    "RescaleIntercept",
+    "WindowCenter",
+    "WindowWidth",
+    "Rows",
+    "Columns",
+    "SamplesPerPixel",
+    "PhotometricInterpretation",
+    "PlanarConfiguration",
+    "BitsAllocated",
+    "BitsStored",
+    "HighBit",
+    "PixelRepresentation",
+    "NumberOfFrames",
+    "SharedFunctionalGroupsSequence",
+    "PerFrameFunctionalGroupsSequence",
+    "ExtendedOffsetTable",
+    "ExtendedOffsetTableLengths",
+    "PixelData",
+    "FloatPixelData",
+    "DoubleFloatPixelData",
+    0x00190010,
+    0x0019100A,  # Siemens private creator + NumberOfImagesInMosaic
+    0x00290010,
+    0x00290011,
+    0x00290012,
+    0x00291010,
+    0x00291020,
+    0x00291110,
+    0x00291120,
+    0x00291210,
+    0x00291220,
 ]
-READ_TAGS = [pydicom.tag.Tag(t) for t in READ_TAGS]  # converted once, not on every read  # mm: slices closer than this along the normal share a position
+READ_TAGS = [
+    pydicom.tag.Tag(t) for t in READ_TAGS
+]  # converted once, not on every read  # mm: slices closer than this along the normal share a position
 
 
 # --------------------------------------------------------------------------------------------
@@ -201,9 +259,20 @@ def read_file(path: str | Path, *, pixels: bool = True, full: bool = False) -> p
         raise BadInputError("is a folder, expected a DICOM file", path) from None
     except FileNotFoundError:
         raise BadInputError("no such file", path) from None
-    except (EOFError, struct.error, ValueError, KeyError, TypeError, AttributeError, OSError, NotImplementedError,
-            BytesLengthException) as e:
-        raise BadInputError(f"truncated or corrupt DICOM file ({type(e).__name__}: {e})".splitlines()[0][:300], path) from None
+    except (
+        EOFError,
+        struct.error,
+        ValueError,
+        KeyError,
+        TypeError,
+        AttributeError,
+        OSError,
+        NotImplementedError,
+        BytesLengthException,
+    ) as e:
+        raise BadInputError(
+            f"truncated or corrupt DICOM file ({type(e).__name__}: {e})".splitlines()[0][:300], path
+        ) from None
     return ds
 
 
@@ -543,7 +612,9 @@ def _split_key(ds) -> tuple:
 def _group(datasets: Sequence[tuple[str, Any]]) -> list[list[tuple[str, Any]]]:
     groups: dict[tuple, list] = defaultdict(list)
     for path, ds in datasets:
-        groups[(str(ds.get("StudyInstanceUID", "")), str(ds.get("SeriesInstanceUID", "")), _split_key(ds))].append((path, ds))
+        groups[(str(ds.get("StudyInstanceUID", "")), str(ds.get("SeriesInstanceUID", "")), _split_key(ds))].append(
+            (path, ds)
+        )
     return list(groups.values())
 
 
@@ -573,7 +644,9 @@ def _assemble(members: Sequence[tuple[str, Any]], *, pixels: bool, source: str):
                     if fr.mosaic:
                         stored = _unmosaic(stored[0], fr.mosaic)
                     if stored.shape[1:3] != (rows, cols):
-                        raise BadInputError(f"image size {stored.shape[1:3]} differs from the series' {(rows, cols)}", path)
+                        raise BadInputError(
+                            f"image size {stored.shape[1:3]} differs from the series' {(rows, cols)}", path
+                        )
                     cache = {fr.file: stored}  # frames of one file are usually consecutive
                 plane = cache[fr.file][fr.frame].astype(np.float32, copy=False)
                 if fr.slope != 1.0 or fr.intercept != 0.0:
@@ -637,7 +710,9 @@ def scan(paths: Iterable[str | Path], *, skip_bad: bool = False, problems: list 
             if problems is not None:
                 problems.append(Problem(str(p), e.problem))
     groups = _group(headers)
-    groups.sort(key=lambda g: (str(g[0][1].get("StudyInstanceUID", "")), _number(g[0][1].get("SeriesNumber"), 0), g[0][0]))
+    groups.sort(
+        key=lambda g: (str(g[0][1].get("StudyInstanceUID", "")), _number(g[0][1].get("SeriesNumber"), 0), g[0][0])
+    )
     out = []
     for g, key in zip(groups, _keys(groups)):
         try:

@@ -39,8 +39,9 @@ def md5_file(path: str | Path, chunk: int = CHUNK) -> str:
     return h.hexdigest()
 
 
-def download(url: str, dest: str | Path, *, md5: str | None = None, show_progress: bool = True,
-             timeout: float = 60.0) -> Path:
+def download(
+    url: str, dest: str | Path, *, md5: str | None = None, show_progress: bool = True, timeout: float = 60.0
+) -> Path:
     """Download ``url`` to ``dest`` atomically, checking ``md5`` when given; return ``dest``.
 
     Raises :class:`MedlensError` when the server cannot be reached or answers with an error,
@@ -97,12 +98,23 @@ class _progress:
         if not self.enabled:
             return lambda n: None
         from rich.console import Console
-        from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
-                                   TransferSpeedColumn)
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+            TransferSpeedColumn,
+        )
 
         self._bar = Progress(
-            TextColumn("[bold]downloading {task.description}"), BarColumn(), DownloadColumn(),
-            TransferSpeedColumn(), TimeRemainingColumn(), console=Console(stderr=True), transient=True,
+            TextColumn("[bold]downloading {task.description}"),
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            TimeRemainingColumn(),
+            console=Console(stderr=True),
+            transient=True,
         )
         self._bar.__enter__()
         task = self._bar.add_task(self.name, total=self.total)

@@ -161,7 +161,9 @@ def compute_fingerprint(
         "channels": {str(k): v for k, v in sorted(_channel_counts(shapes).items())},
         "spacings": _spacing_summary(spacings),
         "intensity": stats.summary(of=n, seed=seed),
-        "masks": None if not n_masks else {
+        "masks": None
+        if not n_masks
+        else {
             "n": n_masks,
             "class_fractions": {str(k): round(v / total_mask, 6) for k, v in sorted(mask_counts.items())},
         },
@@ -250,7 +252,9 @@ def _shape_summary(shapes: Counter, source: str) -> dict[str, Any]:
         "n": n,
         "n_distinct": len(shapes),
         "distinct": [{"shape": list(s), "count": c} for s, c in shapes.most_common(MAX_DISTINCT)],
-        "min": None, "median": None, "max": None,
+        "min": None,
+        "median": None,
+        "max": None,
     }
     keys = list(shapes)
     if keys and len({len(s) for s in keys}) == 1:
@@ -309,7 +313,7 @@ def _raw_stats(dataset: Dataset, indices: np.ndarray, stats: "_PixelStats", bar,
     for split, positions in by_split.items():
         images = dataset.raw_arrays(split)[0]
         for start in range(0, len(positions), 256):
-            chunk = positions[start:start + 256]
+            chunk = positions[start : start + 256]
             batch = np.asarray(images[np.array(chunk)], dtype=np.float32)
             stats.add(batch, n_samples=len(chunk))
             bar.advance(task_id, len(chunk))
@@ -369,14 +373,14 @@ class _PixelStats:
             "min": _r(self.lo),
             "max": _r(self.hi),
             "mean": _r(mean),
-            "std": _r(var ** 0.5),
+            "std": _r(var**0.5),
             "percentiles": {_pkey(p): _r(v) for p, v in zip(PERCENTILES, values)},
         }
 
 
 def _sum_of_squares(x: np.ndarray, block: int = 65536) -> float:
     """Sum of squares of a float32 vector: BLAS dot per block (fast), accumulated in float64."""
-    return float(sum(float(np.dot(x[i:i + block], x[i:i + block])) for i in range(0, x.size, block)))
+    return float(sum(float(np.dot(x[i : i + block], x[i : i + block])) for i in range(0, x.size, block)))
 
 
 def _r(v: float) -> float:
@@ -446,8 +450,12 @@ def render_fingerprint(fp: dict[str, Any], console) -> None:
         for name, total in fp["class_counts"].items():
             row = [str(splits[s]["classes"].get(name, 0)) for s in splits]
             counts.add_row(name, *row, str(total), f"{fp['class_balance'][name]:.1%}")
-    counts.add_row("[bold]all[/bold]", *[str(splits[s]["n"]) for s in splits], str(fp["n_samples"]),
-                   *([""] if fp.get("class_counts") else []))
+    counts.add_row(
+        "[bold]all[/bold]",
+        *[str(splits[s]["n"]) for s in splits],
+        str(fp["n_samples"]),
+        *([""] if fp.get("class_counts") else []),
+    )
     console.print(counts)
 
     geometry = Table(title=f"Geometry ({_from_text(fp['shapes'])})", title_justify="left")
@@ -457,7 +465,9 @@ def render_fingerprint(fp: dict[str, Any], console) -> None:
         geometry.add_row(" x ".join(map(str, entry["shape"])), str(entry["count"]))
     if fp["shapes"]["n_distinct"] > 8:
         s = fp["shapes"]
-        geometry.add_row(f"... {s['n_distinct'] - 8} more (spatial min {s['min']}, median {s['median']}, max {s['max']})", "")
+        geometry.add_row(
+            f"... {s['n_distinct'] - 8} more (spatial min {s['min']}, median {s['median']}, max {s['max']})", ""
+        )
     console.print(geometry)
     if fp.get("spacings"):
         sp = fp["spacings"]
@@ -465,8 +475,10 @@ def render_fingerprint(fp: dict[str, Any], console) -> None:
 
     it = fp.get("intensity")
     if it:
-        table = Table(title=f"Intensities ({'sample of ' if it['sampled'] else 'all '}{it['n_samples']} of {it['of']} samples)",
-                      title_justify="left")
+        table = Table(
+            title=f"Intensities ({'sample of ' if it['sampled'] else 'all '}{it['n_samples']} of {it['of']} samples)",
+            title_justify="left",
+        )
         for key in ("min", "p1", "p50", "p99", "max", "mean", "std"):
             table.add_column(key, justify="right")
         p = it["percentiles"]

@@ -243,7 +243,9 @@ def _read_dicom(path: Path) -> ImageData:
         text = e.problem
         if text.startswith(("not an image", "corrupt image")):
             raise
-        kind = "not an image" if ("not a DICOM" in text or "no image" in text or "no DICOM" in text) else "corrupt image"
+        kind = (
+            "not an image" if ("not a DICOM" in text or "no image" in text or "no DICOM" in text) else "corrupt image"
+        )
         raise BadInputError(f"{kind} ({text})", e.path or path) from None
 
 

@@ -34,8 +34,13 @@ def save_montage(dataset: Dataset, path: str | Path, *, per_class: int = 8, seed
     if not any(samples for _, samples in rows):
         raise MedlensError("no readable sample to draw", dataset.uri)
     n_cols = max(len(samples) for _, samples in rows)
-    fig, axes = plt.subplots(len(rows), n_cols, figsize=(CELL_INCHES * n_cols + 1.2, CELL_INCHES * len(rows) + 0.6),
-                             squeeze=False, facecolor="white")
+    fig, axes = plt.subplots(
+        len(rows),
+        n_cols,
+        figsize=(CELL_INCHES * n_cols + 1.2, CELL_INCHES * len(rows) + 0.6),
+        squeeze=False,
+        facecolor="white",
+    )
     titled_cells = len(rows) == 1
     for r, (row_name, samples) in enumerate(rows):
         for c in range(n_cols):
@@ -49,8 +54,14 @@ def save_montage(dataset: Dataset, path: str | Path, *, per_class: int = 8, seed
                 continue
             sample = samples[c]
             view = display_image(sample.image)
-            ax.imshow(view, cmap=None if view.ndim == 3 else "gray", vmin=0, vmax=1, interpolation="nearest",
-                      aspect=_aspect(sample))
+            ax.imshow(
+                view,
+                cmap=None if view.ndim == 3 else "gray",
+                vmin=0,
+                vmax=1,
+                interpolation="nearest",
+                aspect=_aspect(sample),
+            )
             mask = _mask_slice(sample)
             if mask is not None and mask.any():
                 ax.contour(mask > 0, levels=[0.5], colors="#ff3b30", linewidths=0.8)
@@ -91,8 +102,16 @@ def _pick(dataset: Dataset, per_class: int, seed: int) -> list[tuple[str | None,
     rng = np.random.default_rng(seed)
     classified = dataset.task not in (Task.SEGMENTATION, Task.NONE) and dataset.class_names
     if not classified:
-        return [(None, _load_some(dataset, rng.permutation(len(dataset)) if len(dataset) > per_class
-                                  else np.arange(len(dataset)), per_class))]
+        return [
+            (
+                None,
+                _load_some(
+                    dataset,
+                    rng.permutation(len(dataset)) if len(dataset) > per_class else np.arange(len(dataset)),
+                    per_class,
+                ),
+            )
+        ]
     rows = []
     for k, name in enumerate(dataset.class_names):
         members = [i for i, r in enumerate(dataset.records) if _has_class(r.label, k)]

@@ -35,11 +35,14 @@ from medlens.errors import BadInputError, MedlensError
 from medlens.runs import write_json
 
 
-def assign_splits(dataset: Dataset, *, seed: int, val_fraction: float = 0.15,
-                  test_fraction: float = 0.15) -> dict[str, list[str]]:
+def assign_splits(
+    dataset: Dataset, *, seed: int, val_fraction: float = 0.15, test_fraction: float = 0.15
+) -> dict[str, list[str]]:
     """Sample ids per split ("train", "val", "test"), in the dataset's record order (see module doc)."""
     if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
-        raise MedlensError(f"split fractions must be in [0, 1) and sum below 1 (val {val_fraction}, test {test_fraction})")
+        raise MedlensError(
+            f"split fractions must be in [0, 1) and sum below 1 (val {val_fraction}, test {test_fraction})"
+        )
     fractions = {"train": 1 - val_fraction - test_fraction, "val": val_fraction, "test": test_fraction}
     rng = np.random.default_rng(seed)
     assigned: dict[str, str] = {}
@@ -79,8 +82,9 @@ def _strata(record: Record, dataset: Dataset) -> np.ndarray:
     return v
 
 
-def _greedy(records: Sequence[Record], targets: dict[str, float], dataset: Dataset,
-            rng: np.random.Generator) -> dict[str, str]:
+def _greedy(
+    records: Sequence[Record], targets: dict[str, float], dataset: Dataset, rng: np.random.Generator
+) -> dict[str, str]:
     """Assign whole patients of ``records`` to the splits of ``targets`` (fractions), stratified."""
     groups: dict[str, list[Record]] = defaultdict(list)
     for r in records:

@@ -187,8 +187,16 @@ def _dicom_sample(s: Sample, out: Path, dataset: Dataset, n: int) -> tuple[str, 
         _write_dicom_2d(s, path, study, series, series_number=n + 1)
         return f"images/{fid}.dcm", _png_mask(s, out, fid)
     folder = out / "series" / fid
-    write_ct_series(s.image[0], s.affine, folder, patient_id=s.patient_id, study_uid=study, series_uid=series,
-                    series_number=n + 1, description=f"synthetic {dataset.name} {s.id}")
+    write_ct_series(
+        s.image[0],
+        s.affine,
+        folder,
+        patient_id=s.patient_id,
+        study_uid=study,
+        series_uid=series,
+        series_number=n + 1,
+        description=f"synthetic {dataset.name} {s.id}",
+    )
     return f"series/{fid}", _nifti_mask(s, out, fid)
 
 
@@ -263,7 +271,7 @@ def write_ct_series(
 
     from pydicom.dataset import Dataset as DcmDataset
     from pydicom.dataset import FileMetaDataset
-    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID
+    from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, CTImageStorage, ExplicitVRLittleEndian
 
     vol = np.asarray(volume_hu)
     if vol.ndim != 3:
@@ -289,7 +297,12 @@ def write_ct_series(
         ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
         ds.SpecificCharacterSet = "ISO_IR 100"
         ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
-        ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = f"Synthetic^{patient_id}", patient_id, "", "O"
+        ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = (
+            f"Synthetic^{patient_id}",
+            patient_id,
+            "",
+            "O",
+        )
         ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study_uid, series_uid, frame_uid
         ds.StudyDate = ds.SeriesDate = ds.ContentDate = "20240101"
         ds.StudyTime = ds.SeriesTime = ds.ContentTime = "120000"
@@ -335,7 +348,9 @@ def _write_npz(dataset: Dataset, samples, out: Path, seed: int) -> int:
         else:
             raise MedlensError(f"{smp.id}: npz (MedMNIST layout) holds gray or RGB images", out)
         images[split][n] = img
-        masks[split][n] = np.zeros(img.shape[:dataset.dims], np.uint8) if smp.mask is None else smp.mask.astype(np.uint8)
+        masks[split][n] = (
+            np.zeros(img.shape[: dataset.dims], np.uint8) if smp.mask is None else smp.mask.astype(np.uint8)
+        )
         count += 1
     arrays: dict[str, np.ndarray] = {"class_names": np.array(dataset.class_names, dtype=str)}
     stacked = {s: np.stack(v) for s, v in images.items() if v}

@@ -60,8 +60,9 @@ def looks_like_hounsfield(image: np.ndarray) -> bool:
     return bool(np.size(image)) and float(np.min(image)) < HU_AIR_BELOW
 
 
-def default_preprocessing(modality: str | None, dims: int, size: int | Sequence[int] | None, *,
-                          hounsfield: bool = True) -> dict:
+def default_preprocessing(
+    modality: str | None, dims: int, size: int | Sequence[int] | None, *, hounsfield: bool = True
+) -> dict:
     """Resize to ``size`` (if given), then normalize for the modality.
 
     CT in Hounsfield units: clip to the window ``CT_WINDOW`` and scale to [0, 1]; MR: z-score over
@@ -122,7 +123,9 @@ def _monai_step(step: dict[str, Any], dims: int) -> Callable:
     if name == "resize":
         size = size_list(step["size"], dims)
         mode = step.get("mode", "area")
-        return T.Resize(size, mode=mode, **({} if mode in ("area", "nearest", "nearest-exact") else {"align_corners": False}))
+        return T.Resize(
+            size, mode=mode, **({} if mode in ("area", "nearest", "nearest-exact") else {"align_corners": False})
+        )
     if name == "window":
         return T.ScaleIntensityRange(float(step["low"]), float(step["high"]), 0.0, 1.0, clip=True)
     if name == "zscore":
@@ -169,10 +172,12 @@ class _RandAffineFrac:
         shape = tuple(img.shape[1:])
         if self._t is None or self._shape != shape:
             shift = float(self.step.get("shift", 0.04))
-            self._t = T.RandAffine(prob=float(self.step.get("prob", 1.0)),
-                                   translate_range=[shift * s for s in shape],
-                                   scale_range=[float(self.step.get("scale", 0.05))] * self.dims,
-                                   padding_mode="border")
+            self._t = T.RandAffine(
+                prob=float(self.step.get("prob", 1.0)),
+                translate_range=[shift * s for s in shape],
+                scale_range=[float(self.step.get("scale", 0.05))] * self.dims,
+                padding_mode="border",
+            )
             if self._seed is not None:
                 self._t.set_random_state(self._seed)
             self._shape = shape

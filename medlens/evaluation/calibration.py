@@ -23,8 +23,7 @@ from scipy.special import expit, log_expit, log_softmax, softmax
 from medlens.data.sample import Task
 from medlens.evaluation import metrics as M
 
-__all__ = ["fit_temperature", "apply_temperature", "negative_log_likelihood", "reliability_curve",
-           "plot_reliability"]
+__all__ = ["fit_temperature", "apply_temperature", "negative_log_likelihood", "reliability_curve", "plot_reliability"]
 
 T_BOUNDS = (0.05, 20.0)
 
@@ -57,9 +56,12 @@ def fit_temperature(logits_val: Any, y_val: Any, task: Task | str | None = None)
     multilabel = _is_multilabel(task, y)
     if multilabel and z.shape != y.shape:
         raise ValueError(f"multi-label logits {z.shape} and labels {y.shape} differ in shape")
-    res = minimize_scalar(lambda log_t: _nll(z, y, multilabel, float(np.exp(log_t))),
-                          bounds=tuple(np.log(T_BOUNDS)), method="bounded",
-                          options={"xatol": 1e-6})
+    res = minimize_scalar(
+        lambda log_t: _nll(z, y, multilabel, float(np.exp(log_t))),
+        bounds=tuple(np.log(T_BOUNDS)),
+        method="bounded",
+        options={"xatol": 1e-6},
+    )
     return float(np.exp(res.x))
 
 
@@ -105,8 +107,9 @@ def reliability_curve(y_true: Any, probs: Any, n_bins: int = 15, task: Task | st
     return curve
 
 
-def plot_reliability(curves: Mapping[str, Mapping[str, Any]], path: str | Path,
-                     title: str = "Reliability diagram") -> Path:
+def plot_reliability(
+    curves: Mapping[str, Mapping[str, Any]], path: str | Path, title: str = "Reliability diagram"
+) -> Path:
     """Overlay reliability curves (e.g. ``{"before": c0, "after T": c1}``) and save a PNG.
 
     Top panel: accuracy against mean confidence per non-empty bin, with the diagonal of perfect
@@ -125,12 +128,19 @@ def plot_reliability(curves: Mapping[str, Mapping[str, Any]], path: str | Path,
         counts = np.asarray(c["counts"])
         filled = counts > 0
         label = f"{name} (ECE {c['ece']:.3f})" if "ece" in c else name
-        line, = top.plot(np.asarray(c["confidence"])[filled], np.asarray(c["accuracy"])[filled],
-                         marker="o", ms=4, label=label)
+        (line,) = top.plot(
+            np.asarray(c["confidence"])[filled], np.asarray(c["accuracy"])[filled], marker="o", ms=4, label=label
+        )
         edges = np.asarray(c.get("bin_edges", np.linspace(0, 1, len(counts) + 1)))
         width = np.diff(edges) / n_curves
-        bottom.bar(edges[:-1] + i * width, counts / max(counts.sum(), 1), width=width, align="edge",
-                   color=line.get_color(), alpha=0.7)
+        bottom.bar(
+            edges[:-1] + i * width,
+            counts / max(counts.sum(), 1),
+            width=width,
+            align="edge",
+            color=line.get_color(),
+            alpha=0.7,
+        )
     top.set(xlim=(0, 1), ylim=(0, 1), ylabel="accuracy", title=title)
     top.legend(loc="upper left", fontsize=8)
     top.grid(alpha=0.3)

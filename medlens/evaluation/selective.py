@@ -31,9 +31,17 @@ from scipy import stats
 
 from medlens.evaluation.metrics import as_numpy
 
-__all__ = ["UNCERTAINTY_METHODS", "uncertainty_scores", "all_uncertainty_scores", "case_errors",
-           "risk_coverage_curve", "coverage_at_risk", "choose_abstention_threshold",
-           "selective_risk", "plot_risk_coverage"]
+__all__ = [
+    "UNCERTAINTY_METHODS",
+    "uncertainty_scores",
+    "all_uncertainty_scores",
+    "case_errors",
+    "risk_coverage_curve",
+    "coverage_at_risk",
+    "choose_abstention_threshold",
+    "selective_risk",
+    "plot_risk_coverage",
+]
 
 PROB_METHODS = ("max_prob", "entropy", "margin")
 SAMPLE_METHODS = ("predictive_entropy", "mutual_information", "variance")
@@ -54,8 +62,9 @@ def _per_case(u: np.ndarray, multilabel: bool) -> np.ndarray:
     return u.max(axis=-1) if multilabel else u
 
 
-def uncertainty_scores(probs: Any = None, method: str = "max_prob", samples: Any = None,
-                       multilabel: bool = False) -> np.ndarray:
+def uncertainty_scores(
+    probs: Any = None, method: str = "max_prob", samples: Any = None, multilabel: bool = False
+) -> np.ndarray:
     """Per-case uncertainty (N,), higher = less sure (definitions in the module notes).
 
     ``max_prob``/``entropy``/``margin`` use ``probs`` (or the mean of ``samples`` when ``probs`` is
@@ -111,8 +120,7 @@ def case_errors(y_true: Any, probs: Any, threshold: float | None = None) -> np.n
     return (p.argmax(axis=1) != y).astype(np.float64)
 
 
-def risk_coverage_curve(y_true: Any, probs: Any, uncertainty: Any,
-                        threshold: float | None = None) -> dict[str, Any]:
+def risk_coverage_curve(y_true: Any, probs: Any, uncertainty: Any, threshold: float | None = None) -> dict[str, Any]:
     """Selective risk at every coverage reachable by thresholding ``uncertainty``.
 
     Returns arrays ordered by increasing coverage: ``coverage`` (accepted share), ``risk`` (mean
@@ -131,8 +139,14 @@ def risk_coverage_curve(y_true: Any, probs: Any, uncertainty: Any,
     coverage = n_acc / len(u)
     risk = cum[ends] / n_acc
     aurc = float(np.sum(risk * np.diff(np.r_[0.0, coverage])))
-    return {"coverage": coverage, "risk": risk, "thresholds": us[ends], "n_accepted": n_acc,
-            "n_errors": cum[ends], "aurc": aurc}
+    return {
+        "coverage": coverage,
+        "risk": risk,
+        "thresholds": us[ends],
+        "n_accepted": n_acc,
+        "n_errors": cum[ends],
+        "aurc": aurc,
+    }
 
 
 def coverage_at_risk(curve: Mapping[str, Any], target_risk: float) -> tuple[float, float]:
@@ -148,8 +162,14 @@ def coverage_at_risk(curve: Mapping[str, Any], target_risk: float) -> tuple[floa
     return float(curve["coverage"][i]), float(curve["thresholds"][i])
 
 
-def choose_abstention_threshold(y_val: Any, probs_val: Any, uncertainty_val: Any, target_risk: float,
-                                delta: float | None = None, threshold: float | None = None) -> float:
+def choose_abstention_threshold(
+    y_val: Any,
+    probs_val: Any,
+    uncertainty_val: Any,
+    target_risk: float,
+    delta: float | None = None,
+    threshold: float | None = None,
+) -> float:
     """The uncertainty threshold reaching ``target_risk`` with the most coverage, on VALIDATION.
 
     Apply it unchanged to test; the test risk will scatter around the target. With ``delta``
@@ -166,18 +186,22 @@ def choose_abstention_threshold(y_val: Any, probs_val: Any, uncertainty_val: Any
     return coverage_at_risk(curve, target_risk)[1]
 
 
-def selective_risk(y_true: Any, probs: Any, uncertainty: Any, abstention_threshold: float,
-                   threshold: float | None = None) -> dict[str, float]:
+def selective_risk(
+    y_true: Any, probs: Any, uncertainty: Any, abstention_threshold: float, threshold: float | None = None
+) -> dict[str, float]:
     """Coverage and risk when cases with uncertainty > ``abstention_threshold`` are referred."""
     err = case_errors(y_true, probs, threshold)
     accepted = as_numpy(uncertainty).astype(np.float64).ravel() <= abstention_threshold
     n_acc = int(accepted.sum())
-    return {"coverage": n_acc / len(err), "risk": float(err[accepted].mean()) if n_acc else float("nan"),
-            "n_accepted": n_acc, "n_referred": int(len(err) - n_acc)}
+    return {
+        "coverage": n_acc / len(err),
+        "risk": float(err[accepted].mean()) if n_acc else float("nan"),
+        "n_accepted": n_acc,
+        "n_referred": int(len(err) - n_acc),
+    }
 
 
-def plot_risk_coverage(curves: Mapping[str, Mapping[str, Any]], path: str | Path,
-                       title: str = "Risk-coverage") -> Path:
+def plot_risk_coverage(curves: Mapping[str, Mapping[str, Any]], path: str | Path, title: str = "Risk-coverage") -> Path:
     """Overlay risk-coverage curves (``{name: curve}``) with their AURC and save a PNG (Agg canvas)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -187,8 +211,13 @@ def plot_risk_coverage(curves: Mapping[str, Mapping[str, Any]], path: str | Path
     ax = fig.subplots()
     for name, c in curves.items():
         ax.step(c["coverage"], c["risk"], where="post", label=f"{name} (AURC {c['aurc']:.3f})")
-    ax.set(xlim=(0, 1), ylim=(0, None), xlabel="coverage (share of cases answered)",
-           ylabel="risk (error rate among answered)", title=title)
+    ax.set(
+        xlim=(0, 1),
+        ylim=(0, None),
+        xlabel="coverage (share of cases answered)",
+        ylabel="risk (error rate among answered)",
+        title=title,
+    )
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()

@@ -61,13 +61,16 @@ class BootstrapCI(tuple):
     high = property(lambda self: self[2])
 
     def __repr__(self) -> str:
-        return (f"BootstrapCI(point={self[0]:.4g}, low={self[1]:.4g}, high={self[2]:.4g}, "
-                f"n_resamples={self.n_resamples}, n_undefined={self.n_undefined})")
+        return (
+            f"BootstrapCI(point={self[0]:.4g}, low={self[1]:.4g}, high={self[2]:.4g}, "
+            f"n_resamples={self.n_resamples}, n_undefined={self.n_undefined})"
+        )
 
 
 # -- resampling -----------------------------------------------------------------------------
-def resample_indices(y_true: Any, n_resamples: int, seed: int | np.random.Generator = 0,
-                     stratified: bool = True) -> np.ndarray:
+def resample_indices(
+    y_true: Any, n_resamples: int, seed: int | np.random.Generator = 0, stratified: bool = True
+) -> np.ndarray:
     """A (n_resamples, N) matrix of bootstrap indices.
 
     Stratified (class-wise) for (N,) class labels: every resample keeps each class's count, so no
@@ -124,12 +127,12 @@ def _weighted_auc(pos: np.ndarray, score: np.ndarray, w: np.ndarray) -> np.ndarr
     out = np.empty(len(w))
     chunk = max(1, 2_000_000 // max(len(s), 1))
     for i in range(0, len(w), chunk):
-        ws = w[i:i + chunk][:, order]
+        ws = w[i : i + chunk][:, order]
         wp = np.add.reduceat(ws * pos[order], starts, axis=1)
         wn = np.add.reduceat(ws * ~pos[order], starts, axis=1)
         below = np.cumsum(wn, axis=1) - wn
         num = np.sum(wp * (below + 0.5 * wn), axis=1)
-        out[i:i + chunk] = M._div(num, wp.sum(axis=1) * wn.sum(axis=1))
+        out[i : i + chunk] = M._div(num, wp.sum(axis=1) * wn.sum(axis=1))
     return out
 
 
@@ -138,8 +141,9 @@ def _strict_mean(values: np.ndarray) -> np.ndarray:
     return values.mean(axis=1)
 
 
-def _resampled_metrics(y: np.ndarray, p: np.ndarray, task: Task, threshold: float | None,
-                       w: np.ndarray, n_bins: int = 15) -> dict[str, np.ndarray]:
+def _resampled_metrics(
+    y: np.ndarray, p: np.ndarray, task: Task, threshold: float | None, w: np.ndarray, n_bins: int = 15
+) -> dict[str, np.ndarray]:
     """Every metric of classification_metrics for each row of multiplicities ``w`` (B, N)."""
     n = w.sum(axis=1)  # = N for every bootstrap resample; general for any weights
     t = 0.5 if threshold is None else threshold
@@ -194,12 +198,14 @@ def _resampled_metrics(y: np.ndarray, p: np.ndarray, task: Task, threshold: floa
     return out
 
 
-def _resampled_in_chunks(y: np.ndarray, p: np.ndarray, task: Task, threshold: float | None,
-                         idx: np.ndarray, max_cells: int = 5_000_000) -> dict[str, np.ndarray]:
+def _resampled_in_chunks(
+    y: np.ndarray, p: np.ndarray, task: Task, threshold: float | None, idx: np.ndarray, max_cells: int = 5_000_000
+) -> dict[str, np.ndarray]:
     """:func:`_resampled_metrics` for the resamples of ``idx``, a block of rows at a time (memory)."""
     rows = max(1, max_cells // max(len(y), 1))
-    parts = [_resampled_metrics(y, p, task, threshold, _weights(idx[i:i + rows], len(y)))
-             for i in range(0, len(idx), rows)]
+    parts = [
+        _resampled_metrics(y, p, task, threshold, _weights(idx[i : i + rows], len(y))) for i in range(0, len(idx), rows)
+    ]
     return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
 
 
@@ -214,8 +220,14 @@ def _weighted_kappa(y: np.ndarray, pred: np.ndarray, k: int, w: np.ndarray) -> n
     return 1 - M._div(np.sum(weights * conf, axis=(1, 2)), np.sum(weights * expected, axis=(1, 2)))
 
 
-def _replicates(y: np.ndarray, probs: np.ndarray, metric: MetricFn | str, idx: np.ndarray,
-                task: Task | None, threshold: float | None) -> np.ndarray:
+def _replicates(
+    y: np.ndarray,
+    probs: np.ndarray,
+    metric: MetricFn | str,
+    idx: np.ndarray,
+    task: Task | None,
+    threshold: float | None,
+) -> np.ndarray:
     """The metric on every resample of ``idx``: vectorized for a metric name, else a loop."""
     if isinstance(metric, str):
         if task is None:
@@ -225,8 +237,9 @@ def _replicates(y: np.ndarray, probs: np.ndarray, metric: MetricFn | str, idx: n
     return np.array([_safe(metric, y[i], probs[i]) for i in idx])
 
 
-def _point(y: np.ndarray, probs: np.ndarray, metric: MetricFn | str, task: Task | None,
-           threshold: float | None) -> float:
+def _point(
+    y: np.ndarray, probs: np.ndarray, metric: MetricFn | str, task: Task | None, threshold: float | None
+) -> float:
     if isinstance(metric, str):  # the vectorized code with unit weights: the plain metric
         y_, p_ = M._check(y, probs, task)
         return float(_resampled_metrics(y_, p_, task, threshold, np.ones((1, len(y_))))[metric][0])
@@ -234,9 +247,18 @@ def _point(y: np.ndarray, probs: np.ndarray, metric: MetricFn | str, task: Task 
 
 
 # -- bootstrap ------------------------------------------------------------------------------
-def bootstrap_ci(y_true: Any, probs: Any, metric_fn: MetricFn | str, *, n_resamples: int = 1000,
-                 seed: int = 0, stratified: bool = True, alpha: float = 0.05,
-                 task: Task | str | None = None, threshold: float | None = None) -> BootstrapCI:
+def bootstrap_ci(
+    y_true: Any,
+    probs: Any,
+    metric_fn: MetricFn | str,
+    *,
+    n_resamples: int = 1000,
+    seed: int = 0,
+    stratified: bool = True,
+    alpha: float = 0.05,
+    task: Task | str | None = None,
+    threshold: float | None = None,
+) -> BootstrapCI:
     """Percentile bootstrap interval of ``metric_fn(y_true, probs)``.
 
     ``metric_fn`` is a function of ``(y_true, probs)`` (called once per resample), or the name of
@@ -251,9 +273,16 @@ def bootstrap_ci(y_true: Any, probs: Any, metric_fn: MetricFn | str, *, n_resamp
     return _percentile_ci(_point(y, p, metric_fn, task, threshold), values, alpha)
 
 
-def bootstrap_metrics(y_true: Any, probs: Any, task: Task | str, threshold: float | None = None,
-                      n_resamples: int = 1000, seed: int = 0, alpha: float = 0.05,
-                      stratified: bool = True) -> dict[str, dict[str, float]]:
+def bootstrap_metrics(
+    y_true: Any,
+    probs: Any,
+    task: Task | str,
+    threshold: float | None = None,
+    n_resamples: int = 1000,
+    seed: int = 0,
+    alpha: float = 0.05,
+    stratified: bool = True,
+) -> dict[str, dict[str, float]]:
     """Every metric of ``classification_metrics`` with a percentile bootstrap interval.
 
     Returns ``{metric: {"value", "low", "high", "n_undefined"}}``; one index matrix serves all
@@ -271,10 +300,19 @@ def bootstrap_metrics(y_true: Any, probs: Any, task: Task | str, threshold: floa
     return out
 
 
-def paired_bootstrap_test(y_true: Any, probs_a: Any, probs_b: Any, metric_fn: MetricFn | str,
-                          n_resamples: int = 1000, seed: int = 0, *, stratified: bool = True,
-                          alpha: float = 0.05, task: Task | str | None = None,
-                          threshold: float | None = None) -> dict[str, float]:
+def paired_bootstrap_test(
+    y_true: Any,
+    probs_a: Any,
+    probs_b: Any,
+    metric_fn: MetricFn | str,
+    n_resamples: int = 1000,
+    seed: int = 0,
+    *,
+    stratified: bool = True,
+    alpha: float = 0.05,
+    task: Task | str | None = None,
+    threshold: float | None = None,
+) -> dict[str, float]:
     """Paired bootstrap test of ``metric(a) - metric(b)`` on the same cases.
 
     Both models are evaluated on the same resamples. The p-value is two-sided from the normal
@@ -289,8 +327,7 @@ def paired_bootstrap_test(y_true: Any, probs_a: Any, probs_b: Any, metric_fn: Me
     idx = resample_indices(y, n_resamples, seed, stratified)
     ma = _point(y, pa, metric_fn, task, threshold)
     mb = _point(y, pb, metric_fn, task, threshold)
-    diffs = (_replicates(y, pa, metric_fn, idx, task, threshold)
-             - _replicates(y, pb, metric_fn, idx, task, threshold))
+    diffs = _replicates(y, pa, metric_fn, idx, task, threshold) - _replicates(y, pb, metric_fn, idx, task, threshold)
     ci = _percentile_ci(ma - mb, diffs, alpha)
     ok = np.isfinite(diffs)
     se = float(np.std(diffs[ok], ddof=1)) if ok.sum() > 1 else float("nan")
@@ -299,9 +336,18 @@ def paired_bootstrap_test(y_true: Any, probs_a: Any, probs_b: Any, metric_fn: Me
         p_value = float(2 * stats.norm.sf(abs(z)))
     else:  # every resample gives the same difference: none (p = 1) or a certain one (p = 0)
         z, p_value = float("nan"), (1.0 if ma == mb else 0.0) if np.isfinite(se) else float("nan")
-    return {"metric_a": ma, "metric_b": mb, "diff": ma - mb, "se": se, "z": z, "p_value": p_value,
-            "ci_low": ci.low, "ci_high": ci.high, "n_resamples": n_resamples,
-            "n_undefined": ci.n_undefined}
+    return {
+        "metric_a": ma,
+        "metric_b": mb,
+        "diff": ma - mb,
+        "se": se,
+        "z": z,
+        "p_value": p_value,
+        "ci_low": ci.low,
+        "ci_high": ci.high,
+        "n_resamples": n_resamples,
+        "n_undefined": ci.n_undefined,
+    }
 
 
 # -- DeLong ---------------------------------------------------------------------------------
@@ -358,8 +404,16 @@ def delong_test(y_true: Any, scores_a: Any, scores_b: Any, alpha: float = 0.05) 
     else:
         z, p_value = float("nan"), 1.0
     q = stats.norm.ppf(1 - alpha / 2)
-    return {"auc_a": float(aucs[0]), "auc_b": float(aucs[1]), "diff": diff, "se": se, "z": z,
-            "p_value": p_value, "ci_low": float(diff - q * se), "ci_high": float(diff + q * se)}
+    return {
+        "auc_a": float(aucs[0]),
+        "auc_b": float(aucs[1]),
+        "diff": diff,
+        "se": se,
+        "z": z,
+        "p_value": p_value,
+        "ci_low": float(diff - q * se),
+        "ci_high": float(diff + q * se),
+    }
 
 
 def delong_ci(y_true: Any, scores: Any, alpha: float = 0.05) -> dict[str, float]:
@@ -393,8 +447,13 @@ def mcnemar_test(y_true: Any, pred_a: Any, pred_b: Any) -> dict[str, Any]:
         p = stats.binomtest(b, b + c, 0.5, alternative="two-sided").pvalue
         return {"b": b, "c": c, "statistic": float(min(b, c)), "p_value": float(p), "method": "exact"}
     stat = (abs(b - c) - 1) ** 2 / (b + c)
-    return {"b": b, "c": c, "statistic": float(stat), "p_value": float(stats.chi2.sf(stat, 1)),
-            "method": "chi2_continuity"}
+    return {
+        "b": b,
+        "c": c,
+        "statistic": float(stat),
+        "p_value": float(stats.chi2.sf(stat, 1)),
+        "method": "chi2_continuity",
+    }
 
 
 def holm_correction(p_values: Mapping[Any, float] | Sequence[float]) -> dict[Any, float] | list[float]:

@@ -34,8 +34,7 @@ def _between(scores: np.ndarray, roc_threshold: float) -> float:
     return float((roc_threshold + lower.max()) / 2)
 
 
-def choose_threshold(y_true_val: Any, pos_scores_val: Any, method: str = "youden",
-                     target: float = 0.95) -> float:
+def choose_threshold(y_true_val: Any, pos_scores_val: Any, method: str = "youden", target: float = 0.95) -> float:
     """The operating threshold chosen on VALIDATION data (never pass test data here).
 
     ``pos_scores_val`` is the positive-class score (N,), or binary probabilities (N, 2).
@@ -59,8 +58,10 @@ def choose_threshold(y_true_val: Any, pos_scores_val: Any, method: str = "youden
         raise ValueError(f"target must lie in [0, 1], got {target}")
     n_pos = int(np.sum(y == 1))
     if n_pos == 0 or n_pos == len(y):
-        raise MedlensError("the validation split must contain positive and negative cases "
-                           f"to choose a threshold (it has {n_pos} positive of {len(y)})")
+        raise MedlensError(
+            "the validation split must contain positive and negative cases "
+            f"to choose a threshold (it has {n_pos} positive of {len(y)})"
+        )
     fpr, tpr, thr = roc_curve(y, s, drop_intermediate=False)
     if method == "youden":
         i = int(np.argmax(tpr - fpr))

@@ -44,7 +44,9 @@ def grad_cam(
     was_training = model.training
     model.eval()
     try:
-        cam = cls(nn_module=model, target_layers=target_layer, postprocessing=lambda m: m)  # MONAI's default flips magnitudes
+        cam = cls(
+            nn_module=model, target_layers=target_layer, postprocessing=lambda m: m
+        )  # MONAI's default flips magnitudes
         with torch.enable_grad():
             per_sample = class_index is not None and not np.isscalar(class_index)
             if per_sample or method == "gradcam++":
@@ -98,7 +100,9 @@ def occlusion_sensitivity(
         for j, start in enumerate(grids):
             sl = (j, slice(None), *(slice(int(s), int(s) + patch) for s in start))
             occluded[sl] = fill_value
-        probs = np.concatenate([predict_proba(occluded[k : k + batch_size]) for k in range(0, len(occluded), batch_size)])
+        probs = np.concatenate(
+            [predict_proba(occluded[k : k + batch_size]) for k in range(0, len(occluded), batch_size)]
+        )
         drop = base[i, class_index[i]] - probs[:, class_index[i]]
         for j, start in enumerate(grids):
             sl = tuple(slice(int(s), int(s) + patch) for s in start)

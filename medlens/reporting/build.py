@@ -207,4 +207,3 @@ def read_csv_columns(path: Path) -> dict[str, list[str]]:
         for k, v in row.items():
             out.setdefault(k, []).append(v)
     return out
-

@@ -95,18 +95,31 @@ def roc_pr_overlay(models: Mapping[str, Mapping[str, Any]], colors: Mapping[str,
                 roc = ((entry.get("curves") or {}).get("roc") or {}).get(cls) or {}
                 pr = ((entry.get("curves") or {}).get("pr") or {}).get(cls) or {}
                 if roc.get("fpr"):
-                    roc_ax.plot(roc["fpr"], roc["tpr"], color=colors[name], lw=1.6,
-                                label=f"{name}  AUC {_fmt(roc.get('auc'))}")
+                    roc_ax.plot(
+                        roc["fpr"], roc["tpr"], color=colors[name], lw=1.6, label=f"{name}  AUC {_fmt(roc.get('auc'))}"
+                    )
                 if pr.get("recall"):
-                    pr_ax.plot(pr["recall"], pr["precision"], color=colors[name], lw=1.6,
-                               label=f"{name}  AP {_fmt(pr.get('ap'))}")
+                    pr_ax.plot(
+                        pr["recall"],
+                        pr["precision"],
+                        color=colors[name],
+                        lw=1.6,
+                        label=f"{name}  AP {_fmt(pr.get('ap'))}",
+                    )
                     prevalence = pr.get("prevalence", prevalence)
             if prevalence is not None:
                 pr_ax.axhline(prevalence, ls=":", color="#999999", lw=1, label=f"chance ({prevalence:.2f})")
             suffix = f": {cls}" if k > 1 else f" ({cls})"
-            roc_ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="1 − specificity", ylabel="sensitivity", title=f"ROC{suffix}")
-            pr_ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="sensitivity (recall)", ylabel="PPV (precision)",
-                      title=f"Precision–recall{suffix}")
+            roc_ax.set(
+                xlim=(0, 1), ylim=(0, 1.01), xlabel="1 − specificity", ylabel="sensitivity", title=f"ROC{suffix}"
+            )
+            pr_ax.set(
+                xlim=(0, 1),
+                ylim=(0, 1.01),
+                xlabel="sensitivity (recall)",
+                ylabel="PPV (precision)",
+                title=f"Precision–recall{suffix}",
+            )
             roc_ax.legend(loc="lower right")
             pr_ax.legend(loc="lower left")
             for ax in (roc_ax, pr_ax):
@@ -117,7 +130,7 @@ def roc_pr_overlay(models: Mapping[str, Mapping[str, Any]], colors: Mapping[str,
 def _curve_classes(models: Mapping[str, Mapping[str, Any]]) -> list[str]:
     seen: list[str] = []
     for entry in models.values():
-        for cls in ((entry.get("curves") or {}).get("roc") or {}):
+        for cls in (entry.get("curves") or {}).get("roc") or {}:
             if cls not in seen:
                 seen.append(cls)
     return seen
@@ -133,7 +146,7 @@ def confusion_grid(models: Mapping[str, Mapping[str, Any]]) -> bytes:
     rows = int(np.ceil(len(items) / cols))
     side = 2.2 + 0.45 * k
     with _figure(side * cols + 0.4, side * rows, rows, cols) as (fig, axes):
-        for ax in axes.flat[len(items):]:
+        for ax in axes.flat[len(items) :]:
             ax.set_visible(False)
         for ax, (name, conf) in zip(axes.flat, items):
             m = np.asarray(conf["matrix"], dtype=float)
@@ -143,8 +156,15 @@ def confusion_grid(models: Mapping[str, Mapping[str, Any]]) -> bytes:
             labels = conf["labels"]
             for i in range(m.shape[0]):
                 for j in range(m.shape[1]):
-                    ax.text(j, i, f"{int(m[i, j])}\n{share[i, j]:.0%}", ha="center", va="center", fontsize=8,
-                            color="white" if share[i, j] > 0.6 else "#222222")
+                    ax.text(
+                        j,
+                        i,
+                        f"{int(m[i, j])}\n{share[i, j]:.0%}",
+                        ha="center",
+                        va="center",
+                        fontsize=8,
+                        color="white" if share[i, j] > 0.6 else "#222222",
+                    )
             ax.set_xticks(range(len(labels)), labels, rotation=30 if k > 3 else 0, ha="right" if k > 3 else "center")
             ax.set_yticks(range(len(labels)), labels)
             ax.set(xlabel="predicted", ylabel="true", title=name)
@@ -187,10 +207,12 @@ def training_curves(models: Mapping[str, Mapping[str, Any]], colors: Mapping[str
 
     Classical models: validation score of each hyper-parameter setting tried (the chosen one dark).
     """
-    deep = {n: e["training"]["columns"] for n, e in models.items()
-            if (e.get("training") or {}).get("kind") == "epochs" and "epoch" in e["training"]["columns"]}
-    grid = {n: e["training"]["columns"] for n, e in models.items()
-            if (e.get("training") or {}).get("kind") == "grid"}
+    deep = {
+        n: e["training"]["columns"]
+        for n, e in models.items()
+        if (e.get("training") or {}).get("kind") == "epochs" and "epoch" in e["training"]["columns"]
+    }
+    grid = {n: e["training"]["columns"] for n, e in models.items() if (e.get("training") or {}).get("kind") == "grid"}
     panels = (2 if deep else 0) + len(grid)
     if not panels:
         raise ValueError("no training_log.csv was recorded")
@@ -207,8 +229,9 @@ def training_curves(models: Mapping[str, Mapping[str, Any]], colors: Mapping[str
                 epochs = _floats(c["epoch"])
                 for col, ls, label in (("train_loss", "-", "train"), ("val_loss", "--", "validation")):
                     if col in c:
-                        loss_ax.plot(epochs + 1, _floats(c[col]), ls=ls, marker=".", color=colors[name],
-                                     label=f"{name} {label}")
+                        loss_ax.plot(
+                            epochs + 1, _floats(c[col]), ls=ls, marker=".", color=colors[name], label=f"{name} {label}"
+                        )
                 if "val_auc" in c:
                     auc_ax.plot(epochs + 1, _floats(c["val_auc"]), marker=".", color=colors[name], label=name)
             from matplotlib.ticker import MaxNLocator

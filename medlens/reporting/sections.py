@@ -165,37 +165,49 @@ def key_findings(arts) -> list[str]:
                 best[kind] = max(pool, key=lambda n: _value(aucs[n]))
         if len(best) == 2:
             d, c = best["deep"], best["classical"]
-            text = (f"The best deep model ({d}) reached AUC {with_ci(aucs[d])} vs {with_ci(aucs[c])} "
-                    f"for the best classical model ({c}); ")
+            text = (
+                f"The best deep model ({d}) reached AUC {with_ci(aucs[d])} vs {with_ci(aucs[c])} "
+                f"for the best classical model ({c}); "
+            )
             test = _find_test(arts, d, c, "auc")
             if test is None or test.get("p_holm") is None:
                 text += "no significance test between them is available."
             else:
-                method = {"delong": "DeLong", "paired_bootstrap": "paired bootstrap"}.get(test["method"], test["method"])
+                method = {"delong": "DeLong", "paired_bootstrap": "paired bootstrap"}.get(
+                    test["method"], test["method"]
+                )
                 verdict = "significant" if test.get("significant") else "not significant"
                 text += f"the difference is {verdict} ({method} {p_text(test['p_holm'])}, Holm-adjusted)."
             out.append(text)
         else:
             top = max(aucs, key=lambda n: _value(aucs[n]))
-            out.append(f"The best model ({top}) reached AUC {with_ci(aucs[top])} (95% confidence interval in brackets).")
+            out.append(
+                f"The best model ({top}) reached AUC {with_ci(aucs[top])} (95% confidence interval in brackets)."
+            )
     served = _served(arts)
     entry = ((arts.comparison or {}).get("models") or {}).get(served) if served else None
     if served and entry:
         text = f"The service (medlens serve) answers with {served}, the model with the highest validation AUC."
         op = (entry.get("operating_points") or {}).get("youden")
         if op and op.get("sensitivity") and op.get("specificity"):
-            text += (f" At its validation-chosen threshold it finds {pct(_value(op['sensitivity']))} of positive cases "
-                     f"(sensitivity {with_ci(op['sensitivity'])}) with specificity {with_ci(op['specificity'])}.")
+            text += (
+                f" At its validation-chosen threshold it finds {pct(_value(op['sensitivity']))} of positive cases "
+                f"(sensitivity {with_ci(op['sensitivity'])}) with specificity {with_ci(op['specificity'])}."
+            )
         out.append(text)
         rel = entry.get("reliability") or {}
         if rel.get("before") and rel.get("after"):
-            out.append(f"Temperature scaling changed {served}'s calibration error (ECE) from "
-                       f"{num(rel['before'].get('ece'), 3)} to {num(rel['after'].get('ece'), 3)}.")
+            out.append(
+                f"Temperature scaling changed {served}'s calibration error (ECE) from "
+                f"{num(rel['before'].get('ece'), 3)} to {num(rel['after'].get('ece'), 3)}."
+            )
         a = entry.get("abstention") or {}
         if a.get("test_coverage") is not None:
-            out.append(f"Referring the cases it is least sure about, {served} would answer {pct(a['test_coverage'])} of "
-                       f"{split} cases with an error rate of {pct(a.get('test_risk'), 1)} on those "
-                       f"(target {pct(a.get('target_risk'))}, rule chosen on validation).")
+            out.append(
+                f"Referring the cases it is least sure about, {served} would answer {pct(a['test_coverage'])} of "
+                f"{split} cases with an error rate of {pct(a.get('test_risk'), 1)} on those "
+                f"(target {pct(a.get('target_risk'))}, rule chosen on validation)."
+            )
     if arts.audit:
         warnings = arts.audit.get("warnings") or []
         if arts.audit.get("leakage_found"):
@@ -206,13 +218,19 @@ def key_findings(arts) -> list[str]:
             out.append("The data audit found no duplicates, leakage or unreadable files.")
         spanning = _run_split_leakage(arts.audit, arts.splits)
         if spanning and not spanning.startswith("No "):
-            out.append("Caution — " + spanning[0].lower() + spanning[1:] + " Near-identical images on both sides "
-                       "of a split can make results look better than they are.")
+            out.append(
+                "Caution — " + spanning[0].lower() + spanning[1:] + " Near-identical images on both sides "
+                "of a split can make results look better than they are."
+            )
     if n_eval and n_eval < SMALL_TEST_SET:
-        out.append(f"The {split} set is small ({n_eval} cases): confidence intervals are wide and small differences "
-                   "between models should not be over-read.")
+        out.append(
+            f"The {split} set is small ({n_eval} cases): confidence intervals are wide and small differences "
+            "between models should not be over-read."
+        )
     if str(arts.source or "").startswith("synthetic:"):
-        out.append("These results are on generated (synthetic) images: they check the pipeline, not clinical performance.")
+        out.append(
+            "These results are on generated (synthetic) images: they check the pipeline, not clinical performance."
+        )
     return out
 
 
@@ -240,29 +258,49 @@ def data_section(arts) -> dict[str, Any]:
     fp = arts.fingerprint
     if not fp:
         raise Missing(arts.notes.get("fingerprint", "fingerprint.json is missing"))
-    facts = [("Source", arts.source), ("Modality", fp.get("modality") or "not recorded"),
-             ("Task", f"{fp.get('task')} ({fp.get('dims')}D)"), ("Classes", ", ".join(fp.get("class_names") or []) or "—"),
-             ("Images", fp.get("n_samples")), ("Patients", fp.get("n_patients"))]
+    facts = [
+        ("Source", arts.source),
+        ("Modality", fp.get("modality") or "not recorded"),
+        ("Task", f"{fp.get('task')} ({fp.get('dims')}D)"),
+        ("Classes", ", ".join(fp.get("class_names") or []) or "—"),
+        ("Images", fp.get("n_samples")),
+        ("Patients", fp.get("n_patients")),
+    ]
     shapes = fp.get("shapes") or {}
     if shapes.get("distinct"):
         common = shapes["distinct"][0]
-        facts.append(("Image size", f"{' × '.join(str(s) for s in common['shape'][1:])} px, {common['shape'][0]} channel(s)"
-                      + (f" ({shapes.get('n_distinct')} distinct sizes)" if shapes.get("n_distinct", 1) > 1 else "")))
+        facts.append(
+            (
+                "Image size",
+                f"{' × '.join(str(s) for s in common['shape'][1:])} px, {common['shape'][0]} channel(s)"
+                + (f" ({shapes.get('n_distinct')} distinct sizes)" if shapes.get("n_distinct", 1) > 1 else ""),
+            )
+        )
     spacing = fp.get("spacings")
     if spacing and spacing.get("median"):
         facts.append(("Pixel spacing (median)", " × ".join(num(s, 2) for s in spacing["median"]) + " mm"))
     inten = fp.get("intensity")
     if inten:
         p = inten.get("percentiles") or {}
-        facts.append(("Intensity", f"{num(inten.get('min'))} to {num(inten.get('max'))}; "
-                      f"1st–99th percentile {num(p.get('1'))} to {num(p.get('99'))}"))
+        facts.append(
+            (
+                "Intensity",
+                f"{num(inten.get('min'))} to {num(inten.get('max'))}; "
+                f"1st–99th percentile {num(p.get('1'))} to {num(p.get('99'))}",
+            )
+        )
     if fp.get("imbalance_ratio") is not None:
         facts.append(("Imbalance (largest / smallest class)", num(fp["imbalance_ratio"])))
     split_rows = []
     if arts.splits:
         split_rows = [(k, len(v)) for k, v in arts.splits.items()]
-    body: dict[str, Any] = {"facts": facts, "splits": split_rows, "balance": None, "montage": None,
-                            "montage_reason": arts.notes.get("montage")}
+    body: dict[str, Any] = {
+        "facts": facts,
+        "splits": split_rows,
+        "balance": None,
+        "montage": None,
+        "montage_reason": arts.notes.get("montage"),
+    }
     try:
         body["balance"] = F.data_uri(F.class_balance(fp))
     except ValueError:
@@ -279,24 +317,42 @@ def audit_section(arts) -> dict[str, Any]:
     rows = []
 
     def row(label: str, count: int, detail: str = "", severe: bool = True) -> None:
-        rows.append({"check": label, "count": count, "ok": count == 0, "severe": severe and count > 0, "detail": detail})
+        rows.append(
+            {"check": label, "count": count, "ok": count == 0, "severe": severe and count > 0, "detail": detail}
+        )
 
     row("Unreadable files", len(a.get("unreadable") or []))
     row("Images without a label (or labels without an image)", len(a.get("unpaired") or []))
     for kind, label in (("exact_duplicates", "Exact duplicate groups"), ("near_duplicates", "Near-duplicate groups")):
         s = a.get(kind) or {}
-        row(label, int(s.get("n_groups") or 0), f"{s.get('n_cross_split_groups') or 0} shared between splits",
-            severe=bool(s.get("n_cross_split_groups")))
+        row(
+            label,
+            int(s.get("n_groups") or 0),
+            f"{s.get('n_cross_split_groups') or 0} shared between splits",
+            severe=bool(s.get("n_cross_split_groups")),
+        )
     row("Patients in more than one split", int((a.get("patient_leakage") or {}).get("n_patients") or 0))
     row("Duplicates with conflicting labels", len(a.get("conflicting_labels") or []))
     row("Blank (constant) images", len(a.get("blank_images") or []), severe=False)
     imb = a.get("class_imbalance") or {}
     if imb:
-        rows.append({"check": "Class imbalance (largest / smallest)", "count": num(imb.get("ratio")),
-                     "ok": not imb.get("warning"), "severe": False, "detail": imb.get("warning") or ""})
+        rows.append(
+            {
+                "check": "Class imbalance (largest / smallest)",
+                "count": num(imb.get("ratio")),
+                "ok": not imb.get("warning"),
+                "severe": False,
+                "detail": imb.get("warning") or "",
+            }
+        )
     run_leak = _run_split_leakage(a, arts.splits)
-    return {"rows": rows, "warnings": a.get("warnings") or [], "leakage": bool(a.get("leakage_found")),
-            "run_leak": run_leak, "n_samples": a.get("n_samples")}
+    return {
+        "rows": rows,
+        "warnings": a.get("warnings") or [],
+        "leakage": bool(a.get("leakage_found")),
+        "run_leak": run_leak,
+        "n_samples": a.get("n_samples"),
+    }
 
 
 def _run_split_leakage(audit: dict[str, Any], splits: dict[str, list[str]] | None) -> str | None:
@@ -309,8 +365,11 @@ def _run_split_leakage(audit: dict[str, Any], splits: dict[str, list[str]] | Non
         for group in (audit.get(kind) or {}).get("groups") or []:
             used = {where[m["id"]] for m in group.get("members", []) if m.get("id") in where}
             n += len(used) > 1
-    return (f"{n} duplicate group(s) span this run's train/validation/test splits." if n
-            else "No duplicate group spans this run's train/validation/test splits.")
+    return (
+        f"{n} duplicate group(s) span this run's train/validation/test splits."
+        if n
+        else "No duplicate group spans this run's train/validation/test splits."
+    )
 
 
 # -- comparison --------------------------------------------------------------------------------
@@ -330,18 +389,31 @@ def summary_section(arts) -> dict[str, Any]:
         for k in keys:
             ci = per_model[n].get(k)
             best = by_metric.get(k) or {}
-            cells.append({"value": num(_value(ci)), "ci": ci_range(ci),
-                          "best": _value(ci) is not None and n in best.get("tied", [best.get("model")])})
+            cells.append(
+                {
+                    "value": num(_value(ci)),
+                    "ci": ci_range(ci),
+                    "best": _value(ci) is not None and n in best.get("tied", [best.get("model")]),
+                }
+            )
         rows.append({"model": n, "kind": _kind(arts, n), "served": n == served, "cells": cells})
     split = _split(arts)
     has_ci = any(c["ci"] for r in rows for c in r["cells"])
     ci = (arts.comparison or {}).get("ci") or {}
-    return {"columns": [{"key": k, "label": METRIC_LABELS[k], "lower_better": k in LOWER_IS_BETTER} for k in keys],
-            "rows": rows, "split": split, "n": eval_size(arts), "has_ci": has_ci,
-            "ci_note": (f"{int(100 * ci.get('level', 0.95))}% confidence intervals: {ci.get('method')}, "
-                        f"{ci.get('n_resamples')} resamples" if ci else "point estimates from metrics.json "
-                        "(no confidence intervals: run `medlens evaluate RUN`)"),
-            "served": served}
+    return {
+        "columns": [{"key": k, "label": METRIC_LABELS[k], "lower_better": k in LOWER_IS_BETTER} for k in keys],
+        "rows": rows,
+        "split": split,
+        "n": eval_size(arts),
+        "has_ci": has_ci,
+        "ci_note": (
+            f"{int(100 * ci.get('level', 0.95))}% confidence intervals: {ci.get('method')}, "
+            f"{ci.get('n_resamples')} resamples"
+            if ci
+            else "point estimates from metrics.json (no confidence intervals: run `medlens evaluate RUN`)"
+        ),
+        "served": served,
+    }
 
 
 def _best_by_metric(per_model: dict[str, dict[str, Any]], keys: Iterable[str]) -> dict[str, Any]:
@@ -369,7 +441,8 @@ def significance_section(arts) -> dict[str, Any]:
         if not mt:
             continue
         method = {"delong": "DeLong test", "paired_bootstrap": "paired bootstrap", "mcnemar": "McNemar test"}.get(
-            mt[0].get("method"), mt[0].get("method"))
+            mt[0].get("method"), mt[0].get("method")
+        )
         rows = []
         for a in names:
             cells = []
@@ -385,12 +458,24 @@ def significance_section(arts) -> dict[str, Any]:
                 diff = None if diff is None else (diff if t["a"] == a else -diff)
                 sig = bool(t.get("significant"))
                 cls = "ns" if not sig or diff is None else ("better" if diff > 0 else "worse")
-                cells.append({"diag": False, "diff": "n/a" if diff is None else f"{diff:+.3f}", "p": p_text(t["p_holm"]),
-                              "cls": cls, "sig": sig})
+                cells.append(
+                    {
+                        "diag": False,
+                        "diff": "n/a" if diff is None else f"{diff:+.3f}",
+                        "p": p_text(t["p_holm"]),
+                        "cls": cls,
+                        "sig": sig,
+                    }
+                )
             rows.append({"name": a, "cells": cells})
         matrices.append({"title": title, "method": method, "names": names, "rows": rows})
-    return {"matrices": matrices, "alpha": pw.get("alpha", 0.05), "n_tests": pw.get("n_tests"),
-            "n_common": pw.get("n_common"), "correction": pw.get("correction", "holm")}
+    return {
+        "matrices": matrices,
+        "alpha": pw.get("alpha", 0.05),
+        "n_tests": pw.get("n_tests"),
+        "n_common": pw.get("n_common"),
+        "correction": pw.get("correction", "holm"),
+    }
 
 
 def roc_section(arts) -> dict[str, Any]:
@@ -419,9 +504,16 @@ def calibration_section(arts) -> dict[str, Any]:
             continue
         panels.append({"model": name, "img": F.data_uri(F.reliability_pair(e, name))})
         cal = e.get("calibration") or {}
-        rows.append({"model": name, "t": num(e.get("temperature")), "ece_before": num(rel["before"].get("ece"), 3),
-                     "ece_after": num((rel.get("after") or {}).get("ece"), 3),
-                     "nll_before": num(cal.get("val_nll_before"), 3), "nll_after": num(cal.get("val_nll_after"), 3)})
+        rows.append(
+            {
+                "model": name,
+                "t": num(e.get("temperature")),
+                "ece_before": num(rel["before"].get("ece"), 3),
+                "ece_after": num((rel.get("after") or {}).get("ece"), 3),
+                "nll_before": num(cal.get("val_nll_before"), 3),
+                "nll_after": num(cal.get("val_nll_after"), 3),
+            }
+        )
     if not panels:
         raise Missing("comparison.json holds no reliability curves")
     return {"panels": panels, "rows": rows}
@@ -438,10 +530,17 @@ def referral_section(arts) -> dict[str, Any]:
         a = e.get("abstention") or {}
         if not a:
             continue
-        rows.append({"model": name, "method": str(a.get("method", "")).replace("_", " "),
-                     "threshold": "refer all" if a.get("threshold") is None else num(a.get("threshold"), 3),
-                     "target": pct(a.get("target_risk")), "val_coverage": pct(a.get("val_coverage")),
-                     "test_coverage": pct(a.get("test_coverage")), "test_risk": pct(a.get("test_risk"), 1)})
+        rows.append(
+            {
+                "model": name,
+                "method": str(a.get("method", "")).replace("_", " "),
+                "threshold": "refer all" if a.get("threshold") is None else num(a.get("threshold"), 3),
+                "target": pct(a.get("target_risk")),
+                "val_coverage": pct(a.get("val_coverage")),
+                "test_coverage": pct(a.get("test_coverage")),
+                "test_risk": pct(a.get("test_risk"), 1),
+            }
+        )
     return {"img": F.data_uri(img), "rows": rows, "split": _split(arts)}
 
 
@@ -452,10 +551,17 @@ def gradcam_section(arts) -> dict[str, Any]:
     loc_rows = []
     if loc.get("available"):
         for name in arts.order:
-            s = (c["models"][name].get("localization") or {})
+            s = c["models"][name].get("localization") or {}
             if "pointing_game" in s:
-                loc_rows.append({"model": name, "method": s.get("method"), "n": s.get("n_scored"),
-                                 "pointing": pct(s.get("pointing_game")), "iou": num(s.get("iou"))})
+                loc_rows.append(
+                    {
+                        "model": name,
+                        "method": s.get("method"),
+                        "n": s.get("n_scored"),
+                        "pointing": pct(s.get("pointing_game")),
+                        "iou": num(s.get("iou")),
+                    }
+                )
     groups, missing = [], 0
     for name in arts.order:
         items = [g for g in gallery if g.get("model") == name]
@@ -467,19 +573,36 @@ def gradcam_section(arts) -> dict[str, Any]:
             if not path.is_file():
                 missing += 1
                 continue
-            cases.append({"img": F.data_uri(path.read_bytes()), "correct": bool(g.get("correct")), "id": g.get("id"),
-                          "label": g.get("label"), "predicted": g.get("predicted"),
-                          "probability": pct(g.get("probability"))})
+            cases.append(
+                {
+                    "img": F.data_uri(path.read_bytes()),
+                    "correct": bool(g.get("correct")),
+                    "id": g.get("id"),
+                    "label": g.get("label"),
+                    "predicted": g.get("predicted"),
+                    "probability": pct(g.get("probability")),
+                }
+            )
         if cases:
-            groups.append({"model": name, "right": [x for x in cases if x["correct"]],
-                           "wrong": [x for x in cases if not x["correct"]]})
+            groups.append(
+                {
+                    "model": name,
+                    "right": [x for x in cases if x["correct"]],
+                    "wrong": [x for x in cases if not x["correct"]],
+                }
+            )
     if not groups and not loc_rows:
         reason = loc.get("reason") or "no Grad-CAM images were made (no deep model with a CAM layer)"
         if missing:
             reason = f"{missing} gallery image(s) listed in comparison.json are missing from figures/"
         raise Missing(reason)
-    return {"groups": groups, "loc_rows": loc_rows, "loc_reason": None if loc.get("available") else loc.get("reason"),
-            "tolerance": loc.get("pointing_tolerance_px"), "missing": missing}
+    return {
+        "groups": groups,
+        "loc_rows": loc_rows,
+        "loc_reason": None if loc.get("available") else loc.get("reason"),
+        "tolerance": loc.get("pointing_tolerance_px"),
+        "missing": missing,
+    }
 
 
 def training_section(arts) -> dict[str, Any]:
@@ -494,13 +617,22 @@ def training_section(arts) -> dict[str, Any]:
     for name in arts.order:
         info, timing = arts.infos.get(name) or {}, (arts.metrics.get(name) or {}).get("timing") or {}
         deep = _kind(arts, name) == "deep"
-        rows.append({"model": name, "kind": _kind(arts, name),
-                     "epochs": (f"{info.get('epochs_run', 'n/a')} (best {int(info['best_epoch']) + 1})"
-                                if deep and info.get("best_epoch") is not None else "—"),
-                     "stopped": ("yes" if info.get("stopped_early") else "no") if deep else "—",
-                     "fit": f"{num(timing.get('fit_seconds'), 1)} s" if timing.get("fit_seconds") is not None else "n/a",
-                     "speed": f"{num(timing.get('images_per_second'), 0)} img/s"
-                     if timing.get("images_per_second") is not None else "n/a"})
+        rows.append(
+            {
+                "model": name,
+                "kind": _kind(arts, name),
+                "epochs": (
+                    f"{info.get('epochs_run', 'n/a')} (best {int(info['best_epoch']) + 1})"
+                    if deep and info.get("best_epoch") is not None
+                    else "—"
+                ),
+                "stopped": ("yes" if info.get("stopped_early") else "no") if deep else "—",
+                "fit": f"{num(timing.get('fit_seconds'), 1)} s" if timing.get("fit_seconds") is not None else "n/a",
+                "speed": f"{num(timing.get('images_per_second'), 0)} img/s"
+                if timing.get("images_per_second") is not None
+                else "n/a",
+            }
+        )
     return {"img": F.data_uri(img), "rows": rows}
 
 
@@ -544,28 +676,48 @@ def model_card(arts, name: str) -> dict[str, Any]:
     modality = info.get("modality") or fp.get("modality") or "medical"
     task = str(info.get("task") or fp.get("task") or "")
     kind = _kind(arts, name)
-    intended = (f"Second reader for {modality} images: suggests one of {', '.join(classes)} "
-                f"({task}) with a calibrated probability and, for uncertain cases, a referral to a clinician. "
-                "For research and decision support only; not a medical device, not for unsupervised diagnosis.")
+    intended = (
+        f"Second reader for {modality} images: suggests one of {', '.join(classes)} "
+        f"({task}) with a calibrated probability and, for uncertain cases, a referral to a clinician. "
+        "For research and decision support only; not a medical device, not for unsupervised diagnosis."
+    )
     config = info.get("config") or {}
     steps = ", ".join(s.get("name", "?") for s in (info.get("preprocessing") or {}).get("steps", []))
-    details = [("Architecture", f"{info.get('model') or name} ({kind})"),
-               ("Input", f"{info.get('img_size', '?')} px, {info.get('in_channels', '?')} channel(s), {info.get('dims', '?')}D"),
-               ("Preprocessing", steps or "not recorded")]
+    details = [
+        ("Architecture", f"{info.get('model') or name} ({kind})"),
+        (
+            "Input",
+            f"{info.get('img_size', '?')} px, {info.get('in_channels', '?')} channel(s), {info.get('dims', '?')}D",
+        ),
+        ("Preprocessing", steps or "not recorded"),
+    ]
     if kind == "deep":
-        details.append(("Training", f"{info.get('epochs_run', '?')} epoch(s), optimizer {config.get('optimizer', '?')}, "
-                                    f"learning rate {config.get('lr', '?')}, seed {info.get('seed', '?')}"))
+        details.append(
+            (
+                "Training",
+                f"{info.get('epochs_run', '?')} epoch(s), optimizer {config.get('optimizer', '?')}, "
+                f"learning rate {config.get('lr', '?')}, seed {info.get('seed', '?')}",
+            )
+        )
     elif info.get("best_params"):
         details.append(("Chosen settings", ", ".join(f"{k} = {v}" for k, v in info["best_params"].items())))
-    n = {**((arts.comparison or {}).get("n") or {}), **((arts.metrics.get(name) or {}).get("n") or {}),
-         **(entry.get("n") or {})}
-    data = [("Source", info.get("source") or arts.source),
-            ("Cases", " · ".join(f"{k} {v}" for k, v in n.items()) or "not recorded")]
+    n = {
+        **((arts.comparison or {}).get("n") or {}),
+        **((arts.metrics.get(name) or {}).get("n") or {}),
+        **(entry.get("n") or {}),
+    }
+    data = [
+        ("Source", info.get("source") or arts.source),
+        ("Cases", " · ".join(f"{k} {v}" for k, v in n.items()) or "not recorded"),
+    ]
     if fp.get("class_counts"):
         data.append(("Class counts (all data)", ", ".join(f"{k} {v}" for k, v in fp["class_counts"].items())))
     metrics = _eval_metrics(arts, name)
-    perf = [(METRIC_LABELS[k], with_ci(metrics[k])) for k in ("auc", "acc", "sensitivity", "specificity", "f1", "ece")
-            if k in metrics and _value(metrics[k]) is not None]
+    perf = [
+        (METRIC_LABELS[k], with_ci(metrics[k]))
+        for k in ("auc", "acc", "sensitivity", "specificity", "f1", "ece")
+        if k in metrics and _value(metrics[k]) is not None
+    ]
     if entry.get("temperature") is not None:
         perf.append(("Temperature (fitted on validation)", num(entry["temperature"])))
     th = entry.get("thresholds") or {}
@@ -573,9 +725,23 @@ def model_card(arts, name: str) -> dict[str, Any]:
         perf.append(("Decision threshold (validation Youden)", num(th["decision"], 3)))
     a = entry.get("abstention") or {}
     if a.get("test_coverage") is not None:
-        perf.append(("Answers without referral", f"{pct(a['test_coverage'])} of {split} cases, error {pct(a.get('test_risk'), 1)}"))
-    return {"name": name, "kind": kind, "served": name == _served(arts), "intended": intended, "details": details,
-            "data": data, "performance": perf, "split": split, "limitations": limitations(arts, name, metrics, entry)}
+        perf.append(
+            (
+                "Answers without referral",
+                f"{pct(a['test_coverage'])} of {split} cases, error {pct(a.get('test_risk'), 1)}",
+            )
+        )
+    return {
+        "name": name,
+        "kind": kind,
+        "served": name == _served(arts),
+        "intended": intended,
+        "details": details,
+        "data": data,
+        "performance": perf,
+        "split": split,
+        "limitations": limitations(arts, name, metrics, entry),
+    }
 
 
 def limitations(arts, name: str, metrics: dict[str, Any], entry: dict[str, Any]) -> list[str]:
@@ -586,7 +752,12 @@ def limitations(arts, name: str, metrics: dict[str, Any], entry: dict[str, Any])
     if n and n < SMALL_TEST_SET:
         out.append(f"Evaluated on only {n} {split} cases: performance estimates are uncertain.")
     auc = metrics.get("auc")
-    if isinstance(auc, dict) and auc.get("low") is not None and auc.get("high") is not None and auc["high"] - auc["low"] > 0.15:
+    if (
+        isinstance(auc, dict)
+        and auc.get("low") is not None
+        and auc.get("high") is not None
+        and auc["high"] - auc["low"] > 0.15
+    ):
         out.append(f"The AUC confidence interval is wide ({ci_range(auc)}).")
     if str(arts.source or "").startswith("synthetic:"):
         out.append("Trained and tested on synthetic images; says nothing about real patients.")
@@ -596,12 +767,16 @@ def limitations(arts, name: str, metrics: dict[str, Any], entry: dict[str, Any])
         out.append(f"Probabilities remain poorly calibrated after temperature scaling (ECE {num(ece, 3)}).")
     loc = entry.get("localization") or {}
     if loc.get("pointing_game") is not None and loc["pointing_game"] < 0.5:
-        out.append(f"Its heatmaps point at the lesion in only {pct(loc['pointing_game'])} of cases: do not use them "
-                   "to locate findings.")
+        out.append(
+            f"Its heatmaps point at the lesion in only {pct(loc['pointing_game'])} of cases: do not use them "
+            "to locate findings."
+        )
     a = entry.get("abstention") or {}
     if a.get("test_risk") is not None and a.get("target_risk") is not None and a["test_risk"] > a["target_risk"]:
-        out.append(f"The referral rule misses its error target on {split} data ({pct(a['test_risk'], 1)} vs "
-                   f"{pct(a['target_risk'])}).")
+        out.append(
+            f"The referral rule misses its error target on {split} data ({pct(a['test_risk'], 1)} vs "
+            f"{pct(a['target_risk'])})."
+        )
     if arts.audit and arts.audit.get("leakage_found"):
         out.append("The data audit found leakage between source splits; results may be optimistic.")
     return out
@@ -620,10 +795,17 @@ def provenance_section(arts) -> dict[str, Any]:
 
     m = arts.manifest
     if not m:
-        raise Missing(arts.notes.get("manifest", "manifest.json is missing") + "; it is written by `medlens train` "
-                      "and `medlens evaluate`")
-    meta = [("Manifest written", m.get("created")), ("Seed", m.get("seed")), ("Code (git commit)", m.get("git_commit")),
-            ("Platform", m.get("platform")), ("Command", m.get("command"))]
+        raise Missing(
+            arts.notes.get("manifest", "manifest.json is missing") + "; it is written by `medlens train` "
+            "and `medlens evaluate`"
+        )
+    meta = [
+        ("Manifest written", m.get("created")),
+        ("Seed", m.get("seed")),
+        ("Code (git commit)", m.get("git_commit")),
+        ("Platform", m.get("platform")),
+        ("Command", m.get("command")),
+    ]
     listed = m.get("files") or {}
     report = arts.run.report.relative_to(arts.run.root).as_posix()
     files = []
@@ -632,17 +814,28 @@ def provenance_section(arts) -> dict[str, Any]:
             continue
         rec, path = listed.get(rel), arts.run.root / rel
         if not path.is_file():
-            files.append({"path": rel, "bytes": _size(rec.get("bytes")), "sha256": rec.get("sha256", ""), "status": "missing"})
+            files.append(
+                {"path": rel, "bytes": _size(rec.get("bytes")), "sha256": rec.get("sha256", ""), "status": "missing"}
+            )
             continue
         digest = sha256_file(path)
-        status = ("not in the manifest" if rec is None else
-                  "verified" if rec.get("sha256") == digest else "updated since the manifest")
+        status = (
+            "not in the manifest"
+            if rec is None
+            else "verified"
+            if rec.get("sha256") == digest
+            else "updated since the manifest"
+        )
         files.append({"path": rel, "bytes": _size(path.stat().st_size), "sha256": digest, "status": status})
     config_text = arts.run.config.read_text() if arts.run.config.is_file() else None
-    return {"meta": [(k, v if v is not None else "not recorded") for k, v in meta],
-            "libraries": list((m.get("libraries") or {}).items()), "files": files, "config": config_text,
-            "n_verified": sum(f["status"] == "verified" for f in files),
-            "n_other": sum(f["status"] != "verified" for f in files)}
+    return {
+        "meta": [(k, v if v is not None else "not recorded") for k, v in meta],
+        "libraries": list((m.get("libraries") or {}).items()),
+        "files": files,
+        "config": config_text,
+        "n_verified": sum(f["status"] == "verified" for f in files),
+        "n_other": sum(f["status"] != "verified" for f in files),
+    }
 
 
 def _size(n: Any) -> str:

@@ -100,8 +100,14 @@ class GuardMiddleware:
             key_id = match_key(presented, self.key_hashes) if presented else None
             if key_id is None:
                 await self._drain(receive)
-                detail = "invalid API key" if presented else "an API key is required (header X-API-Key or Authorization: Bearer)"
-                return await _json_error(401, "unauthorized", detail, {"WWW-Authenticate": "Bearer"})(scope, receive, send)
+                detail = (
+                    "invalid API key"
+                    if presented
+                    else "an API key is required (header X-API-Key or Authorization: Bearer)"
+                )
+                return await _json_error(401, "unauthorized", detail, {"WWW-Authenticate": "Bearer"})(
+                    scope, receive, send
+                )
             state["key_id"] = key_id
         if scope.get("method") in ("POST", "PUT", "PATCH"):
             length = headers.get("content-length")
@@ -130,7 +136,9 @@ class GuardMiddleware:
 
     async def _too_large(self, scope, receive, send):
         mb = self.max_bytes / 1024 / 1024
-        return await _json_error(413, "too_large", f"the upload is larger than the limit of {mb:.3g} MB")(scope, receive, send)
+        return await _json_error(413, "too_large", f"the upload is larger than the limit of {mb:.3g} MB")(
+            scope, receive, send
+        )
 
     @staticmethod
     async def _drain(receive) -> None:
@@ -170,12 +178,16 @@ class Service:
         self.settings = settings
         self.key = settings.pseudonym_key or os.environ.get(PSEUDONYM_KEY_ENV) or secrets.token_hex(16)
         if not (settings.pseudonym_key or os.environ.get(PSEUDONYM_KEY_ENV)):
-            log.warning("no pseudonym key set ($%s): hashed identifiers cannot be linked across restarts", PSEUDONYM_KEY_ENV)
+            log.warning(
+                "no pseudonym key set ($%s): hashed identifiers cannot be linked across restarts", PSEUDONYM_KEY_ENV
+            )
         self.predictor = predictor or Predictor.from_run(
             settings.run_dir, settings.model, uncertainty=settings.uncertainty, pseudonym_key=self.key
         )
         self.audit = AuditLog(settings.resolved_audit_url())
-        self.store = PredictionStore(settings.resolved_store_dir(), memory=settings.store_memory, disk=settings.store_disk)
+        self.store = PredictionStore(
+            settings.resolved_store_dir(), memory=settings.store_memory, disk=settings.store_disk
+        )
         self.audit_lock = threading.Lock()  # one SQLite writer at a time: no 'database is locked' under bursts
         self.pacs = DicomWebClient(settings.pacs_url, timeout=settings.pacs_timeout) if settings.pacs_url else None
 
@@ -195,10 +207,14 @@ class Service:
             # Corrupt content that the readers (pydicom, nibabel, Pillow) did not turn into a MedlensError,
             # e.g. pydicom's BytesLengthException or nibabel's HeaderDataError: the input's fault, a 4xx.
             log.warning("unreadable upload (%s.%s)", type(e).__module__, type(e).__name__)
-            raise ApiError(422, "unreadable", f"the file could not be read as an image ({type(e).__name__})", file=filename) from None
+            raise ApiError(
+                422, "unreadable", f"the file could not be read as an image ({type(e).__name__})", file=filename
+            ) from None
         return self.finish(result, [filename], key_id, client)
 
-    def predict_study(self, study_uid: str, series_uid: str | None, explain: bool, key_id: str | None, client: str | None) -> dict:
+    def predict_study(
+        self, study_uid: str, series_uid: str | None, explain: bool, key_id: str | None, client: str | None
+    ) -> dict:
         if self.pacs is None:
             raise ApiError(400, "no_pacs", "no PACS configured (start the service with --pacs-url)")
         datasets = self.pacs.fetch_series(study_uid, series_uid)
@@ -215,7 +231,9 @@ class Service:
         """Audit (durably) and store one prediction; returns its JSON answer."""
         pred = result.prediction
         src = pred.source
-        identifiers = [n for n in [*names, src.study_instance_uid, src.series_instance_uid, *src.sop_instance_uids] if n]
+        identifiers = [
+            n for n in [*names, src.study_instance_uid, src.series_instance_uid, *src.sop_instance_uids] if n
+        ]
         try:
             with self.audit_lock:
                 self.audit.record(
@@ -230,7 +248,9 @@ class Service:
                 )
         except Exception as e:  # noqa: BLE001 - whatever the database says, the prediction must not go out
             log.error("audit log write failed (%s): prediction %s withheld", type(e).__name__, pred.id)
-            raise ApiError(503, "audit_unavailable", "the audit log could not record the prediction; it was not returned") from None
+            raise ApiError(
+                503, "audit_unavailable", "the audit log could not record the prediction; it was not returned"
+            ) from None
         display, heat = result.heatmap_slice()
         try:
             self.store.put(pred, display, result.sources, heatmap=heat)
@@ -238,7 +258,12 @@ class Service:
             log.warning("prediction %s not kept in the store (%s)", pred.id, type(e).__name__)
         log.info(
             "prediction %s: model %s, input %s, patient %s, finding %s p=%.3f%s",
-            pred.id, pred.model, src.input_sha256[:12], src.patient_pseudonym or "-", pred.finding, pred.confidence,
+            pred.id,
+            pred.model,
+            src.input_sha256[:12],
+            src.patient_pseudonym or "-",
+            pred.finding,
+            pred.confidence,
             " ABSTAIN" if pred.abstain else "",
         )
         return _with_links(pred.to_json())
@@ -275,7 +300,13 @@ class Service:
 
 def _with_links(d: dict) -> dict:
     base = f"/v1/predictions/{d['id']}"
-    d["links"] = {"self": base, "heatmap": f"{base}/heatmap.png", "image": f"{base}/image.png", "fhir": f"{base}/fhir", "sr": f"{base}/sr"}
+    d["links"] = {
+        "self": base,
+        "heatmap": f"{base}/heatmap.png",
+        "image": f"{base}/image.png",
+        "fhir": f"{base}/fhir",
+        "sr": f"{base}/sr",
+    }
     return d
 
 
@@ -342,17 +373,25 @@ class DicomWebClient:
         return r
 
     def studies(self, limit: int = 50) -> list[dict]:
-        r = self._get("/studies", "application/dicom+json", {"limit": str(limit), "includefield": "StudyDescription,ModalitiesInStudy,StudyDate"})
+        r = self._get(
+            "/studies",
+            "application/dicom+json",
+            {"limit": str(limit), "includefield": "StudyDescription,ModalitiesInStudy,StudyDate"},
+        )
         out = []
-        for item in (r.json() if r.content else []):
+        for item in r.json() if r.content else []:
             ds = pydicom.Dataset.from_json(item)
             mods = ds.get("ModalitiesInStudy", [])
-            out.append({
-                "study_instance_uid": str(ds.get("StudyInstanceUID", "")),
-                "date": str(ds.get("StudyDate", "")),
-                "modalities": [str(m) for m in mods] if isinstance(mods, (list, pydicom.multival.MultiValue)) else [str(mods)],
-                "description": str(ds.get("StudyDescription", "")),
-            })
+            out.append(
+                {
+                    "study_instance_uid": str(ds.get("StudyInstanceUID", "")),
+                    "date": str(ds.get("StudyDate", "")),
+                    "modalities": [str(m) for m in mods]
+                    if isinstance(mods, (list, pydicom.multival.MultiValue))
+                    else [str(mods)],
+                    "description": str(ds.get("StudyDescription", "")),
+                }
+            )
         return out
 
     def fetch_series(self, study_uid: str, series_uid: str | None = None) -> list[pydicom.Dataset]:
@@ -400,13 +439,25 @@ UPLOAD_SCHEMA = {
     "required": True,
     "content": {
         "multipart/form-data": {
-            "schema": {"type": "object", "required": ["file"], "properties": {
-                "file": {"type": "string", "format": "binary", "description": "DICOM, NIfTI, PNG or JPEG"},
-                "explain": {"type": "boolean"}}}
+            "schema": {
+                "type": "object",
+                "required": ["file"],
+                "properties": {
+                    "file": {"type": "string", "format": "binary", "description": "DICOM, NIfTI, PNG or JPEG"},
+                    "explain": {"type": "boolean"},
+                },
+            }
         },
         "application/json": {
-            "schema": {"type": "object", "required": ["study_instance_uid"], "properties": {
-                "study_instance_uid": {"type": "string"}, "series_instance_uid": {"type": "string"}, "explain": {"type": "boolean"}}}
+            "schema": {
+                "type": "object",
+                "required": ["study_instance_uid"],
+                "properties": {
+                    "study_instance_uid": {"type": "string"},
+                    "series_instance_uid": {"type": "string"},
+                    "explain": {"type": "boolean"},
+                },
+            }
         },
         "application/dicom": {"schema": {"type": "string", "format": "binary"}},
         "image/png": {"schema": {"type": "string", "format": "binary"}},
@@ -459,21 +510,35 @@ def create_app(settings: ServeSettings, *, predictor=None) -> FastAPI:
     def readyz():
         checks = service.ready()
         ok = all(checks.values())
-        return JSONResponse({"status": "ready" if ok else "not ready", "checks": checks}, status_code=200 if ok else 503)
+        return JSONResponse(
+            {"status": "ready" if ok else "not ready", "checks": checks}, status_code=200 if ok else 503
+        )
 
     # -- models --------------------------------------------------------------------------------------
     @app.get("/v1/models", tags=["models"], summary="The served model")
     def models():
         p = service.predictor
-        return [{
-            "id": p.model_id, "sha256": p.model_sha256, "kind": p.kind, "task": p.task, "class_names": p.class_names,
-            "dims": p.dims, "img_size": p.info.get("img_size"), "modality": p.modality,
-            "uncertainty_method": p.abstention.method,
-        }]
+        return [
+            {
+                "id": p.model_id,
+                "sha256": p.model_sha256,
+                "kind": p.kind,
+                "task": p.task,
+                "class_names": p.class_names,
+                "dims": p.dims,
+                "img_size": p.info.get("img_size"),
+                "modality": p.modality,
+                "uncertainty_method": p.abstention.method,
+            }
+        ]
 
     # -- predictions ---------------------------------------------------------------------------------
-    @app.post("/v1/predictions", tags=["predictions"], summary="Predict for an uploaded image or a PACS study",
-              openapi_extra={"requestBody": UPLOAD_SCHEMA})
+    @app.post(
+        "/v1/predictions",
+        tags=["predictions"],
+        summary="Predict for an uploaded image or a PACS study",
+        openapi_extra={"requestBody": UPLOAD_SCHEMA},
+    )
     async def create_prediction(request: Request, explain: bool = False):
         key_id = request.state.key_id
         client = request.client.host if request.client else None
@@ -494,8 +559,15 @@ def create_app(settings: ServeSettings, *, predictor=None) -> FastAPI:
             except ValueError:
                 raise ApiError(400, "bad_json", "the body is not valid JSON") from None
             uid = body.get("study_instance_uid") if isinstance(body, dict) else None
-            if not isinstance(uid, str) or not uid.strip() or len(uid) > 64 or not all(c.isdigit() or c == "." for c in uid):
-                raise ApiError(422, "bad_request", "JSON body needs 'study_instance_uid': a DICOM UID (digits and dots)")
+            if (
+                not isinstance(uid, str)
+                or not uid.strip()
+                or len(uid) > 64
+                or not all(c.isdigit() or c == "." for c in uid)
+            ):
+                raise ApiError(
+                    422, "bad_request", "JSON body needs 'study_instance_uid': a DICOM UID (digits and dots)"
+                )
             series = body.get("series_instance_uid")
             if series is not None and (not isinstance(series, str) or not all(c.isdigit() or c == "." for c in series)):
                 raise ApiError(422, "bad_request", "'series_instance_uid' must be a DICOM UID")
@@ -505,8 +577,12 @@ def create_app(settings: ServeSettings, *, predictor=None) -> FastAPI:
             data = await request.body()
             filename = request.headers.get("x-filename", "upload")[:200]
             return await run_in_threadpool(service.predict_bytes, data, filename, explain, key_id, client)
-        raise ApiError(415, "unsupported_media", f"unsupported Content-Type '{ctype.split(';')[0]}': send multipart/form-data, "
-                       "application/json (PACS study) or the image bytes")
+        raise ApiError(
+            415,
+            "unsupported_media",
+            f"unsupported Content-Type '{ctype.split(';')[0]}': send multipart/form-data, "
+            "application/json (PACS study) or the image bytes",
+        )
 
     @app.get("/v1/predictions", tags=["predictions"], summary="Recent predictions, newest first")
     def recent(limit: int = 20):
@@ -517,22 +593,38 @@ def create_app(settings: ServeSettings, *, predictor=None) -> FastAPI:
         entry = service.entry(prediction_id)
         return _with_links(entry.summary())
 
-    @app.get("/v1/predictions/{prediction_id}/heatmap.png", tags=["predictions"], summary="Heatmap over the image (PNG)",
-             response_class=Response, responses={200: {"content": {"image/png": {}}}})
+    @app.get(
+        "/v1/predictions/{prediction_id}/heatmap.png",
+        tags=["predictions"],
+        summary="Heatmap over the image (PNG)",
+        response_class=Response,
+        responses={200: {"content": {"image/png": {}}}},
+    )
     def heatmap(prediction_id: str, alpha: float = 0.4, layer: str | None = None):
         if not 0.0 <= alpha <= 1.0:
             raise ApiError(422, "bad_request", "alpha must be in [0, 1]")
         entry = service.entry(prediction_id)
         if entry.heatmap is None:
-            raise ApiError(404, "no_heatmap", "this prediction was made without a heatmap (request it with explain=true)")
+            raise ApiError(
+                404, "no_heatmap", "this prediction was made without a heatmap (request it with explain=true)"
+            )
         grey, colour = _png_layers(entry)
         if layer == "heatmap":
             return Response(colour, media_type="image/png")
-        png = entry.rendered(f"overlay{alpha:.3f}", lambda: _blend_png(grey, colour, alpha)) if alpha == 0.4 else _blend_png(grey, colour, alpha)
+        png = (
+            entry.rendered(f"overlay{alpha:.3f}", lambda: _blend_png(grey, colour, alpha))
+            if alpha == 0.4
+            else _blend_png(grey, colour, alpha)
+        )
         return Response(png, media_type="image/png")
 
-    @app.get("/v1/predictions/{prediction_id}/image.png", tags=["predictions"], summary="The image as the model saw it (PNG)",
-             response_class=Response, responses={200: {"content": {"image/png": {}}}})
+    @app.get(
+        "/v1/predictions/{prediction_id}/image.png",
+        tags=["predictions"],
+        summary="The image as the model saw it (PNG)",
+        response_class=Response,
+        responses={200: {"content": {"image/png": {}}}},
+    )
     def image(prediction_id: str):
         return Response(_png_layers(service.entry(prediction_id))[0], media_type="image/png")
 
@@ -544,21 +636,35 @@ def create_app(settings: ServeSettings, *, predictor=None) -> FastAPI:
         report = entry.rendered("fhir", lambda: diagnostic_report(entry.prediction))
         return JSONResponse(report, media_type="application/fhir+json")
 
-    @app.get("/v1/predictions/{prediction_id}/sr", tags=["predictions"], summary="DICOM SR (DICOM input only)",
-             response_class=Response, responses={200: {"content": {"application/dicom": {}}}, 409: {"description": "input was not DICOM"}})
+    @app.get(
+        "/v1/predictions/{prediction_id}/sr",
+        tags=["predictions"],
+        summary="DICOM SR (DICOM input only)",
+        response_class=Response,
+        responses={200: {"content": {"application/dicom": {}}}, 409: {"description": "input was not DICOM"}},
+    )
     def sr(prediction_id: str):
         entry = service.entry(prediction_id)
         if not entry.sources:
-            raise ApiError(409, "not_dicom", f"the input was {entry.prediction.source.kind}, not DICOM: a DICOM SR needs DICOM input")
+            raise ApiError(
+                409,
+                "not_dicom",
+                f"the input was {entry.prediction.source.kind}, not DICOM: a DICOM SR needs DICOM input",
+            )
         try:
             data = _sr_bytes(entry)
         except MedlensError as e:
             raise ApiError(422, "sr_failed", e.problem) from None
         except Exception as e:  # noqa: BLE001 - source headers highdicom cannot use (e.g. a corrupt upload)
             log.warning("SR for prediction %s failed (%s)", prediction_id, type(e).__name__)
-            raise ApiError(422, "sr_failed", f"no DICOM SR can be built from the input's headers ({type(e).__name__})") from None
-        return Response(data, media_type="application/dicom",
-                        headers={"Content-Disposition": f'attachment; filename="{prediction_id}-sr.dcm"'})
+            raise ApiError(
+                422, "sr_failed", f"no DICOM SR can be built from the input's headers ({type(e).__name__})"
+            ) from None
+        return Response(
+            data,
+            media_type="application/dicom",
+            headers={"Content-Disposition": f'attachment; filename="{prediction_id}-sr.dcm"'},
+        )
 
     # -- PACS ------------------------------------------------------------------------------------------
     @app.get("/v1/pacs/studies", tags=["pacs"], summary="Studies in the configured PACS (QIDO-RS)")
@@ -582,6 +688,10 @@ def create_app(settings: ServeSettings, *, predictor=None) -> FastAPI:
     if settings.cors_origins:  # outside the guard, so that preflight requests (which carry no key) are answered
         from fastapi.middleware.cors import CORSMiddleware
 
-        app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins), allow_methods=["GET", "POST"],
-                           allow_headers=["X-API-Key", "Authorization", "Content-Type"])
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(settings.cors_origins),
+            allow_methods=["GET", "POST"],
+            allow_headers=["X-API-Key", "Authorization", "Content-Type"],
+        )
     return app

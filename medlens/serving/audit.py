@@ -81,12 +81,20 @@ class AuditLog:
 
     def get(self, prediction_id: str) -> dict[str, Any] | None:
         with self.engine.connect() as conn:
-            row = conn.execute(select(predictions_table).where(predictions_table.c.prediction_id == prediction_id)).mappings().first()
+            row = (
+                conn.execute(select(predictions_table).where(predictions_table.c.prediction_id == prediction_id))
+                .mappings()
+                .first()
+            )
         return dict(row) if row else None
 
     def recent(self, limit: int = 20) -> list[dict[str, Any]]:
         with self.engine.connect() as conn:
-            rows = conn.execute(select(predictions_table).order_by(predictions_table.c.row.desc()).limit(limit)).mappings().all()
+            rows = (
+                conn.execute(select(predictions_table).order_by(predictions_table.c.row.desc()).limit(limit))
+                .mappings()
+                .all()
+            )
         return [dict(r) for r in rows]
 
     def ids(self) -> set[str]:

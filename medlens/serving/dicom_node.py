@@ -181,8 +181,14 @@ class DicomNode:
         self.port = int(self._server.server_address[1])
         self._watcher = threading.Thread(target=self._watch, name="medlens-series-watch", daemon=True)
         self._watcher.start()
-        log.info("DICOM node %s listening on %s:%d (allow-list: %s, quiet period %.1f s)", self.ae_title, self.host,
-                 self.port, "any" if self.allowed_calling_aets is None else sorted(self.allowed_calling_aets), self.quiet_period)
+        log.info(
+            "DICOM node %s listening on %s:%d (allow-list: %s, quiet period %.1f s)",
+            self.ae_title,
+            self.host,
+            self.port,
+            "any" if self.allowed_calling_aets is None else sorted(self.allowed_calling_aets),
+            self.quiet_period,
+        )
         return self
 
     def stop(self) -> None:
@@ -229,7 +235,9 @@ class DicomNode:
             return _STATUS_CANNOT_UNDERSTAND
         series_uid, sop_uid = str(ds.get("SeriesInstanceUID", "")), str(ds.get("SOPInstanceUID", ""))
         if not series_uid or not sop_uid:
-            log.warning("C-STORE from %s: instance without Series/SOP Instance UID refused", event.assoc.requestor.ae_title)
+            log.warning(
+                "C-STORE from %s: instance without Series/SOP Instance UID refused", event.assoc.requestor.ae_title
+            )
             return _STATUS_CANNOT_UNDERSTAND
         folder = self.storage_dir / self._pseudo(series_uid)
         path = folder / f"{self._pseudo(sop_uid)}.dcm"
@@ -239,7 +247,12 @@ class DicomNode:
             tmp.write_bytes(event.encoded_dataset())
             tmp.replace(path)
         except OSError as e:
-            log.error("C-STORE: cannot write instance %s of series %s: %s", self._pseudo(sop_uid), self._pseudo(series_uid), type(e).__name__)
+            log.error(
+                "C-STORE: cannot write instance %s of series %s: %s",
+                self._pseudo(sop_uid),
+                self._pseudo(series_uid),
+                type(e).__name__,
+            )
             return _STATUS_OUT_OF_RESOURCES
         analyzable = "PixelData" in ds and series_uid not in self._generated_series
         with self._lock:
@@ -249,8 +262,11 @@ class DicomNode:
                 pending.count += 1
         log.debug("C-STORE from %s: %s", event.assoc.requestor.ae_title, phi_free_summary(ds, key=self.key))
         if not analyzable:
-            log.info("stored instance %s of series %s (not analyzed: no pixel data or a medlens result)",
-                     self._pseudo(sop_uid), self._pseudo(series_uid))
+            log.info(
+                "stored instance %s of series %s (not analyzed: no pixel data or a medlens result)",
+                self._pseudo(sop_uid),
+                self._pseudo(series_uid),
+            )
         return _STATUS_SUCCESS
 
     # ----------------------------------------------------------------------------------------
@@ -261,12 +277,18 @@ class DicomNode:
         while not self._stop.wait(tick):
             now = time.monotonic()
             with self._lock:
-                due = [uid for uid, p in self._pending.items() if now - p.last >= self.quiet_period and uid not in self._running]
+                due = [
+                    uid
+                    for uid, p in self._pending.items()
+                    if now - p.last >= self.quiet_period and uid not in self._running
+                ]
                 for uid in due:
                     del self._pending[uid]
                     self._running.add(uid)
             for uid in due:
-                log.info("series %s complete (no new instance for %.1f s): analyzing", self._pseudo(uid), self.quiet_period)
+                log.info(
+                    "series %s complete (no new instance for %.1f s): analyzing", self._pseudo(uid), self.quiet_period
+                )
                 self._executor.submit(self._process_safely, uid)
 
     def _process_safely(self, series_uid: str) -> None:
@@ -315,8 +337,14 @@ class DicomNode:
                 output=audit_output(pred, self.key),
                 client=f"dicom:{self.ae_title}",
             )
-        log.info("series %s (%d instances): %s p=%.3f%s", result.series, len(sources), pred.finding, pred.confidence,
-                 " (abstained)" if pred.abstain else "")
+        log.info(
+            "series %s (%d instances): %s p=%.3f%s",
+            result.series,
+            len(sources),
+            pred.finding,
+            pred.confidence,
+            " (abstained)" if pred.abstain else "",
+        )
 
         if self.pacs is not None:
             self.pacs.store([sr, sc])

@@ -23,11 +23,29 @@ def _observation(pred: Prediction, label: str, probability: float, index: int) -
         "resourceType": "Observation",
         "id": f"{pred.id}-obs{index}",
         "status": "preliminary",
-        "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "imaging"}]}],
-        "code": {"coding": [{"system": MEDLENS_SYSTEM, "code": label, "display": label}], "text": f"AI probability of {label}"},
-        "valueQuantity": {"value": round(float(probability), 6), "unit": "probability", "system": "http://unitsofmeasure.org", "code": "1"},
+        "category": [
+            {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "imaging"}]}
+        ],
+        "code": {
+            "coding": [{"system": MEDLENS_SYSTEM, "code": label, "display": label}],
+            "text": f"AI probability of {label}",
+        },
+        "valueQuantity": {
+            "value": round(float(probability), 6),
+            "unit": "probability",
+            "system": "http://unitsofmeasure.org",
+            "code": "1",
+        },
         "interpretation": [
-            {"coding": [{"system": INTERPRETATION_SYSTEM, "code": "POS" if is_finding else "NEG", "display": "Positive" if is_finding else "Negative"}]}
+            {
+                "coding": [
+                    {
+                        "system": INTERPRETATION_SYSTEM,
+                        "code": "POS" if is_finding else "NEG",
+                        "display": "Positive" if is_finding else "Negative",
+                    }
+                ]
+            }
         ],
         "method": {"text": f"medlens model {pred.model} (sha256 {pred.model_sha256[:16]})"},
         "note": [{"text": f"uncertainty ({pred.uncertainty_method}) = {pred.uncertainty:.4f}"}],
@@ -49,7 +67,13 @@ def diagnostic_report(pred: Prediction) -> dict[str, Any]:
         "resourceType": "DiagnosticReport",
         "id": pred.id,
         "status": "preliminary",
-        "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0074", "code": "RAD", "display": "Radiology"}]}],
+        "category": [
+            {
+                "coding": [
+                    {"system": "http://terminology.hl7.org/CodeSystem/v2-0074", "code": "RAD", "display": "Radiology"}
+                ]
+            }
+        ],
         "code": {"coding": [REPORT_CODE], "text": "AI image analysis"},
         "effectiveDateTime": pred.created,
         "issued": pred.created,

@@ -86,7 +86,13 @@ class PacsTarget:
             if not pending:
                 return
             last = PacsError(f"PACS {self} did not store {len(pending)} of {len(datasets)} instances")
-            log.warning("store to %s: %d instance(s) not stored (attempt %d of %d)", self, len(pending), attempt + 1, self.retries + 1)
+            log.warning(
+                "store to %s: %d instance(s) not stored (attempt %d of %d)",
+                self,
+                len(pending),
+                attempt + 1,
+                self.retries + 1,
+            )
         raise last or PacsError(f"PACS {self}: store failed")
 
     def _store_once(self, datasets: Sequence[Dataset]) -> list[Dataset]:

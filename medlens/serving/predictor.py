@@ -129,7 +129,8 @@ class Predictor:
         if uncertainty is not None and uncertainty != rule.method:
             if rule.validated:
                 raise MedlensError(
-                    f"model.json's abstention threshold was chosen for '{rule.method}', not '{uncertainty}'", model_dir.info
+                    f"model.json's abstention threshold was chosen for '{rule.method}', not '{uncertainty}'",
+                    model_dir.info,
                 )
             rule = unc.AbstentionRule(method=unc.check_method(uncertainty))
         self.abstention = rule
@@ -181,8 +182,14 @@ class Predictor:
             if not weights.is_file():
                 raise MedlensError("deep model without model.safetensors", model_dir.root)
             net = _build_network(info, weights)
-            return cls(model_dir, info, weights_sha256=manifest_files[_rel(run, weights)]["sha256"], net=net,
-                       uncertainty=uncertainty, pseudonym_key=pseudonym_key)
+            return cls(
+                model_dir,
+                info,
+                weights_sha256=manifest_files[_rel(run, weights)]["sha256"],
+                net=net,
+                uncertainty=uncertainty,
+                pseudonym_key=pseudonym_key,
+            )
         if kind == "classical":
             from medlens.training.classical import load_estimator
 
@@ -191,8 +198,14 @@ class Predictor:
                 raise MedlensError("classical model without model.joblib", model_dir.root)
             expected = manifest_files[_rel(run, path)]["sha256"]
             estimator = load_estimator(path, expected)
-            return cls(model_dir, info, weights_sha256=expected, estimator=estimator,
-                       uncertainty=uncertainty, pseudonym_key=pseudonym_key)
+            return cls(
+                model_dir,
+                info,
+                weights_sha256=expected,
+                estimator=estimator,
+                uncertainty=uncertainty,
+                pseudonym_key=pseudonym_key,
+            )
         raise MedlensError(f"unknown model kind '{kind}' in model.json", model_dir.info)
 
     @property
@@ -210,7 +223,9 @@ class Predictor:
         """Predict for an image file (PNG, JPEG, TIFF, NIfTI, DICOM) or a one-series DICOM folder."""
         return self._predict(self._read_path(Path(path)), explain=explain)
 
-    def predict_files(self, files: Sequence[str | Path], *, explain: bool = False, name: str | None = None) -> PredictionResult:
+    def predict_files(
+        self, files: Sequence[str | Path], *, explain: bool = False, name: str | None = None
+    ) -> PredictionResult:
         """Predict for the DICOM files of ONE series (any order)."""
         return self._predict(self._read_dicom_files([Path(f) for f in files], name=name), explain=explain)
 
@@ -272,7 +287,9 @@ class Predictor:
                 raise BadInputError("no DICOM files in folder", path)
             return self._read_dicom_files(files, name=name or str(path), source=path)
         lower = path.name.lower()
-        if lower.endswith(DICOM_EXTS) or (not is_raster_name(lower) and not is_nifti_name(lower) and has_dicm_marker(path)):
+        if lower.endswith(DICOM_EXTS) or (
+            not is_raster_name(lower) and not is_nifti_name(lower) and has_dicm_marker(path)
+        ):
             return self._read_dicom_files([path], name=name)
         from medlens.data.imageio import read_image_file
 
@@ -283,10 +300,11 @@ class Predictor:
         source = SourceInfo(kind=fmt, input_sha256=sha256_file(path), modality=data.modality)
         return _Input(data.array, source, name=name or str(path))
 
-    def _read_dicom_files(self, files: list[Path], *, name: str | None = None, source: Path | None = None,
-                          in_memory: bool = False) -> _Input:
+    def _read_dicom_files(
+        self, files: list[Path], *, name: str | None = None, source: Path | None = None, in_memory: bool = False
+    ) -> _Input:
         """One series: the pixel volume via medlens.data.dicom, the headers as SR/overlay sources."""
-        from medlens.data.dicom import read_series_folder, read_series
+        from medlens.data.dicom import read_series, read_series_folder
 
         if len(files) == 1 and source is None:
             data = read_series_folder(files[0])
@@ -339,8 +357,13 @@ class Predictor:
         from medlens.data.arrays import load_arrays
 
         one = _OneImage(image, self.dims, self.task, len(self.class_names), self.modality)
-        x, _ = load_arrays(one, size=self.info.get("img_size"), channels=self.in_channels,
-                           preprocessing=self.info.get("preprocessing"), show_progress=False)
+        x, _ = load_arrays(
+            one,
+            size=self.info.get("img_size"),
+            channels=self.in_channels,
+            preprocessing=self.info.get("preprocessing"),
+            show_progress=False,
+        )
         return x[0]
 
     # -- the model -----------------------------------------------------------------------------
@@ -437,7 +460,9 @@ class Predictor:
             net = copy.deepcopy(self.net)  # MONAI leaves its hooks on the module: never on the shared one
             for p in net.parameters():
                 p.requires_grad_(True)
-            heat = grad_cam(net, torch.from_numpy(np.ascontiguousarray(x[None])), target_layer=self.cam_layer, class_index=index)[0]
+            heat = grad_cam(
+                net, torch.from_numpy(np.ascontiguousarray(x[None])), target_layer=self.cam_layer, class_index=index
+            )[0]
         else:
             from medlens.explain.cam import occlusion_sensitivity
 
@@ -459,8 +484,14 @@ class _OneImage(Dataset):
 
     def __init__(self, image: np.ndarray, dims: int, task: str, n_classes: int, modality: str | None):
         label = tuple([0] * n_classes) if task == "multilabel" else None
-        super().__init__("input", [Record(id="input", label=label, patient_id="", origin="input")],
-                         task=Task(task), class_names=[str(i) for i in range(n_classes)], dims=dims, modality=modality)
+        super().__init__(
+            "input",
+            [Record(id="input", label=label, patient_id="", origin="input")],
+            task=Task(task),
+            class_names=[str(i) for i in range(n_classes)],
+            dims=dims,
+            modality=modality,
+        )
         self._image = image
 
     def _load(self, record: Record) -> Sample:
@@ -550,8 +581,11 @@ def choose_model(run: RunDir, model: str | None) -> str:
         best = best_by_val_auc(run, names)
         if best is not None:
             return best
-    raise MedlensError(f"the run holds {len(names)} models ({', '.join(names)}) and no comparison.json ranks them: "
-                       "choose one with --model", run.root)
+    raise MedlensError(
+        f"the run holds {len(names)} models ({', '.join(names)}) and no comparison.json ranks them: "
+        "choose one with --model",
+        run.root,
+    )
 
 
 def best_by_val_auc(run: RunDir, names: list[str]) -> str | None:
@@ -623,9 +657,15 @@ def _build_network(info: dict[str, Any], weights: Path):
 
     spec = get_model(str(info.get("model") or info["name"]))
     if spec.kind != "deep":
-        raise MedlensError(f"model.json says deep but '{spec.name}' is a {spec.kind} model", weights.parent / "model.json")
-    net = spec.build(in_channels=int(info["in_channels"]), num_outputs=int(info["num_outputs"]),
-                     spatial_dims=int(info["dims"]), img_size=info["img_size"])
+        raise MedlensError(
+            f"model.json says deep but '{spec.name}' is a {spec.kind} model", weights.parent / "model.json"
+        )
+    net = spec.build(
+        in_channels=int(info["in_channels"]),
+        num_outputs=int(info["num_outputs"]),
+        spatial_dims=int(info["dims"]),
+        img_size=info["img_size"],
+    )
     load_weights(net, weights, strict=True)
     return net.eval()
 
@@ -729,7 +769,9 @@ def _write_dataset(ds: pydicom.Dataset, path: Path) -> None:
     try:
         ds.save_as(path, enforce_file_format=True)
     except (ValueError, AttributeError, TypeError) as e:
-        raise BadInputError(f"cannot use the DICOM dataset ({e})".splitlines()[0], str(ds.get("SOPInstanceUID", "dataset"))) from None
+        raise BadInputError(
+            f"cannot use the DICOM dataset ({e})".splitlines()[0], str(ds.get("SOPInstanceUID", "dataset"))
+        ) from None
 
 
 def _volume_image(vol):
@@ -742,4 +784,6 @@ def _volume_image(vol):
     else:
         array = vol.array if vol.array.ndim == 4 else vol.array[None]
         spacing = vol.spacing
-    return ImageData(array, spacing=tuple(spacing), affine=sample_affine(vol), modality=vol.modality, meta=dict(vol.meta))
+    return ImageData(
+        array, spacing=tuple(spacing), affine=sample_affine(vol), modality=vol.modality, meta=dict(vol.meta)
+    )

@@ -73,7 +73,9 @@ def structured_report(
     )
     report = MeasurementReport(
         observation_context=ObservationContext(observer_device_context=observer),
-        procedure_reported=codes.LN.CTUnspecifiedBodyRegion if sources[0].get("Modality") == "CT" else CodedConcept("363679005", "SCT", "Imaging"),
+        procedure_reported=codes.LN.CTUnspecifiedBodyRegion
+        if sources[0].get("Modality") == "CT"
+        else CodedConcept("363679005", "SCT", "Imaging"),
         imaging_measurements=[group],
         title=codes.DCM.ImagingMeasurementReport,
     )

@@ -104,13 +104,18 @@ class PredictionStore:
         if self.root is not None:
             self.root.mkdir(parents=True, exist_ok=True)
             self.root.chmod(0o700)
-            dirs = [d for d in self.root.iterdir() if d.is_dir() and ID_PATTERN.match(d.name) and (d / "prediction.json").is_file()]
+            dirs = [
+                d
+                for d in self.root.iterdir()
+                if d.is_dir() and ID_PATTERN.match(d.name) and (d / "prediction.json").is_file()
+            ]
             for d in sorted(dirs, key=lambda d: (d / "prediction.json").stat().st_mtime):
                 self._disk_ids[d.name] = None
 
     # -- writing ---------------------------------------------------------------------------------
-    def put(self, prediction: Prediction, display_image: np.ndarray | None, sources=(), *,
-            heatmap: np.ndarray | None = None) -> StoredPrediction:
+    def put(
+        self, prediction: Prediction, display_image: np.ndarray | None, sources=(), *, heatmap: np.ndarray | None = None
+    ) -> StoredPrediction:
         """Keep ``prediction`` with its 2D display image and 2D heatmap slice (default: its own 2D heatmap)."""
         if heatmap is None and prediction.heatmap is not None and np.ndim(prediction.heatmap) == 2:
             heatmap = prediction.heatmap
@@ -130,7 +135,11 @@ class PredictionStore:
         folder = self.root / pred.id
         folder.mkdir(exist_ok=True)
         buf = io.BytesIO()
-        arrays = {k: v for k, v in (("display", _to_u8(entry.display_image)), ("heatmap", _to_u8(entry.heatmap))) if v is not None}
+        arrays = {
+            k: v
+            for k, v in (("display", _to_u8(entry.display_image)), ("heatmap", _to_u8(entry.heatmap)))
+            if v is not None
+        }
         np.savez_compressed(buf, **arrays)
         (folder / "arrays.npz").write_bytes(buf.getvalue())
         for i, ds in enumerate(entry.sources):

@@ -182,8 +182,11 @@ class AbstentionRule:
         threshold = spec["threshold"]
         threshold = -math.inf if threshold is None else float(threshold)  # strict JSON writes -inf as null
         target = spec.get("target_risk")
-        return cls(method=check_method(str(spec["method"])), threshold=threshold,
-                   target_risk=None if target is None else float(target))
+        return cls(
+            method=check_method(str(spec["method"])),
+            threshold=threshold,
+            target_risk=None if target is None else float(target),
+        )
 
     @property
     def validated(self) -> bool:
@@ -194,14 +197,28 @@ class AbstentionRule:
         if self.validated:
             if uncertainty > self.threshold:
                 risk = f" for a target risk of {self.target_risk:g}" if self.target_risk is not None else ""
-                return True, (f"uncertainty ({self.method}) {uncertainty:.4f} > {self.threshold:.4f}, "
-                              f"the threshold chosen on validation{risk}")
+                return True, (
+                    f"uncertainty ({self.method}) {uncertainty:.4f} > {self.threshold:.4f}, "
+                    f"the threshold chosen on validation{risk}"
+                )
             return False, None
         if confidence < self.min_confidence:
-            return True, (f"probability of the finding {confidence:.3f} < {self.min_confidence:g} "
-                          "(default rule: no validated abstention threshold in model.json)")
+            return True, (
+                f"probability of the finding {confidence:.3f} < {self.min_confidence:g} "
+                "(default rule: no validated abstention threshold in model.json)"
+            )
         return False, None
 
 
-__all__ = ["DEFAULT_MIN_CONFIDENCE", "PROB_METHODS", "SAMPLE_METHODS", "AbstentionRule", "has_dropout",
-           "mc_dropout_copy", "MCDropout", "tta_logits", "needs_samples", "score"]
+__all__ = [
+    "DEFAULT_MIN_CONFIDENCE",
+    "PROB_METHODS",
+    "SAMPLE_METHODS",
+    "AbstentionRule",
+    "has_dropout",
+    "mc_dropout_copy",
+    "MCDropout",
+    "tta_logits",
+    "needs_samples",
+    "score",
+]

@@ -54,9 +54,11 @@ def compare(
     budget = None
     if budget_minutes is not None:
         entries, budget = _fit_budget(dataset, source, entries, budget_minutes, seed=seed, max_samples=max_samples)
-        say(f"budget {budget_minutes:g} min: estimated training {budget['estimated_training_seconds']:.0f} s, "
+        say(
+            f"budget {budget_minutes:g} min: estimated training {budget['estimated_training_seconds']:.0f} s, "
             f"epoch scale {budget['epoch_scale']:.2f}"
-            + ("" if budget["fits"] else " (does not fit even at one epoch per deep model: choose a smaller suite)"))
+            + ("" if budget["fits"] else " (does not fit even at one epoch per deep model: choose a smaller suite)")
+        )
 
     run = RunDir(out).create()
     study: dict[str, Any] = {
@@ -71,15 +73,19 @@ def compare(
     }
     write_json(run.study, study)
     for k, entry in enumerate(entries, 1):
-        say(f"[{k}/{len(entries)}] training {entry.model}"
-            + (f" ({entry.settings['epochs']} epochs)" if entry.settings.get("epochs") else ""))
+        say(
+            f"[{k}/{len(entries)}] training {entry.model}"
+            + (f" ({entry.settings['epochs']} epochs)" if entry.settings.get("epochs") else "")
+        )
         t0 = time.perf_counter()
         _train_one(source, entry, run, seed=seed, max_samples=max_samples, show_progress=show_progress, threads=threads)
         seconds = time.perf_counter() - t0
         study["timings"][entry.model] = round(seconds, 2)
         test_auc = (read_json(run.model(entry.model).metrics).get("test") or {}).get("auc")
-        say(f"[{k}/{len(entries)}] {entry.model} done in {seconds:.1f} s"
-            + (f" (test AUC {test_auc:.3f})" if isinstance(test_auc, (int, float)) else ""))
+        say(
+            f"[{k}/{len(entries)}] {entry.model} done in {seconds:.1f} s"
+            + (f" (test AUC {test_auc:.3f})" if isinstance(test_auc, (int, float)) else "")
+        )
         write_json(run.study, study)
     study["timings"]["training_total"] = round(time.perf_counter() - started, 2)
     study["status"] = "trained"
@@ -106,8 +112,16 @@ def _cap_epochs(entry: SuiteEntry, epochs: int) -> SuiteEntry:
     return SuiteEntry(entry.model, settings)
 
 
-def _train_one(source: str, entry: SuiteEntry, run: RunDir, *, seed: int, max_samples: int | None,
-               show_progress: bool, threads: int | None) -> None:
+def _train_one(
+    source: str,
+    entry: SuiteEntry,
+    run: RunDir,
+    *,
+    seed: int,
+    max_samples: int | None,
+    show_progress: bool,
+    threads: int | None,
+) -> None:
     from medlens.training.config import TrainConfig
     from medlens.training.run import train
 
@@ -129,8 +143,9 @@ def _native_size(source: str, seed: int) -> int:
     return native_size(dataset.load(dataset.records[0].id).image.shape)
 
 
-def _fit_budget(dataset, source: str, entries: list[SuiteEntry], budget_minutes: float, *, seed: int,
-                max_samples: int | None) -> tuple[list[SuiteEntry], dict[str, Any]]:
+def _fit_budget(
+    dataset, source: str, entries: list[SuiteEntry], budget_minutes: float, *, seed: int, max_samples: int | None
+) -> tuple[list[SuiteEntry], dict[str, Any]]:
     """Resolve each deep model's input size and batch size as training will, then fit the budget."""
     from medlens.data.splits import assign_splits
     from medlens.models.registry import get_model
@@ -151,8 +166,18 @@ def _fit_budget(dataset, source: str, entries: list[SuiteEntry], budget_minutes:
         if cap is not None and "img_size" not in settings:
             settings["img_size"] = min(int(cap), native_size(first.image.shape))
         cfg = TrainConfig(source=source, model=entry.model).updated(**settings)
-        cfg = resolve_config(cfg, spec=spec, dims=dataset.dims, modality=dataset.modality, first_shape=first.image.shape)
+        cfg = resolve_config(
+            cfg, spec=spec, dims=dataset.dims, modality=dataset.modality, first_shape=first.image.shape
+        )
         img_sizes[entry.model], batch_sizes[entry.model] = int(cfg.img_size), int(cfg.batch_size)
-    return fit_budget(entries, budget_minutes, n_train=n_train, n_val=n_val, dims=dataset.dims,
-                      in_channels=int(first.image.shape[0]), num_outputs=len(dataset.class_names),
-                      img_sizes=img_sizes, batch_sizes=batch_sizes)
+    return fit_budget(
+        entries,
+        budget_minutes,
+        n_train=n_train,
+        n_val=n_val,
+        dims=dataset.dims,
+        in_channels=int(first.image.shape[0]),
+        num_outputs=len(dataset.class_names),
+        img_sizes=img_sizes,
+        batch_sizes=batch_sizes,
+    )

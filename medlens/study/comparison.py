@@ -152,7 +152,12 @@ def model_statistics(
     ``abstention``, ``curves``, ``confusion`` and, under ``"_calibrated"``, the calibrated
     SPLIT probabilities (for the pairwise tests; not written).
     """
-    from medlens.evaluation.calibration import apply_temperature, fit_temperature, negative_log_likelihood, reliability_curve
+    from medlens.evaluation.calibration import (
+        apply_temperature,
+        fit_temperature,
+        negative_log_likelihood,
+        reliability_curve,
+    )
     from medlens.evaluation.metrics import classification_metrics
     from medlens.evaluation.statistics import bootstrap_metrics
 
@@ -166,7 +171,12 @@ def model_statistics(
     if binary:
         youden = _threshold(y_val, c_val)
         sens = _threshold(y_val, c_val, method="sensitivity", target=SENSITIVITY_TARGET)
-        thresholds = {"decision": youden, "youden": youden, f"sensitivity_{SENSITIVITY_TARGET}": sens, "chosen_on": "val"}
+        thresholds = {
+            "decision": youden,
+            "youden": youden,
+            f"sensitivity_{SENSITIVITY_TARGET}": sens,
+            "chosen_on": "val",
+        }
     decision = thresholds.get("decision")
 
     def cis(y: np.ndarray, p: np.ndarray, t: float | None) -> dict[str, Any]:
@@ -188,7 +198,8 @@ def model_statistics(
         "calibration": {
             "method": "temperature scaling",
             "fitted_on": "val",
-            "logits": "log-probabilities from predictions_*.csv" + (" (logit for multi-label)" if task == "multilabel" else ""),
+            "logits": "log-probabilities from predictions_*.csv"
+            + (" (logit for multi-label)" if task == "multilabel" else ""),
             "val_nll_before": negative_log_likelihood(y_val, p_val, task),
             "val_nll_after": negative_log_likelihood(y_val, c_val, task),
         },
@@ -218,14 +229,20 @@ def _threshold(y: np.ndarray, p: np.ndarray, method: str = "youden", target: flo
 
 
 def _reliability(curve: dict[str, Any]) -> dict[str, Any]:
-    return {k: np.asarray(curve[k]).tolist() if k != "ece" else float(curve[k])
-            for k in ("bin_centers", "accuracy", "confidence", "counts", "ece")}
+    return {
+        k: np.asarray(curve[k]).tolist() if k != "ece" else float(curve[k])
+        for k in ("bin_centers", "accuracy", "confidence", "counts", "ece")
+    }
 
 
 def _selective(task: str, y_val, c_val, y_eval, c_eval, decision, target_risk: float) -> dict[str, Any]:
     """Risk-coverage curves on SPLIT and the abstention rule chosen on validation."""
-    from medlens.evaluation.selective import (choose_abstention_threshold, risk_coverage_curve, selective_risk,
-                                              uncertainty_scores)
+    from medlens.evaluation.selective import (
+        choose_abstention_threshold,
+        risk_coverage_curve,
+        selective_risk,
+        uncertainty_scores,
+    )
 
     ml = task == "multilabel"
     curves, val_aurc = {}, {}
@@ -234,8 +251,9 @@ def _selective(task: str, y_val, c_val, y_eval, c_eval, decision, target_risk: f
         u_eval = uncertainty_scores(c_eval, method, multilabel=ml)
         val_aurc[method] = risk_coverage_curve(y_val, c_val, u_val, decision)["aurc"]
         curve = risk_coverage_curve(y_eval, c_eval, u_eval, decision)
-        curves[method] = thin({"coverage": curve["coverage"], "risk": curve["risk"], "aurc": curve["aurc"]},
-                              ("coverage", "risk"))
+        curves[method] = thin(
+            {"coverage": curve["coverage"], "risk": curve["risk"], "aurc": curve["aurc"]}, ("coverage", "risk")
+        )
     method = min(ABSTENTION_METHODS, key=lambda m: (val_aurc[m], ABSTENTION_METHODS.index(m)))
     u_val = uncertainty_scores(c_val, method, multilabel=ml)
     u_eval = uncertainty_scores(c_eval, method, multilabel=ml)
@@ -277,12 +295,21 @@ def roc_pr_curves(y: np.ndarray, probs: np.ndarray, task: str, class_names: Sequ
         fpr, tpr, _ = roc_curve(yk, sk)
         prec, rec, _ = precision_recall_curve(yk, sk)
         roc[name] = thin({"fpr": fpr, "tpr": tpr, "auc": float(roc_auc_score(yk, sk))}, ("fpr", "tpr"))
-        pr[name] = thin({"recall": rec[::-1], "precision": prec[::-1], "ap": float(average_precision_score(yk, sk)),
-                         "prevalence": float(yk.mean())}, ("recall", "precision"))
+        pr[name] = thin(
+            {
+                "recall": rec[::-1],
+                "precision": prec[::-1],
+                "ap": float(average_precision_score(yk, sk)),
+                "prevalence": float(yk.mean()),
+            },
+            ("recall", "precision"),
+        )
     return {"roc": roc, "pr": pr}
 
 
-def confusion(y: np.ndarray, probs: np.ndarray, task: str, class_names: Sequence[str], decision: float | None) -> dict[str, Any]:
+def confusion(
+    y: np.ndarray, probs: np.ndarray, task: str, class_names: Sequence[str], decision: float | None
+) -> dict[str, Any]:
     """Confusion matrix (rows true, columns predicted) at the model's operating decision rule."""
     pred = decisions(probs, task, decision)
     y = np.asarray(y)
@@ -325,24 +352,66 @@ def pairwise_tests(
         if task == "binary":
             try:
                 r = delong_test(y, probs[a], probs[b], alpha=alpha)
-                tests.append({"a": a, "b": b, "metric": "auc", "method": "delong", "a_value": r["auc_a"],
-                              "b_value": r["auc_b"], "diff": r["diff"], "ci_low": r["ci_low"], "ci_high": r["ci_high"],
-                              "statistic": r["z"], "p_value": r["p_value"]})
+                tests.append(
+                    {
+                        "a": a,
+                        "b": b,
+                        "metric": "auc",
+                        "method": "delong",
+                        "a_value": r["auc_a"],
+                        "b_value": r["auc_b"],
+                        "diff": r["diff"],
+                        "ci_low": r["ci_low"],
+                        "ci_high": r["ci_high"],
+                        "statistic": r["z"],
+                        "p_value": r["p_value"],
+                    }
+                )
             except ValueError as e:  # too few positives or negatives
                 tests.append({"a": a, "b": b, "metric": "auc", "method": "delong", "p_value": None, "error": str(e)})
         else:
-            r = paired_bootstrap_test(y, probs[a], probs[b], "auc", n_resamples=n_resamples, seed=seed, task=task, alpha=alpha)
-            tests.append({"a": a, "b": b, "metric": "auc", "method": "paired_bootstrap", "a_value": r["metric_a"],
-                          "b_value": r["metric_b"], "diff": r["diff"], "ci_low": r["ci_low"], "ci_high": r["ci_high"],
-                          "statistic": r["z"], "p_value": r["p_value"]})
+            r = paired_bootstrap_test(
+                y, probs[a], probs[b], "auc", n_resamples=n_resamples, seed=seed, task=task, alpha=alpha
+            )
+            tests.append(
+                {
+                    "a": a,
+                    "b": b,
+                    "metric": "auc",
+                    "method": "paired_bootstrap",
+                    "a_value": r["metric_a"],
+                    "b_value": r["metric_b"],
+                    "diff": r["diff"],
+                    "ci_low": r["ci_low"],
+                    "ci_high": r["ci_high"],
+                    "statistic": r["z"],
+                    "p_value": r["p_value"],
+                }
+            )
         ya, pa, pb = y, preds[a], preds[b]
         if task == "multilabel":  # exact match per case
-            ya, pa, pb = np.ones(len(y), int), (preds[a] == y).all(axis=1).astype(int), (preds[b] == y).all(axis=1).astype(int)
+            ya, pa, pb = (
+                np.ones(len(y), int),
+                (preds[a] == y).all(axis=1).astype(int),
+                (preds[b] == y).all(axis=1).astype(int),
+            )
         m = mcnemar_test(ya, pa, pb)
-        tests.append({"a": a, "b": b, "metric": "accuracy", "method": "mcnemar", "a_value": float(np.mean(pa == ya)),
-                      "b_value": float(np.mean(pb == ya)), "diff": float(np.mean(pa == ya) - np.mean(pb == ya)),
-                      "statistic": m["statistic"], "p_value": m["p_value"], "b_count": m["b"], "c_count": m["c"],
-                      "exact": m["method"] == "exact"})
+        tests.append(
+            {
+                "a": a,
+                "b": b,
+                "metric": "accuracy",
+                "method": "mcnemar",
+                "a_value": float(np.mean(pa == ya)),
+                "b_value": float(np.mean(pb == ya)),
+                "diff": float(np.mean(pa == ya) - np.mean(pb == ya)),
+                "statistic": m["statistic"],
+                "p_value": m["p_value"],
+                "b_count": m["b"],
+                "c_count": m["c"],
+                "exact": m["method"] == "exact",
+            }
+        )
     raw = [float("nan") if t.get("p_value") is None else t["p_value"] for t in tests]
     adjusted = holm_correction(raw) if raw else []
     for t, p in zip(tests, adjusted):
@@ -356,8 +425,13 @@ def pairwise_tests(
         "n_common": int(len(y)),
         "auc_method": "delong" if task == "binary" else "paired_bootstrap (macro one-vs-rest AUC)",
         "accuracy_method": "mcnemar (exact binomial when b + c < 25)",
-        "accuracy_rule": ("p(positive) > each model's validation Youden threshold" if task == "binary"
-                          else "all labels right (p > 0.5)" if task == "multilabel" else "argmax"),
+        "accuracy_rule": (
+            "p(positive) > each model's validation Youden threshold"
+            if task == "binary"
+            else "all labels right (p > 0.5)"
+            if task == "multilabel"
+            else "argmax"
+        ),
     }
 
 

@@ -50,8 +50,17 @@ def demo(
     started = time.perf_counter()
     out = Path(out)
     _clear_previous(out)
-    run = compare(source, DEMO_SUITE, out, seed=seed, max_samples=max_samples, epochs=epochs,
-                  n_resamples=n_resamples, show_progress=show_progress, log=log)
+    run = compare(
+        source,
+        DEMO_SUITE,
+        out,
+        seed=seed,
+        max_samples=max_samples,
+        epochs=epochs,
+        n_resamples=n_resamples,
+        show_progress=show_progress,
+        log=log,
+    )
     return run, time.perf_counter() - started
 
 
@@ -68,7 +77,10 @@ def _clear_previous(out: Path) -> None:
         study = read_json(run.study) if run.study.is_file() else None
     except (OSError, ValueError):
         study = None
-    if not (isinstance(study, dict) and str(study.get("source", "")).startswith("synthetic:")
-            and study.get("suite") == DEMO_SUITE):
+    if not (
+        isinstance(study, dict)
+        and str(study.get("source", "")).startswith("synthetic:")
+        and study.get("suite") == DEMO_SUITE
+    ):
         raise MedlensError("the folder exists and is not an earlier demo run: choose another --out", out)
     shutil.rmtree(out)

@@ -79,9 +79,18 @@ def evaluate(
         say(f"statistics: {name}")
         info = infos[name]
         (_, y_val, p_val), (ids, y_eval, p_eval) = preds[name]
-        stats = C.model_statistics(task=task, class_names=info["class_names"], y_val=y_val, p_val=p_val,
-                                   y_eval=y_eval, p_eval=p_eval, split=split, n_resamples=n_resamples, seed=seed,
-                                   target_risk=target_risk)
+        stats = C.model_statistics(
+            task=task,
+            class_names=info["class_names"],
+            y_val=y_val,
+            p_val=p_val,
+            y_eval=y_eval,
+            p_eval=p_eval,
+            split=split,
+            n_resamples=n_resamples,
+            seed=seed,
+            target_risk=target_risk,
+        )
         model_dir = run.model(name)
         entry = {
             "name": name,
@@ -182,8 +191,11 @@ def _training_curves(run: RunDir, model_dir: ModelDir, kind: str | None) -> dict
     for row in rows:
         for key, value in row.items():
             columns.setdefault(key, []).append(_number(value))
-    return {"file": path.relative_to(run.root).as_posix(), "kind": "epochs" if kind == "deep" else "grid",
-            "columns": columns}
+    return {
+        "file": path.relative_to(run.root).as_posix(),
+        "kind": "epochs" if kind == "deep" else "grid",
+        "columns": columns,
+    }
 
 
 def _number(value: str | None) -> Any:
@@ -225,18 +237,25 @@ def _update_model_json(model_dir: ModelDir, info: dict[str, Any], entry: dict[st
         info["thresholds_chosen_on"] = "val (temperature-scaled probabilities)"
     info["calibration"] = entry["calibration"]
     a = entry["abstention"]
-    info["abstention"] = {k: a[k] for k in ("method", "threshold", "target_risk", "val_coverage", "test_coverage",
-                                            "test_risk", "chosen_on")}
+    info["abstention"] = {
+        k: a[k]
+        for k in ("method", "threshold", "target_risk", "val_coverage", "test_coverage", "test_risk", "chosen_on")
+    }
     write_json(model_dir.info, info)
 
 
 # -- localization and gallery ------------------------------------------------------------------
 def _localization(run, names, infos, preds, models, split, seed, n_images, say) -> tuple[dict[str, Any], list]:
     """Pointing game and IoU per model on SPLIT cases with a lesion mask; the Grad-CAM gallery."""
-    summary: dict[str, Any] = {"available": False, "reason": None, "n_images": 0,
-                               "pointing_tolerance_px": POINTING_TOLERANCE, "iou_threshold": IOU_THRESHOLD,
-                               "explained_class": "the true class (lesion cases only)",
-                               "methods": {"deep": "grad-cam at model.json cam_layer", "classical": "occlusion sensitivity"}}
+    summary: dict[str, Any] = {
+        "available": False,
+        "reason": None,
+        "n_images": 0,
+        "pointing_tolerance_px": POINTING_TOLERANCE,
+        "iou_threshold": IOU_THRESHOLD,
+        "explained_class": "the true class (lesion cases only)",
+        "methods": {"deep": "grad-cam at model.json cam_layer", "classical": "occlusion sensitivity"},
+    }
     gallery: list[dict[str, Any]] = []
     first = infos[names[0]]
     try:
@@ -277,7 +296,7 @@ def _lesion_cases(dataset, ids: list[str], n: int, seed: int) -> list[str]:
     order = [ids[i] for i in np.random.default_rng(seed).permutation(len(ids))]
     found: list[str] = []
     for start in range(0, len(order), 64):
-        chunk = order[start:start + 64]
+        chunk = order[start : start + 64]
         masks = load_masks(dataset, chunk)
         if masks is None:
             if start == 0:
@@ -304,8 +323,12 @@ class _LoadedModel:
             from medlens.models.registry import get_model
 
             spec = get_model(str(info.get("model") or info["name"]))
-            self.net = spec.build(in_channels=int(info["in_channels"]), num_outputs=int(info["num_outputs"]),
-                                  spatial_dims=int(info["dims"]), img_size=info["img_size"])
+            self.net = spec.build(
+                in_channels=int(info["in_channels"]),
+                num_outputs=int(info["num_outputs"]),
+                spatial_dims=int(info["dims"]),
+                img_size=info["img_size"],
+            )
             load_weights(self.net, model_dir.weights, strict=True)
             self.net.eval()
         else:
@@ -319,8 +342,14 @@ class _LoadedModel:
         """The model's input arrays for ``ids``: the training pipeline recorded in model.json."""
         from medlens.data.arrays import load_arrays
 
-        x, _ = load_arrays(dataset, ids, size=self.info["img_size"], channels=int(self.info["in_channels"]),
-                           preprocessing=self.info.get("preprocessing"), show_progress=False)
+        x, _ = load_arrays(
+            dataset,
+            ids,
+            size=self.info["img_size"],
+            channels=int(self.info["in_channels"]),
+            preprocessing=self.info.get("preprocessing"),
+            show_progress=False,
+        )
         return np.asarray(x, dtype=np.float32)
 
     def proba(self, x: np.ndarray) -> np.ndarray:
@@ -343,8 +372,9 @@ class _LoadedModel:
 
             from medlens.explain.cam import grad_cam
 
-            return grad_cam(self.net, torch.from_numpy(np.ascontiguousarray(x)), target_layer=self.cam_layer,
-                            class_index=classes)
+            return grad_cam(
+                self.net, torch.from_numpy(np.ascontiguousarray(x)), target_layer=self.cam_layer, class_index=classes
+            )
         from medlens.explain.cam import occlusion_sensitivity
 
         patch = max(2, min(x.shape[2:]) // OCCLUSION_GRID)
@@ -398,9 +428,17 @@ def _gallery(run: RunDir, model: _LoadedModel, dataset, eval_preds, entry, seed:
         image, heat = _display(x[n], maps[n])
         rel = f"{run.figures.name}/gradcam_{model.name}_{'right' if correct else 'wrong'}_{n}.png"
         atomic_write_bytes(run.root / rel, overlay_png(image, heat))
-        out.append({"model": model.name, "file": rel, "id": ids[k], "label": names[int(y[k])],
-                    "predicted": names[int(pred[k])], "probability": float(probs[k, int(pred[k])]),
-                    "correct": bool(correct)})
+        out.append(
+            {
+                "model": model.name,
+                "file": rel,
+                "id": ids[k],
+                "label": names[int(y[k])],
+                "predicted": names[int(pred[k])],
+                "probability": float(probs[k, int(pred[k])]),
+                "correct": bool(correct),
+            }
+        )
     return out
 
 

@@ -72,7 +72,8 @@ def _e(model: str, **settings: Any) -> SuiteEntry:
 SUITES: dict[str, dict[int, list[SuiteEntry]]] = {
     "quick": {
         2: [
-            _e("svm"), _e("elm"),
+            _e("svm"),
+            _e("elm"),
             _e("cnn-small", epochs=8, batch_size=32, patience=8),
             # ResNet-18's stride-1 stem costs ~2 GFLOP per 64 px image: 32 px keeps it affordable
             _e("resnet18", epochs=6, batch_size=16, max_img_size=32, patience=6),
@@ -81,12 +82,20 @@ SUITES: dict[str, dict[int, list[SuiteEntry]]] = {
     },
     "standard": {
         2: [
-            _e("svm"), _e("random-forest"), _e("elm"),
-            _e("cnn-small", epochs=20), _e("resnet18", epochs=15), _e("vit", epochs=15),
+            _e("svm"),
+            _e("random-forest"),
+            _e("elm"),
+            _e("cnn-small", epochs=20),
+            _e("resnet18", epochs=15),
+            _e("vit", epochs=15),
         ],
         3: [
-            _e("svm"), _e("random-forest"), _e("elm"),
-            _e("resnet18-3d", epochs=15), _e("cnn-lstm", epochs=15), _e("cnn-2.5d", epochs=15),
+            _e("svm"),
+            _e("random-forest"),
+            _e("elm"),
+            _e("resnet18-3d", epochs=15),
+            _e("cnn-lstm", epochs=15),
+            _e("cnn-2.5d", epochs=15),
         ],
     },
 }
@@ -139,7 +148,9 @@ def _checked(entries: list[SuiteEntry], dims: int, task: str | None, *, explicit
         fits = dims in spec.dims and (not task or not spec.tasks or task in spec.tasks)
         if not fits:
             if explicit:
-                raise MedlensError(f"model '{entry.model}' does not support {dims}D {task or ''} data".replace("  ", " "))
+                raise MedlensError(
+                    f"model '{entry.model}' does not support {dims}D {task or ''} data".replace("  ", " ")
+                )
             continue
         if entry.model in seen:
             raise MedlensError(f"model '{entry.model}' is listed twice in the suite")
@@ -159,8 +170,15 @@ def describe_suites() -> list[dict[str, Any]]:
         for dims in (2, 3):
             for entry in suite_entries(name, dims):
                 kind = get_model(entry.model).kind
-                rows.append({"suite": name, "dims": dims, "model": entry.model, "kind": kind,
-                             "epochs": entry.epochs if kind == "deep" else None})
+                rows.append(
+                    {
+                        "suite": name,
+                        "dims": dims,
+                        "model": entry.model,
+                        "kind": kind,
+                        "epochs": entry.epochs if kind == "deep" else None,
+                    }
+                )
     return rows
 
 
@@ -208,13 +226,23 @@ def fit_budget(
         if ips is None:
             from medlens.training.plan import measure_throughput
 
-            ips = measure_throughput(entry.model, in_channels=in_channels, num_outputs=num_outputs, dims=dims,
-                                     img_size=img_sizes[entry.model], batch_size=batch_sizes[entry.model])
+            ips = measure_throughput(
+                entry.model,
+                in_channels=in_channels,
+                num_outputs=num_outputs,
+                dims=dims,
+                img_size=img_sizes[entry.model],
+                batch_size=batch_sizes[entry.model],
+            )
         per_epoch = (n_train + VAL_COST * n_val) / max(float(ips), 1e-6)
         epochs = int(entry.settings.get("epochs") or 20)
         deep_total += per_epoch * epochs
-        rows[entry.model] = {"kind": "deep", "images_per_second": round(float(ips), 1),
-                             "seconds_per_epoch": round(per_epoch, 2), "epochs_planned": epochs}
+        rows[entry.model] = {
+            "kind": "deep",
+            "images_per_second": round(float(ips), 1),
+            "seconds_per_epoch": round(per_epoch, 2),
+            "epochs_planned": epochs,
+        }
     left = available - classical_total
     scale = 1.0 if deep_total <= 0 else min(1.0, max(left, 0.0) / deep_total)
     out = []

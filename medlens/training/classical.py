@@ -166,14 +166,20 @@ def validation_score(y_true: np.ndarray, scores: np.ndarray, task: Task | str) -
     y_true = np.asarray(y_true)
     scores = np.asarray(scores, dtype=np.float64)
     if task is Task.MULTILABEL:
-        aucs = [roc_auc_score(y_true[:, j], scores[:, j]) for j in range(y_true.shape[1])
-                if len(np.unique(y_true[:, j])) == 2]
+        aucs = [
+            roc_auc_score(y_true[:, j], scores[:, j])
+            for j in range(y_true.shape[1])
+            if len(np.unique(y_true[:, j])) == 2
+        ]
         if aucs:
             return float(np.mean(aucs)), "roc_auc"
         return float(accuracy_score(y_true, (scores > 0.5).astype(int))), "accuracy"
     y_true = y_true.ravel().astype(np.int64)
-    aucs = [roc_auc_score(y_true == k, scores[:, k]) for k in range(scores.shape[1])
-            if 0 < np.sum(y_true == k) < len(y_true)]
+    aucs = [
+        roc_auc_score(y_true == k, scores[:, k])
+        for k in range(scores.shape[1])
+        if 0 < np.sum(y_true == k) < len(y_true)
+    ]
     if task is Task.BINARY and aucs:
         return float(aucs[-1]), "roc_auc"  # AUC of column 1 (column 0 gives the same value)
     if aucs:

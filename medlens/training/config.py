@@ -9,7 +9,7 @@ spells out every setting that was used.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -130,8 +130,15 @@ def native_size(shape: tuple[int, ...]) -> int:
     return int(max(shape[1:]))
 
 
-def resolve_config(config: TrainConfig, *, spec: Any, dims: int, modality: str | None, first_shape: tuple[int, ...],
-                   hounsfield: bool = True) -> TrainConfig:
+def resolve_config(
+    config: TrainConfig,
+    *,
+    spec: Any,
+    dims: int,
+    modality: str | None,
+    first_shape: tuple[int, ...],
+    hounsfield: bool = True,
+) -> TrainConfig:
     """Fill every ``None`` from the model's registry defaults and the data.
 
     ``first_shape`` is the channels-first shape of one stored image; ``hounsfield`` says whether

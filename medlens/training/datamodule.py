@@ -65,7 +65,10 @@ class ArrayDataModule(L.LightningDataModule):
 
     def __init__(self, arrays: dict, *, batch_size: int, balance: bool = False, num_workers: int = 0, seed: int = 0):
         super().__init__()
-        self.arrays = {k: (torch.as_tensor(np.ascontiguousarray(x)), torch.as_tensor(np.asarray(y))) for k, (x, y) in arrays.items()}
+        self.arrays = {
+            k: (torch.as_tensor(np.ascontiguousarray(x)), torch.as_tensor(np.asarray(y)))
+            for k, (x, y) in arrays.items()
+        }
         self.batch_size = int(batch_size)
         self.balance = balance
         self.num_workers = num_workers

@@ -112,7 +112,15 @@ class ClassifierModule(L.LightningModule):
     def validation_step(self, batch, batch_idx: int) -> None:
         x, y = batch
         logits = self(x)
-        self.log("val_loss", self.loss(logits, y), on_step=False, on_epoch=True, prog_bar=True, batch_size=len(x), sync_dist=True)
+        self.log(
+            "val_loss",
+            self.loss(logits, y),
+            on_step=False,
+            on_epoch=True,
+            prog_bar=True,
+            batch_size=len(x),
+            sync_dist=True,
+        )
         self._val_probs.append(probabilities(logits, self.task).detach())
         self._val_labels.append(y.detach())
 

@@ -23,8 +23,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from medlens.errors import MedlensError
 from medlens.runs import write_json
 
@@ -47,8 +45,17 @@ def candidate_models(dims: int, n_train: int, budget_minutes: float) -> list[str
     return ["cnn-small"]
 
 
-def measure_throughput(model: str, *, in_channels: int, num_outputs: int, dims: int, img_size: int, batch_size: int,
-                       seconds: float = 1.5, max_steps: int = 8) -> float:
+def measure_throughput(
+    model: str,
+    *,
+    in_channels: int,
+    num_outputs: int,
+    dims: int,
+    img_size: int,
+    batch_size: int,
+    seconds: float = 1.5,
+    max_steps: int = 8,
+) -> float:
     """Training images per second of ``model`` on this machine (timed forward/backward/step)."""
     import torch
 
@@ -87,8 +94,15 @@ def _n_splits(dataset: Any, seed: int) -> dict[str, int]:
     return {k: len(v) for k, v in splits.items()}
 
 
-def make_plan(source: str, *, budget_minutes: float = 10.0, model: str | None = None, seed: int = 0,
-              show_progress: bool = True, fingerprint: dict | None = None) -> dict[str, Any]:
+def make_plan(
+    source: str,
+    *,
+    budget_minutes: float = 10.0,
+    model: str | None = None,
+    seed: int = 0,
+    show_progress: bool = True,
+    fingerprint: dict | None = None,
+) -> dict[str, Any]:
     """Plan a training of ``source`` that fits ``budget_minutes`` on this machine."""
     from medlens.data.fingerprint import compute_fingerprint
     from medlens.data.sources import open_source
@@ -111,11 +125,16 @@ def make_plan(source: str, *, budget_minutes: float = 10.0, model: str | None = 
     num_outputs = len(dataset.class_names)
     reasons: list[str] = []
     budget_s = budget_minutes * 60 * BUDGET_USE
-    reasons.append(f"{n_train} training / {n_val} validation samples after splitting; {dims}D, {channels} channel(s), "
-                   f"native size {native}; planning {BUDGET_USE:.0%} of {budget_minutes:g} min for training")
+    reasons.append(
+        f"{n_train} training / {n_val} validation samples after splitting; {dims}D, {channels} channel(s), "
+        f"native size {native}; planning {BUDGET_USE:.0%} of {budget_minutes:g} min for training"
+    )
 
     size = min(native, SIZE_CAP[dims])
-    reasons.append(f"input size {size}: the native size" + (f", capped at {SIZE_CAP[dims]}" if native > size else " (no upsampling)"))
+    reasons.append(
+        f"input size {size}: the native size"
+        + (f", capped at {SIZE_CAP[dims]}" if native > size else " (no upsampling)")
+    )
     candidates = [model] if model else candidate_models(dims, n_train, budget_minutes)
     for name in candidates:
         spec = get_model(name)
@@ -128,40 +147,60 @@ def make_plan(source: str, *, budget_minutes: float = 10.0, model: str | None = 
         for name in candidates:
             spec = get_model(name)
             batch = _batch_size(spec, n_train)
-            ips = measure_throughput(name, in_channels=channels, num_outputs=max(num_outputs, 2), dims=dims, img_size=size, batch_size=batch)
+            ips = measure_throughput(
+                name, in_channels=channels, num_outputs=max(num_outputs, 2), dims=dims, img_size=size, batch_size=batch
+            )
             epoch_s = n_train / ips + n_val * VAL_COST / ips
             epochs = int(min(MAX_EPOCHS, math.floor(budget_s / epoch_s)))
-            m = {"model": name, "img_size": size, "batch_size": batch, "images_per_second": round(ips, 1),
-                 "epoch_seconds": round(epoch_s, 2), "affordable_epochs": epochs}
+            m = {
+                "model": name,
+                "img_size": size,
+                "batch_size": batch,
+                "images_per_second": round(ips, 1),
+                "epoch_seconds": round(epoch_s, 2),
+                "affordable_epochs": epochs,
+            }
             measurements.append(m)
             last = name == candidates[-1]
             if epochs >= GOOD_EPOCHS or (last and epochs >= MIN_EPOCHS):
                 chosen = m
                 break
-            reasons.append(f"{name} at {size}: {ips:.0f} images/s, {epoch_s:.1f} s per epoch -> only {epochs} epoch(s) fit")
+            reasons.append(
+                f"{name} at {size}: {ips:.0f} images/s, {epoch_s:.1f} s per epoch -> only {epochs} epoch(s) fit"
+            )
         if chosen is None:
             if size // 2 < MIN_SIZE[dims]:
                 chosen = max(measurements, key=lambda m: (m["affordable_epochs"], m["img_size"]))
                 if chosen["affordable_epochs"] < 1:
-                    reasons.append("even the smallest setting does not fit the budget: planning 1 epoch (it will overrun)")
+                    reasons.append(
+                        "even the smallest setting does not fit the budget: planning 1 epoch (it will overrun)"
+                    )
                 break
             size //= 2
             reasons.append(f"halving the input size to {size} to afford at least {MIN_EPOCHS} epochs")
 
     epochs = max(1, chosen["affordable_epochs"])
-    reasons.append(f"model {chosen['model']}: {chosen['images_per_second']:.0f} images/s measured here at batch "
-                   f"{chosen['batch_size']}, {chosen['epoch_seconds']:.1f} s per epoch -> {epochs} epochs "
-                   f"(cap {MAX_EPOCHS}) in about {epochs * chosen['epoch_seconds'] / 60:.1f} min")
+    reasons.append(
+        f"model {chosen['model']}: {chosen['images_per_second']:.0f} images/s measured here at batch "
+        f"{chosen['batch_size']}, {chosen['epoch_seconds']:.1f} s per epoch -> {epochs} epochs "
+        f"(cap {MAX_EPOCHS}) in about {epochs * chosen['epoch_seconds'] / 60:.1f} min"
+    )
     augment = "standard" if n_train < 2000 else "light"
-    reasons.append(f"augmentation '{augment}': " + ("a small training set needs more variety" if augment == "standard" else "enough data; light augmentation"))
+    reasons.append(
+        f"augmentation '{augment}': "
+        + ("a small training set needs more variety" if augment == "standard" else "enough data; light augmentation")
+    )
     ratio = fp.get("imbalance_ratio")
     imbalance = "sampler" if ratio is not None and ratio > 10 else "weighted-loss"
     reasons.append(f"class imbalance ratio {ratio if ratio is not None else 'n/a'}: {imbalance}")
-    preprocessing = dict(default_preprocessing(dataset.modality, dims, chosen["img_size"],
-                                               hounsfield=looks_like_hounsfield(first)))
+    preprocessing = dict(
+        default_preprocessing(dataset.modality, dims, chosen["img_size"], hounsfield=looks_like_hounsfield(first))
+    )
     intensity = fp.get("intensity") or {}
-    reasons.append(f"normalization for modality '{dataset.modality or 'unknown'}': {preprocessing} "
-                   f"(intensities {intensity.get('min', '?')}..{intensity.get('max', '?')})")
+    reasons.append(
+        f"normalization for modality '{dataset.modality or 'unknown'}': {preprocessing} "
+        f"(intensities {intensity.get('min', '?')}..{intensity.get('max', '?')})"
+    )
     patience = max(3, epochs // 4)
     config = {
         "model": chosen["model"],
@@ -180,8 +219,16 @@ def make_plan(source: str, *, budget_minutes: float = 10.0, model: str | None = 
         "source": source,
         "budget_minutes": budget_minutes,
         "machine": _machine(),
-        "data": {"dims": dims, "modality": dataset.modality, "task": dataset.task.value, "n_train": n_train, "n_val": n_val,
-                 "native_size": native, "channels": channels, "imbalance_ratio": ratio},
+        "data": {
+            "dims": dims,
+            "modality": dataset.modality,
+            "task": dataset.task.value,
+            "n_train": n_train,
+            "n_val": n_val,
+            "native_size": native,
+            "channels": channels,
+            "imbalance_ratio": ratio,
+        },
         "measurements": measurements,
         "estimate_minutes": round(epochs * chosen["epoch_seconds"] / 60, 2),
         "config": config,

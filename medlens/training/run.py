@@ -98,8 +98,14 @@ def train(config: TrainConfig, *, explicit: set[str] | None = None) -> RunDir:
     from medlens.data.transforms import looks_like_hounsfield
 
     first = dataset.load(splits["train"][0])
-    config = resolve_config(config, spec=spec, dims=dataset.dims, modality=dataset.modality, first_shape=first.image.shape,
-                            hounsfield=looks_like_hounsfield(first.image))
+    config = resolve_config(
+        config,
+        spec=spec,
+        dims=dataset.dims,
+        modality=dataset.modality,
+        first_shape=first.image.shape,
+        hounsfield=looks_like_hounsfield(first.image),
+    )
     if zero:
         write_yaml(run.config, config.to_dict())
         _write_fingerprint(run, dataset, show_progress=config.progress)
@@ -137,7 +143,9 @@ def _prepare_model_dir(model_dir: ModelDir, *, resume: bool) -> None:
     ones); a resumed one keeps it and needs last.ckpt."""
     if resume:
         if not model_dir.last_checkpoint.is_file():
-            raise MedlensError("nothing to resume: no checkpoint (train without --resume first)", model_dir.last_checkpoint)
+            raise MedlensError(
+                "nothing to resume: no checkpoint (train without --resume first)", model_dir.last_checkpoint
+            )
         return
     if model_dir.root.is_dir():
         shutil.rmtree(model_dir.root)
@@ -156,7 +164,9 @@ def _splits(run: RunDir, dataset: Dataset, config: TrainConfig, *, write: bool) 
             raise MedlensError(f"{e.problem}: was this run made from another source?", run.splits) from None
     else:
         splits = _only_splits(
-            assign_splits(dataset, seed=config.seed, val_fraction=config.val_fraction, test_fraction=config.test_fraction)
+            assign_splits(
+                dataset, seed=config.seed, val_fraction=config.val_fraction, test_fraction=config.test_fraction
+            )
         )
         if write:
             write_splits(run.splits, splits, seed=config.seed, source=config.source)
@@ -199,7 +209,12 @@ def _load_splits(dataset: Dataset, splits: dict, config: TrainConfig, *, show_pr
         if not ids:
             continue
         x, y = load_arrays(
-            dataset, ids, size=config.img_size, channels=config.channels, preprocessing=config.preprocessing, show_progress=show_progress
+            dataset,
+            ids,
+            size=config.img_size,
+            channels=config.channels,
+            preprocessing=config.preprocessing,
+            show_progress=show_progress,
         )
         out[name] = (np.asarray(x, dtype=np.float32), np.asarray(y))
     return out
@@ -298,7 +313,14 @@ def _gan_oversample(config: TrainConfig, dataset: Dataset, arrays: dict, model_d
     if dataset.task is Task.MULTILABEL or dataset.dims != 2:
         raise MedlensError("--augment gan supports single-label 2D images only")
     x, y = arrays["train"]
-    gan = train_gan(x, y, num_classes=len(dataset.class_names), epochs=config.gan_epochs, seed=config.seed, show_progress=config.progress)
+    gan = train_gan(
+        x,
+        y,
+        num_classes=len(dataset.class_names),
+        epochs=config.gan_epochs,
+        seed=config.seed,
+        show_progress=config.progress,
+    )
     x_new, y_new, info = augment_minority(x, y, gan, seed=config.seed)
     save_sample_grid(gan, model_dir.samples_png, dataset.class_names, seed=config.seed)
     out = dict(arrays)
@@ -353,7 +375,9 @@ def _write_classical_log(model_dir: ModelDir, result: Any) -> None:
 
 
 # -- artifacts ------------------------------------------------------------------------------
-def _write_model_artifacts(config: TrainConfig, spec: Any, dataset: Dataset, splits: dict, arrays: dict, model_dir: ModelDir, fitted: dict) -> None:
+def _write_model_artifacts(
+    config: TrainConfig, spec: Any, dataset: Dataset, splits: dict, arrays: dict, model_dir: ModelDir, fitted: dict
+) -> None:
     from medlens.evaluation.metrics import classification_metrics
 
     task = dataset.task.value
@@ -365,7 +389,9 @@ def _write_model_artifacts(config: TrainConfig, spec: Any, dataset: Dataset, spl
         if split not in probs:
             continue
         metrics[split] = classification_metrics(arrays[split][1], probs[split], task, threshold=threshold)
-        _write_predictions(model_dir.predictions(split), splits[split], arrays[split][1], probs[split], dataset.class_names)
+        _write_predictions(
+            model_dir.predictions(split), splits[split], arrays[split][1], probs[split], dataset.class_names
+        )
     metrics["n"] = {k: len(v) for k, v in splits.items()}
     metrics["n_train_fit"] = fitted.get("n_train_fit")
     metrics["timing"] = fitted.get("timing", {})

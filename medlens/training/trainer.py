@@ -29,7 +29,12 @@ from pathlib import Path
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import (
-    Callback, EarlyStopping, LearningRateMonitor, ModelCheckpoint, RichProgressBar, WeightAveraging,
+    Callback,
+    EarlyStopping,
+    LearningRateMonitor,
+    ModelCheckpoint,
+    RichProgressBar,
+    WeightAveraging,
 )
 from lightning.pytorch.loggers import CSVLogger
 
@@ -38,7 +43,9 @@ from medlens.runs import ModelDir, atomic_write_bytes
 from medlens.training.config import TrainConfig
 
 # Lightning advertises a cloud logger at every fit; medlens users do not need that line.
-logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(lambda record: "litlogger" not in record.getMessage())
+logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
+    lambda record: "litlogger" not in record.getMessage()
+)
 
 LOG_DIR = "logs"  # under the model directory, one version_N per training session
 RANK_DIGEST_ENV = "MEDLENS_RANK_DIGEST_DIR"  # test hook: each rank writes a digest of its weights
@@ -64,7 +71,12 @@ class RankDigest(Callback):
         for name, tensor in sorted(pl_module.state_dict().items()):
             h.update(name.encode())
             h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-        info = {"rank": trainer.global_rank, "world_size": trainer.world_size, "global_step": trainer.global_step, "sha256": h.hexdigest()}
+        info = {
+            "rank": trainer.global_rank,
+            "world_size": trainer.world_size,
+            "global_step": trainer.global_step,
+            "sha256": h.hexdigest(),
+        }
         atomic_write_bytes(self.folder / f"rank{trainer.global_rank}.json", json.dumps(info).encode())
 
 
@@ -143,7 +155,9 @@ def check_precision(config: TrainConfig, accelerator: str | None = None) -> None
         raise MedlensError("--precision 16-mixed needs a GPU; use bf16-mixed or 32 on CPU")
 
 
-def build_trainer(config: TrainConfig, model_dir: ModelDir, *, extra_callbacks: list[Callback] | None = None) -> L.Trainer:
+def build_trainer(
+    config: TrainConfig, model_dir: ModelDir, *, extra_callbacks: list[Callback] | None = None
+) -> L.Trainer:
     """A Trainer writing checkpoints to ``model_dir/checkpoints`` and CSV logs to ``model_dir/logs``."""
     L.seed_everything(config.seed, workers=True, verbose=False)
     monitor, mode = monitor_key(config)
@@ -190,7 +204,9 @@ def build_trainer(config: TrainConfig, model_dir: ModelDir, *, extra_callbacks: 
         max_epochs=config.epochs,
         callbacks=callbacks,
         logger=CSVLogger(save_dir=str(model_dir.root), name=LOG_DIR),
-        deterministic=True if (config.deterministic and accelerator == "cpu") else ("warn" if config.deterministic else False),
+        deterministic=True
+        if (config.deterministic and accelerator == "cpu")
+        else ("warn" if config.deterministic else False),
         enable_progress_bar=config.progress,
         enable_model_summary=False,
         log_every_n_steps=1,

@@ -34,8 +34,14 @@ class FakeDataset(Dataset):
         modality: str | None = "XR",
     ):
         super().__init__(
-            name, records, task=task, class_names=class_names, dims=dims, modality=modality,
-            problems=problems, uri=f"fake:{name}",
+            name,
+            records,
+            task=task,
+            class_names=class_names,
+            dims=dims,
+            modality=modality,
+            problems=problems,
+            uri=f"fake:{name}",
         )
         self.images = images
         self.bad = set(bad)
@@ -91,8 +97,13 @@ def make_classification(
             split = splits[j % len(splits)] if splits else None
             records.append(Record(sid, label, f"p_{sid}", f"/fake/{sid}.png", split))
             k += 1
-    return FakeDataset(images, records, class_names=kwargs.pop("class_names", [f"class{i}" for i in range(len(n_per_class))]),
-                       task=kwargs.pop("task", Task.BINARY if len(n_per_class) == 2 else Task.MULTICLASS), **kwargs)
+    return FakeDataset(
+        images,
+        records,
+        class_names=kwargs.pop("class_names", [f"class{i}" for i in range(len(n_per_class))]),
+        task=kwargs.pop("task", Task.BINARY if len(n_per_class) == 2 else Task.MULTICLASS),
+        **kwargs,
+    )
 
 
 def add_sample(ds: FakeDataset, sid: str, image: np.ndarray, label, split, patient: str | None = None) -> None:

@@ -26,7 +26,9 @@ class _Mixed(Dataset):
 def test_synthetic_arrays_resized_normalized_rgb():
     ds = open_synthetic("chest2d@40", n_per_class=2)
     ids = [r.id for r in ds.records]
-    x, y = load_arrays(ds, ids, size=24, channels=3, preprocessing=default_preprocessing("DX", 2, 32), show_progress=False)
+    x, y = load_arrays(
+        ds, ids, size=24, channels=3, preprocessing=default_preprocessing("DX", 2, 32), show_progress=False
+    )
     assert x.shape == (6, 3, 24, 24) and x.dtype == np.float32
     assert np.allclose(x.min(axis=(1, 2, 3)), 0) and np.allclose(x.max(axis=(1, 2, 3)), 1, atol=1e-5)
     assert y.tolist() == ds.labels().tolist()
@@ -52,7 +54,6 @@ def test_rgb_to_gray():
 
 def test_bulk_path_matches_per_sample(tmp_path, monkeypatch):
     import medlens.data.arrays as arrays_mod
-
     from medlens.data.sources.medmnist import open_medmnist_npz
 
     rng = np.random.default_rng(0)
@@ -71,6 +72,10 @@ def test_bulk_path_matches_per_sample(tmp_path, monkeypatch):
     monkeypatch.undo()
     np.testing.assert_allclose(fast, slow)
     assert y.tolist() == y2.tolist()
-    assert y.tolist() == [int(arrays["test_labels"][2, 0]), int(arrays["train_labels"][0, 0]), int(arrays["val_labels"][1, 0])]
+    assert y.tolist() == [
+        int(arrays["test_labels"][2, 0]),
+        int(arrays["train_labels"][0, 0]),
+        int(arrays["val_labels"][1, 0]),
+    ]
     raw, _ = load_arrays(ds, ["val/1"], size=None, channels=None, preprocessing=None, show_progress=False)
     np.testing.assert_array_equal(raw[0, 0], arrays["val_images"][1])

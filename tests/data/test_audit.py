@@ -6,7 +6,6 @@ import io
 import json
 
 import numpy as np
-import pytest
 from rich.console import Console
 
 from medlens.data.audit import audit_dataset, hamming_pairs, perceptual_hash, render_8bit, render_audit
@@ -72,8 +71,10 @@ def test_patient_leakage():
 
 
 def test_unreadable_and_unpaired_and_blank():
-    problems = [Problem("/x/labels/hippocampus_010.nii.gz", "label without an image"),
-                Problem("/x/images/broken.nii.gz", "truncated gzip stream")]
+    problems = [
+        Problem("/x/labels/hippocampus_010.nii.gz", "label without an image"),
+        Problem("/x/images/broken.nii.gz", "truncated gzip stream"),
+    ]
     ds = make_classification((4, 4), bad=["c1_002"], problems=problems)
     add_sample(ds, "black", np.zeros((1, 32, 32)), 0, "train")
     report = _audit(ds)
@@ -107,8 +108,12 @@ def test_hamming_pairs_matches_brute_force():
     hashes = np.array(list(base) + flips + twice, dtype=np.uint64)
     for t in (0, 1, 2, 4):
         got = {(i, j) for i, j, _ in hamming_pairs(hashes, t)}
-        want = {(i, j) for i in range(len(hashes)) for j in range(i + 1, len(hashes))
-                if bin(int(hashes[i]) ^ int(hashes[j])).count("1") <= t}
+        want = {
+            (i, j)
+            for i in range(len(hashes))
+            for j in range(i + 1, len(hashes))
+            if bin(int(hashes[i]) ^ int(hashes[j])).count("1") <= t
+        }
         assert got == want
 
 

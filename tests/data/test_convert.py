@@ -40,8 +40,13 @@ def test_chest2d_to_png_and_npz(tmp_path):
 
 class _Mixed(Dataset):
     def __init__(self):
-        super().__init__("mixed", [Record("a", None, "a", "a.png"), Record("b", None, "b", "b.png")],
-                         task=Task.NONE, class_names=[], dims=2)
+        super().__init__(
+            "mixed",
+            [Record("a", None, "a", "a.png"), Record("b", None, "b", "b.png")],
+            task=Task.NONE,
+            class_names=[],
+            dims=2,
+        )
 
     def _load(self, r):
         shape = (1, 4, 4) if r.id == "a" else (1, 5, 4)

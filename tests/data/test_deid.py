@@ -53,8 +53,20 @@ def test_identifiers_and_free_text_are_removed_or_replaced(series):
     src = series[0]
     out = deidentify(src, key=KEY)
     text = str(out)
-    for secret in ("Smith", "John", "19610412", "MRN-778899", "SSN-123", "Example Hospital", "Elm Street",
-                   "House", "ACC0042", "555-0100", "Grey", "063Y"):
+    for secret in (
+        "Smith",
+        "John",
+        "19610412",
+        "MRN-778899",
+        "SSN-123",
+        "Example Hospital",
+        "Elm Street",
+        "House",
+        "ACC0042",
+        "555-0100",
+        "Grey",
+        "063Y",
+    ):
         assert secret not in text, secret
     assert "PatientAddress" not in out and "OtherPatientIDs" not in out and "ImageComments" not in out
     assert "StudyDescription" not in out and "SeriesDescription" not in out and "PatientAge" not in out

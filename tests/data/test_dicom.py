@@ -167,7 +167,9 @@ def test_missing_slice_at_one_position_is_an_error(tmp_path):
     folder.mkdir()
     su, st = generate_uid(), generate_uid()
     for i, t in [(0, 0), (1, 0), (0, 1)]:  # position 1 has one image, position 0 two
-        make_ct_slice(i, series_uid=su, study_uid=st, time=t, instance=10 * t + i).save_as(folder / f"{i}{t}.dcm", enforce_file_format=True)
+        make_ct_slice(i, series_uid=su, study_uid=st, time=t, instance=10 * t + i).save_as(
+            folder / f"{i}{t}.dcm", enforce_file_format=True
+        )
     with pytest.raises(BadInputError, match="inconsistent series"):
         dicom.read_dicom(folder)
 

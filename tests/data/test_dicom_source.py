@@ -24,7 +24,9 @@ def _dispatch_ready() -> bool:
     )
 
 
-needs_dispatch = pytest.mark.skipif(not _dispatch_ready(), reason="source dispatch / fingerprint modules not all present yet")
+needs_dispatch = pytest.mark.skipif(
+    not _dispatch_ready(), reason="source dispatch / fingerprint modules not all present yet"
+)
 
 
 @pytest.fixture

@@ -71,8 +71,17 @@ def test_reader_problems_and_volume_listing():
     images = {f"s{i}": np.random.default_rng(i).normal(size=(1, 6, 8, 8)) for i in range(3)}
     records = [Record(f"s{i}", None, "p1", f"/dicom/s{i}", None) for i in range(3)]
     meta = {"s0": {"series_description": "T1post"}, "s1": {"series_description": "FLAIR"}}
-    ds = FakeDataset(images, records, task=Task.NONE, class_names=(), dims=3, spacing=(3.0, 0.5, 0.5),
-                     meta=meta, modality="MR", problems=[Problem("/dicom/junk.txt", "not a DICOM file")])
+    ds = FakeDataset(
+        images,
+        records,
+        task=Task.NONE,
+        class_names=(),
+        dims=3,
+        spacing=(3.0, 0.5, 0.5),
+        meta=meta,
+        modality="MR",
+        problems=[Problem("/dicom/junk.txt", "not a DICOM file")],
+    )
     fp = compute_fingerprint(ds, show_progress=False)
     assert fp["class_counts"] is None and fp["splits"]["unsplit"]["classes"] == {}
     assert [s["series_description"] for s in fp["samples"]] == ["T1post", "FLAIR", None]
@@ -87,8 +96,13 @@ def test_segmentation_mask_fractions():
     mask = np.zeros((4, 4), dtype=np.uint8)
     mask[:1] = 1
     images = {"a": np.ones((1, 4, 4))}
-    ds = FakeDataset(images, [Record("a", None, "p", "a.nii", None)], task=Task.SEGMENTATION,
-                     class_names=("background", "lesion"), masks={"a": mask})
+    ds = FakeDataset(
+        images,
+        [Record("a", None, "p", "a.nii", None)],
+        task=Task.SEGMENTATION,
+        class_names=("background", "lesion"),
+        masks={"a": mask},
+    )
     fp = compute_fingerprint(ds, show_progress=False)
     assert fp["masks"]["class_fractions"] == {"0": 0.75, "1": 0.25}
 

@@ -24,7 +24,13 @@ def _img(path, value=0, rgb=False):
 
 def test_split_aliases():
     assert [split_of(n) for n in ("Training", "VALID", "validation", "Testing", "test", "other")] == [
-        "train", "val", "val", "test", "test", None]
+        "train",
+        "val",
+        "val",
+        "test",
+        "test",
+        None,
+    ]
 
 
 def test_class_folders_without_splits(tmp_path):

@@ -26,8 +26,11 @@ def _csv(path, text):
 def test_integer_labels_numeric_order_splits_patients(tmp_path):
     for i in range(4):
         _img(tmp_path / "img" / f"{i}.png", i)
-    p = _csv(tmp_path / "m.csv", "path,label,patient_id,split\n"
-             "img/0.png,10,p1,train\nimg/1.png,9,p1,Training\nimg/2.png,2,p2,valid\nimg/3.png,10,,\n")
+    p = _csv(
+        tmp_path / "m.csv",
+        "path,label,patient_id,split\n"
+        "img/0.png,10,p1,train\nimg/1.png,9,p1,Training\nimg/2.png,2,p2,valid\nimg/3.png,10,,\n",
+    )
     ds = open_csv_manifest(p)
     assert ds.class_names == ["2", "9", "10"] and ds.task is Task.MULTICLASS
     assert [r.label for r in ds.records] == [2, 1, 0, 2]

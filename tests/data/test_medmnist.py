@@ -58,10 +58,14 @@ def _write_npz(path, images: dict, labels: dict):
 
 def test_unknown_name_infers_task_and_layout(tmp_path):
     rng = np.random.default_rng(1)
-    p = _write_npz(tmp_path / "mydata.npz",
-                   {"train": rng.integers(0, 255, (5, 8, 8, 3), dtype=np.uint8),
-                    "test": rng.integers(0, 255, (3, 8, 8, 3), dtype=np.uint8)},
-                   {"train": np.array([[0], [1], [2], [1], [0]], np.uint8), "test": np.array([[2], [1], [0]], np.uint8)})
+    p = _write_npz(
+        tmp_path / "mydata.npz",
+        {
+            "train": rng.integers(0, 255, (5, 8, 8, 3), dtype=np.uint8),
+            "test": rng.integers(0, 255, (3, 8, 8, 3), dtype=np.uint8),
+        },
+        {"train": np.array([[0], [1], [2], [1], [0]], np.uint8), "test": np.array([[2], [1], [0]], np.uint8)},
+    )
     ds = mm.open_medmnist_npz(p)
     assert ds.task is Task.MULTICLASS and ds.class_names == ["0", "1", "2"] and ds.dims == 2
     s = ds.load("test/0")
@@ -88,7 +92,9 @@ def test_bad_npz_files(tmp_path):
     np.savez(tmp_path / "other.npz", x=np.zeros(3))
     with pytest.raises(BadInputError, match="not a MedMNIST npz"):
         mm.open_medmnist_npz(tmp_path / "other.npz")
-    p = _write_npz(tmp_path / "mismatch.npz", {"train": np.zeros((3, 4, 4), np.uint8)}, {"train": np.zeros((2, 1), np.uint8)})
+    p = _write_npz(
+        tmp_path / "mismatch.npz", {"train": np.zeros((3, 4, 4), np.uint8)}, {"train": np.zeros((2, 1), np.uint8)}
+    )
     with pytest.raises(BadInputError, match="3 images but 2 labels"):
         mm.open_medmnist_npz(p)
 

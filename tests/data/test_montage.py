@@ -36,8 +36,9 @@ def test_montage_of_volumes_without_labels(tmp_path):
     rng = np.random.default_rng(0)
     images = {f"s{i}": rng.normal(size=(1, 7, 16, 16)) for i in range(3)}
     records = [Record(f"s{i}", None, "p", f"/d/s{i}", None) for i in range(3)]
-    ds = FakeDataset(images, records, task=Task.NONE, class_names=(), dims=3,
-                     meta={"s0": {"series_description": "T2reg"}})
+    ds = FakeDataset(
+        images, records, task=Task.NONE, class_names=(), dims=3, meta={"s0": {"series_description": "T2reg"}}
+    )
     out = save_montage(ds, tmp_path / "sub" / "vol.png")
     assert _pixels(out).std() > 10
 

@@ -20,8 +20,12 @@ def _by_class(ds):
     for r in ds.records:
         s = ds.load(r.id)
         out.setdefault(ds.class_names[s.label], []).append(
-            (s.patient_id if not s.patient_id.startswith(("train/", "val/", "test/")) else "", float(s.image.sum()),
-             int(0 if s.mask is None else (s.mask > 0).sum())))
+            (
+                s.patient_id if not s.patient_id.startswith(("train/", "val/", "test/")) else "",
+                float(s.image.sum()),
+                int(0 if s.mask is None else (s.mask > 0).sum()),
+            )
+        )
     return {k: sorted(v) for k, v in out.items()}
 
 
@@ -76,7 +80,9 @@ def test_dicom_headers_are_valid(tmp_path):
     write_synthetic("chest2d@32", tmp_path / "d2", "dicom", seed=1, n_per_class=1, show_progress=False)
     write_synthetic("nodule3d@16", tmp_path / "d3", "dicom", seed=1, n_per_class=1, show_progress=False)
     ds2 = pydicom.dcmread(next((tmp_path / "d2" / "images").glob("*.dcm")))
-    assert ds2.Modality == "DX" and ds2.PatientID and ds2.PixelSpacing and ds2.PhotometricInterpretation == "MONOCHROME2"
+    assert (
+        ds2.Modality == "DX" and ds2.PatientID and ds2.PixelSpacing and ds2.PhotometricInterpretation == "MONOCHROME2"
+    )
     files = sorted((tmp_path / "d3" / "series").glob("*/*.dcm"))
     assert len(files) == 2 * 16
     cts = [pydicom.dcmread(f) for f in files[:16]]

@@ -7,7 +7,11 @@ import pytest
 import torch
 
 from medlens.data.transforms import (
-    augment_batch, build_transform, default_augmentation, default_preprocessing, looks_like_hounsfield,
+    augment_batch,
+    build_transform,
+    default_augmentation,
+    default_preprocessing,
+    looks_like_hounsfield,
 )
 from medlens.errors import MedlensError
 

@@ -7,9 +7,16 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from sklearn.metrics import (accuracy_score, balanced_accuracy_score, cohen_kappa_score,
-                             confusion_matrix, f1_score, precision_score, recall_score,
-                             roc_auc_score)
+from sklearn.metrics import (
+    accuracy_score,
+    balanced_accuracy_score,
+    cohen_kappa_score,
+    confusion_matrix,
+    f1_score,
+    precision_score,
+    recall_score,
+    roc_auc_score,
+)
 
 from medlens.evaluation import metrics as M
 
@@ -106,7 +113,8 @@ def test_multilabel_metrics():
     m = M.classification_metrics(y, p, "multilabel")
     assert m["auc"] == pytest.approx(roc_auc_score(y, p, average="macro"))
     assert M.per_class_auc(y, p, "multilabel") == pytest.approx(
-        [roc_auc_score(y[:, j], p[:, j]) for j in range(y.shape[1])])
+        [roc_auc_score(y[:, j], p[:, j]) for j in range(y.shape[1])]
+    )
     # MedMNIST: per-label accuracy at 0.5, then the mean over labels
     medmnist_acc = np.mean([accuracy_score(y[:, j], p[:, j] > 0.5) for j in range(y.shape[1])])
     assert m["acc"] == pytest.approx(medmnist_acc)
@@ -171,7 +179,7 @@ def test_cumulative_metrics_over_torch_batches_match_plain_functions():
     assert np.isnan(auc_m.compute())
     for i in range(0, 90, 32):
         for metric in (acc, auc_m, everything):
-            metric.update(torch.from_numpy(y[i:i + 32]), torch.from_numpy(p[i:i + 32]))
+            metric.update(torch.from_numpy(y[i : i + 32]), torch.from_numpy(p[i : i + 32]))
     assert len(acc) == 90
     assert acc.compute() == pytest.approx(M.accuracy(y, p, "multiclass"))
     assert auc_m.compute() == pytest.approx(M.auc(y, p, "multiclass"))

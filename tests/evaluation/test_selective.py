@@ -77,7 +77,7 @@ def test_sample_based_scores_separate_disagreement_from_ambiguity():
     assert scores["entropy"] == pytest.approx(SEL.uncertainty_scores(mean, "entropy"))
     assert scores["mutual_information"][0] == pytest.approx(0.0, abs=1e-9)
     assert scores["mutual_information"][1] > 0.5
-    assert scores["variance"] == pytest.approx([0.0, 0.98 ** 2 / 4])
+    assert scores["variance"] == pytest.approx([0.0, 0.98**2 / 4])
 
 
 def test_abstention_threshold_chosen_on_validation_meets_target_there():

@@ -42,8 +42,17 @@ def problem(task, n=240, seed=0):
 
 
 # -- bootstrap ------------------------------------------------------------------------------
-@pytest.mark.parametrize("task,threshold", [("binary", None), ("binary", 0.3), ("multiclass", None),
-                                            ("ordinal", None), ("multilabel", None), ("multilabel", 0.4)])
+@pytest.mark.parametrize(
+    "task,threshold",
+    [
+        ("binary", None),
+        ("binary", 0.3),
+        ("multiclass", None),
+        ("ordinal", None),
+        ("multilabel", None),
+        ("multilabel", 0.4),
+    ],
+)
 def test_vectorized_resample_metrics_equal_plain_metrics_on_resampled_data(task, threshold):
     y, p = problem(task)
     idx = S.resample_indices(y, 4, seed=7)
@@ -136,10 +145,12 @@ def test_paired_bootstrap_test_multiclass_macro_auc():
 # -- DeLong ---------------------------------------------------------------------------------
 def delong_by_definition(y, a, b):
     """DeLong (1988) structural components by the O(m n) definition."""
+
     def components(s):
         x, z = s[y == 1], s[y == 0]
         psi = (x[:, None] > z[None, :]) + 0.5 * (x[:, None] == z[None, :])
         return psi.mean(1), psi.mean(0)
+
     (va10, va01), (vb10, vb01) = components(a), components(b)
     m, n = (y == 1).sum(), (y == 0).sum()
     s10, s01 = np.cov(np.vstack([va10, vb10])), np.cov(np.vstack([va01, vb01]))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from torch import nn
 
@@ -41,9 +42,6 @@ def _images():
     x[:, :, 2:6, 2:6] = 1.0  # bright blob inside the corner the model reads
     x[:, :, 20:28, 20:28] = 1.0  # a distractor outside it
     return x
-
-
-import pytest
 
 
 @pytest.mark.parametrize("method", ["gradcam", "gradcam++"])

@@ -12,8 +12,18 @@ from medlens.models.registry import all_models, get_model
 torch.set_num_threads(1)
 
 DEEP = [s.name for s in all_models() if s.kind == "deep"]
-EXPECTED = {"cnn-small", "cnn-medium", "resnet18", "resnet50", "densenet121", "efficientnet-b0", "vit",
-            "resnet18-3d", "cnn-2.5d", "cnn-lstm"}
+EXPECTED = {
+    "cnn-small",
+    "cnn-medium",
+    "resnet18",
+    "resnet50",
+    "densenet121",
+    "efficientnet-b0",
+    "vit",
+    "resnet18-3d",
+    "cnn-2.5d",
+    "cnn-lstm",
+}
 
 # (in_channels, spatial size) per dims; 3D size is (D, H, W)
 CASES_2D = [(1, 28), (3, 32)]
@@ -66,7 +76,8 @@ def test_cam_layer_sees_a_spatial_map(name):
     model = spec.build(in_channels=1, num_outputs=2, spatial_dims=2, img_size=28).eval()
     seen = {}
     handle = model.get_submodule(spec.defaults["cam_layer"]).register_forward_hook(
-        lambda m, i, o: seen.setdefault("out", o))
+        lambda m, i, o: seen.setdefault("out", o)
+    )
     model(torch.rand(2, 1, 28, 28))
     handle.remove()
     assert seen["out"].ndim == 4 and seen["out"].shape[0] == 2

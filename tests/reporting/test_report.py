@@ -61,8 +61,10 @@ def test_best_model_per_metric_is_marked(built):
     comp = read_json(run / "comparison.json")
     table = _section(page, "summary")
     header = re.findall(r'<th class="num">([^<]+)</th>', table)
-    rows = {m.group(1): re.findall(r'<td class="num( best)?">', m.group(2))
-            for m in re.finditer(r"<td><strong>([^<]+)</strong>(.*?)</tr>", table, re.S)}
+    rows = {
+        m.group(1): re.findall(r'<td class="num( best)?">', m.group(2))
+        for m in re.finditer(r"<td><strong>([^<]+)</strong>(.*?)</tr>", table, re.S)
+    }
     labels = {"auc": "AUC", "acc": "Accuracy", "sensitivity": "Sensitivity", "specificity": "Specificity", "f1": "F1"}
     checked = 0
     for metric, label in labels.items():
@@ -158,14 +160,27 @@ def test_a_run_without_comparison_still_reports_training_metrics(make_fake_run):
 
 
 def test_audit_findings_and_run_split_leakage(fake_run):
-    write_json(fake_run / "audit.json", {
-        "n_samples": 400, "unreadable": [], "unpaired": [],
-        "exact_duplicates": {"n_groups": 1, "n_images": 2, "n_cross_split_groups": 0,
-                             "groups": [{"members": [{"id": "r000"}, {"id": "t005"}]}]},
-        "near_duplicates": {"n_groups": 0, "n_images": 0, "n_cross_split_groups": 0, "groups": []},
-        "patient_leakage": {"n_patients": 0, "patients": []}, "class_imbalance": None,
-        "conflicting_labels": [], "blank_images": [], "leakage_found": False,
-        "warnings": ["1 exact-duplicate group(s) within one split"]})
+    write_json(
+        fake_run / "audit.json",
+        {
+            "n_samples": 400,
+            "unreadable": [],
+            "unpaired": [],
+            "exact_duplicates": {
+                "n_groups": 1,
+                "n_images": 2,
+                "n_cross_split_groups": 0,
+                "groups": [{"members": [{"id": "r000"}, {"id": "t005"}]}],
+            },
+            "near_duplicates": {"n_groups": 0, "n_images": 0, "n_cross_split_groups": 0, "groups": []},
+            "patient_leakage": {"n_patients": 0, "patients": []},
+            "class_imbalance": None,
+            "conflicting_labels": [],
+            "blank_images": [],
+            "leakage_found": False,
+            "warnings": ["1 exact-duplicate group(s) within one split"],
+        },
+    )
     page = build_report(fake_run).read_text()
     audit = _section(page, "audit")
     assert "Exact duplicate groups" in audit and "1 exact-duplicate group(s) within one split" in audit
@@ -201,10 +216,26 @@ def test_report_renders_in_headless_chromium(built):
     _, path, _ = built
     with tempfile.TemporaryDirectory() as profile:
         shot = Path(profile) / "shot.png"
-        subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                        "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                        f"--user-data-dir={profile}/user", f"--screenshot={shot}", "--window-size=1200,2400",
-                        path.as_uri()], capture_output=True, timeout=90, check=False)
+        subprocess.run(
+            [
+                CHROMIUM,
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                f"--user-data-dir={profile}/user",
+                f"--screenshot={shot}",
+                "--window-size=1200,2400",
+                path.as_uri(),
+            ],
+            capture_output=True,
+            timeout=90,
+            check=False,
+        )
         assert shot.is_file(), "chromium wrote no screenshot"
         pixels = np.asarray(Image.open(shot).convert("RGB"), dtype=np.float32)
     assert pixels.shape[:2] == (2400, 1200)

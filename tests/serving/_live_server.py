@@ -53,8 +53,20 @@ def start_server(run_dir: Path, workdir: Path, *extra: str, startup_timeout: flo
     port = free_port()
     audit = workdir / "audit.sqlite"
     log_path = workdir / "server.log"
-    cmd = [sys.executable, "-m", "medlens.cli.main", "serve", str(run_dir), "--port", str(port),
-           "--audit-db", str(audit), "--store-dir", str(workdir / "store"), *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "medlens.cli.main",
+        "serve",
+        str(run_dir),
+        "--port",
+        str(port),
+        "--audit-db",
+        str(audit),
+        "--store-dir",
+        str(workdir / "store"),
+        *extra,
+    ]
     env = {**os.environ, "MEDLENS_PSEUDONYM_KEY": PSEUDONYM_KEY, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     log_file = open(log_path, "wb")
     process = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=env)

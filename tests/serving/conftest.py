@@ -24,8 +24,9 @@ def _train(tmp_path_factory, name: str, model: str) -> Path:
     out = tmp_path_factory.getbasetemp() / "serving-runs" / name
     if (out / "manifest.json").is_file():
         return out
-    config = TrainConfig(source=SOURCE, model=model, out=str(out), epochs=1, max_samples=24, progress=False,
-                         accelerator="cpu", seed=0)
+    config = TrainConfig(
+        source=SOURCE, model=model, out=str(out), epochs=1, max_samples=24, progress=False, accelerator="cpu", seed=0
+    )
     train(config)
     return out
 
@@ -47,9 +48,16 @@ def serving_inputs(tmp_path_factory) -> dict[str, Path]:
     """Input files: png, jpeg, nifti (2D), nifti3d, dicom (one DX image), study (a folder of three
     DX images, one series each), ct_series (a 4-slice CT folder), ct_slice (one CT image), text."""
     root = tmp_path_factory.getbasetemp() / "serving-inputs"
-    paths = {"png": root / "chest.png", "jpeg": root / "chest.jpg", "nifti": root / "chest.nii.gz",
-             "nifti3d": root / "volume.nii.gz", "text": root / "notes.txt", "study": root / "synth" / "images",
-             "ct_series": root / "ct", "ct_slice": root / "ct" / "0001.dcm"}
+    paths = {
+        "png": root / "chest.png",
+        "jpeg": root / "chest.jpg",
+        "nifti": root / "chest.nii.gz",
+        "nifti3d": root / "volume.nii.gz",
+        "text": root / "notes.txt",
+        "study": root / "synth" / "images",
+        "ct_series": root / "ct",
+        "ct_slice": root / "ct" / "0001.dcm",
+    }
     done = root / ".done"
     if not done.is_file():
         _write_inputs(root, paths)

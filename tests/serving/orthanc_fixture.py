@@ -27,7 +27,6 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-import pydicom
 import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
@@ -156,7 +155,9 @@ class CollectingSCP:
                 self._arrived.notify_all()
             return 0x0000
 
-        self._server = ae.start_server(("127.0.0.1", self.port), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)])
+        self._server = ae.start_server(
+            ("127.0.0.1", self.port), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)]
+        )
         self.port = self._server.server_address[1]
         return self
 
@@ -202,8 +203,13 @@ class Orthanc:
                 self.process.wait(timeout=5)
 
 
-def start_orthanc(workdir: Path, modalities: dict[str, list] | None = None, *, plugins: list[str] | None = None,
-                  startup_timeout: float = 30.0) -> Orthanc:
+def start_orthanc(
+    workdir: Path,
+    modalities: dict[str, list] | None = None,
+    *,
+    plugins: list[str] | None = None,
+    startup_timeout: float = 30.0,
+) -> Orthanc:
     """Start Orthanc with a temporary configuration in ``workdir``; returns once ``/system`` answers."""
     workdir.mkdir(parents=True, exist_ok=True)
     http_port, dicom_port = free_port(), free_port()
@@ -244,7 +250,9 @@ def start_orthanc(workdir: Path, modalities: dict[str, list] | None = None, *, p
     deadline = time.monotonic() + startup_timeout
     while True:
         if proc.poll() is not None:
-            raise RuntimeError(f"Orthanc exited with code {proc.returncode}:\n{log_path.read_text(errors='replace')[-3000:]}")
+            raise RuntimeError(
+                f"Orthanc exited with code {proc.returncode}:\n{log_path.read_text(errors='replace')[-3000:]}"
+            )
         try:
             if httpx.get(f"{server.url}/system", timeout=2.0).status_code == 200:
                 return server
@@ -252,8 +260,10 @@ def start_orthanc(workdir: Path, modalities: dict[str, list] | None = None, *, p
             pass
         if time.monotonic() > deadline:
             server.stop()
-            raise RuntimeError(f"Orthanc did not answer /system within {startup_timeout:.0f} s:\n"
-                               f"{log_path.read_text(errors='replace')[-3000:]}")
+            raise RuntimeError(
+                f"Orthanc did not answer /system within {startup_timeout:.0f} s:\n"
+                f"{log_path.read_text(errors='replace')[-3000:]}"
+            )
         time.sleep(0.2)
 
 
@@ -280,9 +290,21 @@ def synthetic_dx_instance(image: np.ndarray, *, study_uid: str | None = None) ->
 
     image = np.clip(np.round(np.asarray(image, dtype=np.float32)), 0, 255).astype(np.uint8)
     ds = synthetic_ct_series(1, size=image.shape[0], study_uid=study_uid)[0]
-    for kw in ("ImagePositionPatient", "ImageOrientationPatient", "SliceLocation", "SliceThickness", "KVP",
-               "FrameOfReferenceUID", "PositionReferenceIndicator", "RescaleIntercept", "RescaleSlope", "RescaleType",
-               "WindowCenter", "WindowWidth", "PixelSpacing"):
+    for kw in (
+        "ImagePositionPatient",
+        "ImageOrientationPatient",
+        "SliceLocation",
+        "SliceThickness",
+        "KVP",
+        "FrameOfReferenceUID",
+        "PositionReferenceIndicator",
+        "RescaleIntercept",
+        "RescaleSlope",
+        "RescaleType",
+        "WindowCenter",
+        "WindowWidth",
+        "PixelSpacing",
+    ):
         delattr(ds, kw)
     ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = DigitalXRayImagePresentationStorage
     ds.Modality, ds.ImageType, ds.SeriesDescription = "DX", ["ORIGINAL", "PRIMARY"], "synthetic chest x-ray"

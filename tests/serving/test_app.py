@@ -29,8 +29,13 @@ def predictor(tiny_run):
 
 
 def make_client(tiny_run, tmp_path, predictor, **kw) -> TestClient:
-    settings = ServeSettings(run_dir=tiny_run, audit_url=str(tmp_path / "audit.sqlite"), store_dir=tmp_path / "store",
-                             pseudonym_key=KEY, **kw)
+    settings = ServeSettings(
+        run_dir=tiny_run,
+        audit_url=str(tmp_path / "audit.sqlite"),
+        store_dir=tmp_path / "store",
+        pseudonym_key=KEY,
+        **kw,
+    )
     return TestClient(create_app(settings, predictor=predictor))
 
 
@@ -51,7 +56,9 @@ def secret_dicom(serving_inputs, tmp_path_factory):
 
 
 def upload(client, path, explain=False, **kw):
-    return client.post(f"/v1/predictions?explain={str(explain).lower()}", files={"file": (path.name, path.read_bytes())}, **kw)
+    return client.post(
+        f"/v1/predictions?explain={str(explain).lower()}", files={"file": (path.name, path.read_bytes())}, **kw
+    )
 
 
 def test_png_prediction_and_its_renderings(client, serving_inputs):
@@ -65,7 +72,9 @@ def test_png_prediction_and_its_renderings(client, serving_inputs):
     heat = client.get(f"/v1/predictions/{p['id']}/heatmap.png")
     assert heat.status_code == 200 and heat.headers["content-type"] == "image/png"
     rgb = np.asarray(Image.open(io.BytesIO(heat.content)).convert("RGB")).astype(int)
-    grey = np.asarray(Image.open(io.BytesIO(client.get(f"/v1/predictions/{p['id']}/image.png").content)).convert("RGB")).astype(int)
+    grey = np.asarray(
+        Image.open(io.BytesIO(client.get(f"/v1/predictions/{p['id']}/image.png").content)).convert("RGB")
+    ).astype(int)
     assert rgb.shape == grey.shape and np.abs(rgb - grey).mean() > 5  # the heatmap is really drawn over the image
     assert (grey[..., 0] == grey[..., 2]).all() and not (rgb[..., 0] == rgb[..., 2]).all()
     opaque = client.get(f"/v1/predictions/{p['id']}/heatmap.png?alpha=1").content
@@ -102,7 +111,13 @@ def test_dicom_upload_gives_sr_and_keeps_patient_data_out_of_logs_and_audit(clie
     ds = pydicom.dcmread(io.BytesIO(sr.content))
     assert ds.Modality == "SR"
     src = pydicom.dcmread(secret_dicom)
-    assert ds.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID == src.SOPInstanceUID
+    assert (
+        ds.CurrentRequestedProcedureEvidenceSequence[0]
+        .ReferencedSeriesSequence[0]
+        .ReferencedSOPSequence[0]
+        .ReferencedSOPInstanceUID
+        == src.SOPInstanceUID
+    )
     assert client.get(f"/v1/predictions/{p['id']}/sr").content == sr.content  # cached
 
     logs = caplog.text
@@ -155,12 +170,17 @@ def test_bad_input_gets_a_json_4xx_naming_the_problem(client, serving_inputs, na
 
 
 def test_raw_body_and_bad_requests(client, serving_inputs):
-    r = client.post("/v1/predictions", content=serving_inputs["png"].read_bytes(), headers={"Content-Type": "image/png"})
+    r = client.post(
+        "/v1/predictions", content=serving_inputs["png"].read_bytes(), headers={"Content-Type": "image/png"}
+    )
     assert r.status_code == 200 and r.json()["source"]["kind"] == "png"
     assert client.post("/v1/predictions", content=b"x", headers={"Content-Type": "text/csv"}).status_code == 415
     r = client.post("/v1/predictions", files={"other": ("a.png", b"123")})
     assert r.status_code == 400 and r.json()["error"] == "no_file"
-    assert client.post("/v1/predictions", content=b"{no json", headers={"Content-Type": "application/json"}).status_code == 400
+    assert (
+        client.post("/v1/predictions", content=b"{no json", headers={"Content-Type": "application/json"}).status_code
+        == 400
+    )
     assert client.post("/v1/predictions", json={"study_instance_uid": "1.2.3"}).json()["error"] == "no_pacs"
     assert client.post("/v1/predictions", json={"study_instance_uid": "../etc"}).status_code == 422
 
@@ -179,7 +199,9 @@ def test_upload_limit_gives_413_with_and_without_content_length(tiny_run, tmp_pa
         assert r.status_code == 413
         small = serving_inputs["png"].read_bytes()
         assert len(small) < 10_000
-        assert c.post("/v1/predictions", content=iter([small]), headers={"Content-Type": "image/png"}).status_code == 200
+        assert (
+            c.post("/v1/predictions", content=iter([small]), headers={"Content-Type": "image/png"}).status_code == 200
+        )
 
 
 def test_api_keys(tiny_run, tmp_path, predictor, serving_inputs, cli):
@@ -214,7 +236,10 @@ def test_cors_is_off_by_default_and_on_for_named_origins(tiny_run, tmp_path, pre
     with make_client(tiny_run, tmp_path, predictor) as c:
         assert "access-control-allow-origin" not in c.get("/v1/models", headers=origin).headers
     with make_client(tiny_run, tmp_path, predictor, cors_origins=["https://ward.example"]) as c:
-        assert c.get("/v1/models", headers={"Origin": "https://ward.example"}).headers["access-control-allow-origin"] == "https://ward.example"
+        assert (
+            c.get("/v1/models", headers={"Origin": "https://ward.example"}).headers["access-control-allow-origin"]
+            == "https://ward.example"
+        )
         assert "access-control-allow-origin" not in c.get("/v1/models", headers=origin).headers
 
 
@@ -223,8 +248,16 @@ def test_models_health_openapi_and_page(client):
     assert m["id"] == "cnn-small" and len(m["sha256"]) == 64
     assert client.get("/readyz").json()["status"] == "ready"
     schema = client.get("/openapi.json").json()
-    for path in ("/v1/predictions", "/v1/predictions/{prediction_id}", "/v1/predictions/{prediction_id}/heatmap.png",
-                 "/v1/predictions/{prediction_id}/fhir", "/v1/predictions/{prediction_id}/sr", "/v1/models", "/healthz", "/readyz"):
+    for path in (
+        "/v1/predictions",
+        "/v1/predictions/{prediction_id}",
+        "/v1/predictions/{prediction_id}/heatmap.png",
+        "/v1/predictions/{prediction_id}/fhir",
+        "/v1/predictions/{prediction_id}/sr",
+        "/v1/models",
+        "/healthz",
+        "/readyz",
+    ):
         assert path in schema["paths"], path
     assert "multipart/form-data" in schema["paths"]["/v1/predictions"]["post"]["requestBody"]["content"]
     page = client.get("/")
@@ -241,7 +274,11 @@ def test_store_survives_a_restart_and_is_bounded(tiny_run, tmp_path, predictor, 
         assert c.get(f"/v1/predictions/{first['id']}").status_code == 200  # from disk (memory holds one)
     with make_client(tiny_run, tmp_path, predictor, store_memory=1, store_disk=3) as c:
         again = c.get(f"/v1/predictions/{first['id']}")
-        assert again.status_code == 200 and again.json()["probabilities"] == first["probabilities"] and again.json()["has_heatmap"]
+        assert (
+            again.status_code == 200
+            and again.json()["probabilities"] == first["probabilities"]
+            and again.json()["has_heatmap"]
+        )
         assert c.get(f"/v1/predictions/{first['id']}/heatmap.png").status_code == 200
         sr2 = pydicom.dcmread(io.BytesIO(c.get(f"/v1/predictions/{first['id']}/sr").content))
         assert sr2.Modality == "SR" and sr2.StudyInstanceUID == pydicom.dcmread(io.BytesIO(sr)).StudyInstanceUID
@@ -267,16 +304,24 @@ def fake_dicomweb(secret_dicom):
 
     @app.get("/dicom-web/studies")
     def studies():
-        return [{"0020000D": {"vr": "UI", "Value": [study]}, "00080020": {"vr": "DA", "Value": ["20240101"]},
-                 "00080061": {"vr": "CS", "Value": ["DX"]}}]
+        return [
+            {
+                "0020000D": {"vr": "UI", "Value": [study]},
+                "00080020": {"vr": "DA", "Value": ["20240101"]},
+                "00080061": {"vr": "CS", "Value": ["DX"]},
+            }
+        ]
 
     @app.get("/dicom-web/studies/{uid}")
     def retrieve(uid: str):
         if uid != study:
             return Response(status_code=404)
         boundary = "medlens-test-boundary"
-        body = (f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode() + secret_dicom.read_bytes()
-                + f"\r\n--{boundary}--\r\n".encode())
+        body = (
+            f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode()
+            + secret_dicom.read_bytes()
+            + f"\r\n--{boundary}--\r\n".encode()
+        )
         return Response(body, media_type=f'multipart/related; type="application/dicom"; boundary={boundary}')
 
     port = free_port()

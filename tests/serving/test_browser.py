@@ -25,8 +25,18 @@ from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
-FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage", "--window-size=1280,1100")
+FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+    "--window-size=1280,1100",
+)
 
 
 @pytest.fixture
@@ -69,11 +79,19 @@ def test_upload_in_the_browser_shows_finding_heatmap_and_recent_list(browser, ke
 
     browser.find_element(By.ID, "file").send_keys(str(serving_inputs["png"]))
     browser.find_element(By.ID, "submit").click()
-    wait.until(lambda d: d.find_element(By.ID, "status").text in ("done",) or "error" in d.find_element(By.ID, "status").get_attribute("class"))
+    wait.until(
+        lambda d: (
+            d.find_element(By.ID, "status").text in ("done",)
+            or "error" in d.find_element(By.ID, "status").get_attribute("class")
+        )
+    )
     assert browser.find_element(By.ID, "status").text == "done", browser.find_element(By.ID, "status").text
-    wait.until(lambda d: d.execute_script(
-        "const a = document.getElementById('base-image'), b = document.getElementById('heat-layer');"
-        "return a.complete && a.naturalWidth > 0 && b.complete && b.naturalWidth > 0"))
+    wait.until(
+        lambda d: d.execute_script(
+            "const a = document.getElementById('base-image'), b = document.getElementById('heat-layer');"
+            "return a.complete && a.naturalWidth > 0 && b.complete && b.naturalWidth > 0"
+        )
+    )
 
     pid = browser.find_element(By.TAG_NAME, "body").get_attribute("data-prediction")
     api = httpx.get(f"{server.url}/v1/predictions/{pid}", headers={"X-API-Key": key}, timeout=30).json()
@@ -98,6 +116,8 @@ def test_upload_in_the_browser_shows_finding_heatmap_and_recent_list(browser, ke
     page = np.asarray(Image.open(shot).convert("RGB")).astype(np.int32)
     colours = len(np.unique(page.reshape(-1, 3) // 8, axis=0))
     assert page.std() > 20 and colours > 50, (page.std(), colours)
-    viewer = np.asarray(Image.open(io.BytesIO(browser.find_element(By.ID, "stack").screenshot_as_png)).convert("RGB")).astype(np.int32)
+    viewer = np.asarray(
+        Image.open(io.BytesIO(browser.find_element(By.ID, "stack").screenshot_as_png)).convert("RGB")
+    ).astype(np.int32)
     red_minus_blue = np.abs(viewer[..., 0] - viewer[..., 2])
     assert viewer.std() > 10 and red_minus_blue.max() > 60  # the colour heatmap is over the grey image

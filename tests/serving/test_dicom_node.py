@@ -78,8 +78,17 @@ def make_node(tmp_path):
     def factory(analyze, pacs_scp=None, **kwargs) -> DicomNode:
         target = PacsTarget("PACS", "127.0.0.1", pacs_scp.port, retries=1, retry_delay=0.2) if pacs_scp else None
         node = DicomNode(
-            "MEDLENS", "127.0.0.1", 0, kwargs.pop("allowed", {"MODALITY", "ORTHANC"}), analyze, target,
-            tmp_path / "node", kwargs.pop("audit", None), quiet_period=QUIET, pseudonym_key="test-key", **kwargs,
+            "MEDLENS",
+            "127.0.0.1",
+            0,
+            kwargs.pop("allowed", {"MODALITY", "ORTHANC"}),
+            analyze,
+            target,
+            tmp_path / "node",
+            kwargs.pop("audit", None),
+            quiet_period=QUIET,
+            pseudonym_key="test-key",
+            **kwargs,
         )
         nodes.append(node.start())
         return node
@@ -132,7 +141,9 @@ def test_empty_allow_list_is_refused(tmp_path):
         DicomNode("MEDLENS", "127.0.0.1", 0, set(), FakeAnalyzer(), None, tmp_path)
 
 
-def test_each_series_is_analyzed_once_after_the_quiet_period_and_results_reach_the_pacs(make_node, pacs, tmp_path, caplog):
+def test_each_series_is_analyzed_once_after_the_quiet_period_and_results_reach_the_pacs(
+    make_node, pacs, tmp_path, caplog
+):
     caplog.set_level(logging.DEBUG)
     analyzer = FakeAnalyzer()
     audit = AuditLog(tmp_path / "audit.db")

@@ -37,8 +37,16 @@ def _bases(serving_inputs) -> dict[str, bytes]:
 def _lying_dicoms(path) -> list[bytes]:
     """DICOM files whose header disagrees with their pixel data."""
     out = []
-    for change in ({"Rows": 60000}, {"Columns": 1}, {"BitsAllocated": 32}, {"SamplesPerPixel": 3}, {"NumberOfFrames": 50},
-                   {"Modality": "CT"}, {"PhotometricInterpretation": "YBR_FULL"}, {"PixelData": b""}):
+    for change in (
+        {"Rows": 60000},
+        {"Columns": 1},
+        {"BitsAllocated": 32},
+        {"SamplesPerPixel": 3},
+        {"NumberOfFrames": 50},
+        {"Modality": "CT"},
+        {"PhotometricInterpretation": "YBR_FULL"},
+        {"PixelData": b""},
+    ):
         ds = pydicom.dcmread(path)
         for k, v in change.items():
             setattr(ds, k, v)
@@ -52,7 +60,10 @@ def mutated_files(serving_inputs) -> list[tuple[str, bytes]]:
     rng = random.Random(SEED)
     bases = _bases(serving_inputs)
     names = list(bases)
-    files: list[tuple[str, bytes]] = [("empty", b""), ("oversized", b"\x89PNG\r\n\x1a\n" + bytes(MAX_UPLOAD_MB * 1024 * 1024 + 10))]
+    files: list[tuple[str, bytes]] = [
+        ("empty", b""),
+        ("oversized", b"\x89PNG\r\n\x1a\n" + bytes(MAX_UPLOAD_MB * 1024 * 1024 + 10)),
+    ]
     files += [(f"lying-dicom-{i}", d) for i, d in enumerate(_lying_dicoms(serving_inputs["dicom"]))]
     for i in range(N_RANDOM):
         kind = rng.choice(("flip", "flip_header", "truncate", "random", "swap", "flip_truncate"))
@@ -120,7 +131,9 @@ def test_mutated_uploads_never_give_5xx_and_the_service_stays_up(server, serving
     assert sum(s == 415 for s in statuses.values()) > 10 and sum(s == 422 for s in statuses.values()) > 10
 
     assert httpx.get(f"{server.url}/healthz", timeout=10).status_code == 200
-    r = httpx.post(f"{server.url}/v1/predictions", files={"file": ("ok.png", serving_inputs["png"].read_bytes())}, timeout=60)
+    r = httpx.post(
+        f"{server.url}/v1/predictions", files={"file": ("ok.png", serving_inputs["png"].read_bytes())}, timeout=60
+    )
     assert r.status_code == 200 and r.json()["id"]
     log = server.log()
     assert "Traceback" not in log and "internal error" not in log

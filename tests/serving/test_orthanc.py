@@ -35,8 +35,17 @@ def _wait_for(predicate, timeout: float, what: str):
 
 def test_study_forwarded_by_orthanc_comes_back_with_sr_and_overlay(orthanc, tmp_path):  # noqa: F811
     analyzer = FakeAnalyzer()
-    node = DicomNode("MEDLENS", "127.0.0.1", 0, {"ORTHANC"}, analyzer, None, tmp_path / "node",
-                     quiet_period=1.5, pseudonym_key="test-key")
+    node = DicomNode(
+        "MEDLENS",
+        "127.0.0.1",
+        0,
+        {"ORTHANC"},
+        analyzer,
+        None,
+        tmp_path / "node",
+        quiet_period=1.5,
+        pseudonym_key="test-key",
+    )
     with node:
         pacs = orthanc({"medlens": ["MEDLENS", "127.0.0.1", node.port]})
         node.pacs = PacsTarget("ORTHANC", "127.0.0.1", pacs.dicom_port, timeout=10, retries=2, retry_delay=0.5)

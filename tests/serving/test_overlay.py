@@ -63,7 +63,7 @@ def test_secondary_capture_is_a_new_series_in_the_source_study(tmp_path):
     assert np.any((corner[..., 0] > 200) & (corner[..., 1] > 200) & (corner[..., 2] < 80))
     if shutil.which("dciodvfy"):
         report = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=60)
-        assert [l for l in (report.stdout + report.stderr).splitlines() if l.startswith("Error")] == []
+        assert [line for line in (report.stdout + report.stderr).splitlines() if line.startswith("Error")] == []
     with pytest.raises(MedlensError, match="uint8"):
         secondary_capture(rgb.astype(np.float32), pred, series[0])
 

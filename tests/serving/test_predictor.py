@@ -13,8 +13,8 @@ import pytest
 from medlens.errors import ChecksumError, MedlensError
 from medlens.manifest import write_manifest
 from medlens.runs import RunDir, read_json, sha256_file, write_json
-from medlens.serving.predictor import Predictor, UnsupportedMediaError, find_inputs, sniff_suffix
 from medlens.serving.prediction import SourceInfo
+from medlens.serving.predictor import Predictor, UnsupportedMediaError, find_inputs, sniff_suffix
 from tests.serving.conftest import SYNTH
 
 
@@ -51,7 +51,9 @@ def test_probabilities_match_the_training_predictions(request, fixture, model):
     rows = _test_rows(run, model)[:4]
     assert len(rows) == 4
     for row in rows:
-        result = predictor.predict_array(dataset.load(row["id"]).image, source=SourceInfo(kind="array", input_sha256="0"))
+        result = predictor.predict_array(
+            dataset.load(row["id"]).image, source=SourceInfo(kind="array", input_sha256="0")
+        )
         expected = [float(row[f"prob_{c}"]) for c in predictor.class_names]
         assert list(result.prediction.probabilities.values()) == pytest.approx(expected, abs=1e-4)
 
@@ -93,7 +95,10 @@ def test_dicom_input_keeps_sources_and_pseudonymizes(tiny_run, serving_inputs):
     assert src.sop_instance_uids == [ds.SOPInstanceUID] and src.study_instance_uid == ds.StudyInstanceUID
     assert len(result.sources) == 1 and result.sources[0].SOPInstanceUID == ds.SOPInstanceUID
     assert src.patient_pseudonym and src.patient_pseudonym != ds.PatientID and len(src.patient_pseudonym) == 16
-    assert Predictor.from_run(tiny_run, pseudonym_key="k1").predict_path(path).prediction.source.patient_pseudonym == src.patient_pseudonym
+    assert (
+        Predictor.from_run(tiny_run, pseudonym_key="k1").predict_path(path).prediction.source.patient_pseudonym
+        == src.patient_pseudonym
+    )
     # the same image from datasets (DICOM node) and from uploaded bytes
     from_ds = predictor.predict_dicom([pydicom.dcmread(path)], explain=False)
     from_bytes = predictor.predict_bytes(path.read_bytes(), "upload.dcm")

@@ -17,8 +17,16 @@ def test_serve_runs_the_dicom_node_with_the_shared_audit_log(tiny_run, tmp_path)
     pacs = CollectingSCP(ae_title="PACS").start()
     dicom_port = free_port()
     server = start_server(
-        tiny_run, tmp_path / "serve", "--dicom-port", str(dicom_port), "--allow-aet", "MODALITY",
-        "--pacs-dicom", f"PACS@127.0.0.1:{pacs.port}", "--series-quiet-seconds", "1",
+        tiny_run,
+        tmp_path / "serve",
+        "--dicom-port",
+        str(dicom_port),
+        "--allow-aet",
+        "MODALITY",
+        "--pacs-dicom",
+        f"PACS@127.0.0.1:{pacs.port}",
+        "--series-quiet-seconds",
+        "1",
     )
     try:
         dx = synthetic_dx_instance(open_synthetic("chest2d@32").load(0).image[0])

@@ -11,6 +11,7 @@ from medlens.runs import RunDir, read_json
 
 def _strict(path):
     """Parse with NaN/Infinity forbidden (strict JSON)."""
+
     def bad(token):
         raise ValueError(f"non-strict JSON token {token}")
 
@@ -24,7 +25,9 @@ def test_compare_writes_comparison_with_cis_delong_and_holm(tiny_run):
     assert c["order"] == ["elm", "cnn-small"] and c["task"] == "binary"
     assert c["ci"]["n_resamples"] >= 1000
     # identical test ids for both models
-    ids = [[row.split(",")[0] for row in run.model(n).predictions("test").read_text().splitlines()[1:]] for n in c["order"]]
+    ids = [
+        [row.split(",")[0] for row in run.model(n).predictions("test").read_text().splitlines()[1:]] for n in c["order"]
+    ]
     assert ids[0] == ids[1] and len(ids[0]) == c["pairwise"]["n_common"]
     for name in c["order"]:
         m = c["models"][name]["metrics"]["test"]
@@ -32,7 +35,8 @@ def test_compare_writes_comparison_with_cis_delong_and_holm(tiny_run):
             ci = m[metric]
             assert ci["low"] <= ci["value"] <= ci["high"], (name, metric, ci)
         assert c["models"][name]["calibrated_metrics"]["test"]["auc"]["value"] == m["auc"]["value"] or math.isclose(
-            c["models"][name]["calibrated_metrics"]["test"]["auc"]["value"], m["auc"]["value"], abs_tol=1e-9)
+            c["models"][name]["calibrated_metrics"]["test"]["auc"]["value"], m["auc"]["value"], abs_tol=1e-9
+        )
     tests = c["pairwise"]["tests"]
     auc_tests = [t for t in tests if t["metric"] == "auc"]
     acc_tests = [t for t in tests if t["metric"] == "accuracy"]

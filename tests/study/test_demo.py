@@ -10,8 +10,18 @@ from medlens.runs import RunDir, read_json
 
 def test_demo_runs_the_quick_suite_and_prints_the_report_path(cli, tmp_path):
     out = tmp_path / "demo"
-    code, stdout, stderr = cli("demo", "--out", out, "--source", "synthetic:chest2d@32", "--max-samples", "24",
-                               "--epochs", "1", "--no-progress")
+    code, stdout, stderr = cli(
+        "demo",
+        "--out",
+        out,
+        "--source",
+        "synthetic:chest2d@32",
+        "--max-samples",
+        "24",
+        "--epochs",
+        "1",
+        "--no-progress",
+    )
     assert code == 0, stderr
     run = RunDir(out)
     c = read_json(run.comparison)

@@ -23,16 +23,24 @@ def _without_time(c: dict) -> dict:
 
 def test_evaluate_reruns_from_artifacts_identically(tiny_run):
     run = RunDir(tiny_run)
-    weights = [run.model("cnn-small").weights, run.model("elm").estimator,
-               run.model("cnn-small").predictions("test"), run.model("elm").predictions("val")]
+    weights = [
+        run.model("cnn-small").weights,
+        run.model("elm").estimator,
+        run.model("cnn-small").predictions("test"),
+        run.model("elm").predictions("val"),
+    ]
     before = {p: p.stat().st_mtime_ns for p in weights}
     first = evaluate(run.root, n_resamples=1000, seed=0, report=False)
     second = evaluate(run.root, n_resamples=1000, seed=0, report=False)
     assert {p: p.stat().st_mtime_ns for p in weights} == before  # nothing retrained or rewritten
     assert _without_time(first) == _without_time(second)
     other = evaluate(run.root, n_resamples=1000, seed=1, report=False)
-    cis = lambda c: [(m["value"], m["low"], m["high"]) for e in c["models"].values()  # noqa: E731
-                     for m in e["metrics"]["test"].values() if isinstance(m, dict)]
+    cis = lambda c: [
+        (m["value"], m["low"], m["high"])
+        for e in c["models"].values()  # noqa: E731
+        for m in e["metrics"]["test"].values()
+        if isinstance(m, dict)
+    ]
     assert [v for v, _, _ in cis(other)] == [v for v, _, _ in cis(first)]  # same points,
     assert cis(other) != cis(first)  # another bootstrap seed moves the intervals
     assert verify_manifest(run.root) == []  # model.json changed, the manifest followed
@@ -40,9 +48,22 @@ def test_evaluate_reruns_from_artifacts_identically(tiny_run):
 
 def _write_model(run: RunDir, name: str, val: tuple, test: tuple) -> None:
     d = run.model(name).create()
-    write_json(d.info, {"name": name, "model": name, "kind": "classical", "task": "binary", "dims": 2,
-                        "class_names": ["neg", "pos"], "num_outputs": 2, "source": str(run.root / "absent.npz"),
-                        "seed": 0, "temperature": 1.0, "thresholds": {"decision": 0.5}})
+    write_json(
+        d.info,
+        {
+            "name": name,
+            "model": name,
+            "kind": "classical",
+            "task": "binary",
+            "dims": 2,
+            "class_names": ["neg", "pos"],
+            "num_outputs": 2,
+            "source": str(run.root / "absent.npz"),
+            "seed": 0,
+            "temperature": 1.0,
+            "thresholds": {"decision": 0.5},
+        },
+    )
     for split, (ids, y, p) in (("val", val), ("test", test)):
         with open(d.predictions(split), "w", newline="") as f:
             w = csv.writer(f)

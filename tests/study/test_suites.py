@@ -48,8 +48,16 @@ def test_describe_suites_lists_every_suite():
 
 def test_budget_scales_deep_epochs_down_only():
     entries = [SuiteEntry("elm"), SuiteEntry("cnn-small", {"epochs": 20, "patience": 10})]
-    kw = dict(n_train=1000, n_val=200, dims=2, in_channels=1, num_outputs=2, img_sizes={"cnn-small": 28},
-              batch_sizes={"cnn-small": 64}, throughput={"cnn-small": 100.0})
+    kw = dict(
+        n_train=1000,
+        n_val=200,
+        dims=2,
+        in_channels=1,
+        num_outputs=2,
+        img_sizes={"cnn-small": 28},
+        batch_sizes={"cnn-small": 64},
+        throughput={"cnn-small": 100.0},
+    )
     # one epoch ~ (1000 + 0.35 * 200) / 100 = 10.7 s; elm ~ 25 s
     tight, record = fit_budget(entries, 1.0, **kw)  # 48 s usable -> 23 s for the CNN -> 2 epochs
     assert tight[0] == entries[0] and tight[1].settings["epochs"] == 2 and tight[1].settings["patience"] == 2

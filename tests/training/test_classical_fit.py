@@ -39,7 +39,9 @@ def splits():
 @pytest.fixture(scope="module")
 def lr_result(splits):
     (Xt, yt), (Xv, yv) = splits
-    return fit_classical("logistic-regression", Xt, yt, Xv, yv, task="binary", seed=0, grid=LR_GRID, show_progress=False)
+    return fit_classical(
+        "logistic-regression", Xt, yt, Xv, yv, task="binary", seed=0, grid=LR_GRID, show_progress=False
+    )
 
 
 def test_result_is_consistent(lr_result, splits):
@@ -61,8 +63,9 @@ def test_selection_follows_the_validation_labels(lr_result, splits):
     (Xt, yt), (Xv, yv) = splits
     scores = [g["score"] for g in lr_result.grid_scores]
     assert len(set(np.round(scores, 9))) == len(scores), "grid points must score differently for this test"
-    flipped = fit_classical("logistic-regression", Xt, yt, Xv, 1 - yv, task="binary", seed=0, grid=LR_GRID,
-                            show_progress=False)
+    flipped = fit_classical(
+        "logistic-regression", Xt, yt, Xv, 1 - yv, task="binary", seed=0, grid=LR_GRID, show_progress=False
+    )
     np.testing.assert_allclose([g["score"] for g in flipped.grid_scores], 1 - np.array(scores), atol=1e-12)
     assert flipped.best_params == lr_result.grid_scores[int(np.argmin(scores))]["params"]
     assert flipped.best_params != lr_result.best_params
@@ -90,8 +93,17 @@ def test_elm_multiclass_and_multilabel(task):
         y = rng.integers(0, 2, size=(90, 2))
         X[y[:, 0] == 1, :, :8, :] += 0.5
         X[y[:, 1] == 1, :, :, :8] += 0.5
-    r = fit_classical("elm", X[:60], y[:60], X[60:], y[60:], task=task, seed=0,
-                      grid={"n_hidden": [50], "alpha": [1.0, 10.0]}, show_progress=False)
+    r = fit_classical(
+        "elm",
+        X[:60],
+        y[:60],
+        X[60:],
+        y[60:],
+        task=task,
+        seed=0,
+        grid={"n_hidden": [50], "alpha": [1.0, 10.0]},
+        show_progress=False,
+    )
     assert r.metric == "roc_auc" and r.best_score > 0.9
     assert predict_proba_classical(r.estimator, X[60:], task).shape == (30, 3 if task == "multiclass" else 2)
 

@@ -17,10 +17,29 @@ def test_two_process_ddp_ranks_agree(tmp_path):
     out = tmp_path / "run"
     digests = tmp_path / "digests"
     res = run_medlens(
-        "train", "synthetic:chest2d@32", "--model", "cnn-small", "--epochs", "2", "--batch-size", "8",
-        "--max-samples", "64", "--accelerator", "cpu", "--devices", "2", "--strategy", "ddp", "--num-nodes", "1",
-        "--no-progress", "--out", out,
-        timeout=180, env={RANK_DIGEST_ENV: str(digests), "OMP_NUM_THREADS": "1"},
+        "train",
+        "synthetic:chest2d@32",
+        "--model",
+        "cnn-small",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "8",
+        "--max-samples",
+        "64",
+        "--accelerator",
+        "cpu",
+        "--devices",
+        "2",
+        "--strategy",
+        "ddp",
+        "--num-nodes",
+        "1",
+        "--no-progress",
+        "--out",
+        out,
+        timeout=180,
+        env={RANK_DIGEST_ENV: str(digests), "OMP_NUM_THREADS": "1"},
     )
     assert res.returncode == 0, res.stderr[-3000:]
     ranks = [json.loads((digests / f"rank{r}.json").read_text()) for r in (0, 1)]

@@ -61,7 +61,9 @@ def test_epochs_are_capped(monkeypatch):
 
 
 def test_throughput_is_measured_on_this_machine():
-    ips = planning.measure_throughput("cnn-small", in_channels=1, num_outputs=2, dims=2, img_size=28, batch_size=16, seconds=0.2, max_steps=2)
+    ips = planning.measure_throughput(
+        "cnn-small", in_channels=1, num_outputs=2, dims=2, img_size=28, batch_size=16, seconds=0.2, max_steps=2
+    )
     assert ips > 1
 
 
@@ -73,7 +75,19 @@ def test_plan_cli_then_train_follows_the_plan(cli, tmp_path):
     assert plan["schema"] == planning.SCHEMA and plan["measurements"][0]["images_per_second"] > 0
     assert plan["estimate_minutes"] <= 2
     run = tmp_path / "run"
-    code, out, err = cli("train", "synthetic:chest2d@32", "--plan", plan_path, "--epochs", "1", "--max-samples", "40", "--no-progress", "--out", run)
+    code, out, err = cli(
+        "train",
+        "synthetic:chest2d@32",
+        "--plan",
+        plan_path,
+        "--epochs",
+        "1",
+        "--max-samples",
+        "40",
+        "--no-progress",
+        "--out",
+        run,
+    )
     assert code == 0, err
     cfg = read_yaml(RunDir(run).config)
     for key in ("model", "img_size", "batch_size", "augment", "imbalance", "preprocessing", "patience"):

@@ -17,8 +17,23 @@ from tests.conftest import run_medlens
 
 EPOCHS = 3
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}  # faster than two threads on a busy 2-core machine
-ARGS = ("train", "synthetic:chest2d@32", "--model", "cnn-small", "--epochs", str(EPOCHS),
-        "--batch-size", "16", "--max-samples", "160", "--checkpoint-every", "2", "--accelerator", "cpu", "--no-progress")
+ARGS = (
+    "train",
+    "synthetic:chest2d@32",
+    "--model",
+    "cnn-small",
+    "--epochs",
+    str(EPOCHS),
+    "--batch-size",
+    "16",
+    "--max-samples",
+    "160",
+    "--checkpoint-every",
+    "2",
+    "--accelerator",
+    "cpu",
+    "--no-progress",
+)
 
 
 @pytest.mark.slow
@@ -28,8 +43,12 @@ def test_sigkill_mid_epoch_then_resume(tmp_path):
     env = {**os.environ, **ONE_THREAD}
     log = tmp_path / "first.log"  # a file, not a pipe: a full pipe would stall the child
     with open(log, "w") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "medlens.cli.main", *ARGS, "--out", str(out)],
-                                stdout=subprocess.DEVNULL, stderr=err, env=env)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "medlens.cli.main", *ARGS, "--out", str(out)],
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+            env=env,
+        )
     try:
         deadline = time.monotonic() + 120
         while not model.last_checkpoint.is_file():

@@ -42,7 +42,9 @@ def _main(*args) -> int:
 def run(tmp_path_factory) -> dict:
     """cnn-small then elm trained into one run directory (the done-list commands)."""
     out = tmp_path_factory.mktemp("run") / "chest"
-    assert _main("train", "synthetic:chest2d", "--model", "cnn-small", "--epochs", "2", "--out", out, "--no-progress") == 0
+    assert (
+        _main("train", "synthetic:chest2d", "--model", "cnn-small", "--epochs", "2", "--out", out, "--no-progress") == 0
+    )
     splits_after_deep = sha256_file(RunDir(out).splits)
     assert _main("train", "synthetic:chest2d", "--model", "elm", "--out", out, "--no-progress") == 0
     return {"run": RunDir(out), "splits_sha_after_deep": splits_after_deep}
@@ -141,13 +143,20 @@ def test_saved_weights_reproduce_the_test_predictions(run):
     md = rd.model("cnn-small")
     info = read_json(md.info)
     net = get_model("cnn-small").build(
-        in_channels=info["in_channels"], num_outputs=info["num_outputs"], spatial_dims=info["dims"], img_size=info["img_size"]
+        in_channels=info["in_channels"],
+        num_outputs=info["num_outputs"],
+        spatial_dims=info["dims"],
+        img_size=info["img_size"],
     )
     load_weights(net, md.weights)
     rows = _rows(md.predictions("test"))[:16]
     x, _ = load_arrays(
-        open_source("synthetic:chest2d"), [r["id"] for r in rows], size=info["img_size"], channels=info["in_channels"],
-        preprocessing=info["preprocessing"], show_progress=False,
+        open_source("synthetic:chest2d"),
+        [r["id"] for r in rows],
+        size=info["img_size"],
+        channels=info["in_channels"],
+        preprocessing=info["preprocessing"],
+        show_progress=False,
     )
     with torch.no_grad():
         probs = torch.softmax(net.eval()(torch.as_tensor(x)).double(), dim=1).numpy()
@@ -156,7 +165,19 @@ def test_saved_weights_reproduce_the_test_predictions(run):
 
 
 def test_same_command_twice_gives_same_metrics(tmp_path):
-    args = ("train", "synthetic:chest2d", "--model", "cnn-small", "--epochs", "1", "--img-size", "32", "--max-samples", "48", "--no-progress")
+    args = (
+        "train",
+        "synthetic:chest2d",
+        "--model",
+        "cnn-small",
+        "--epochs",
+        "1",
+        "--img-size",
+        "32",
+        "--max-samples",
+        "48",
+        "--no-progress",
+    )
     assert _main(*args, "--out", tmp_path / "a") == 0
     assert _main(*args, "--out", tmp_path / "b") == 0
     a = read_json(RunDir(tmp_path / "a").model("cnn-small").metrics)
@@ -184,8 +205,15 @@ def test_gan_augmentation_adds_minority_samples_to_train_only(tmp_path):
     from medlens.training.run import train
 
     config = TrainConfig(
-        "synthetic:chest2d", model="cnn-small", out=str(tmp_path / "g"), epochs=1, img_size=32, max_samples=60,
-        augment="gan", gan_epochs=1, progress=False,
+        "synthetic:chest2d",
+        model="cnn-small",
+        out=str(tmp_path / "g"),
+        epochs=1,
+        img_size=32,
+        max_samples=60,
+        augment="gan",
+        gan_epochs=1,
+        progress=False,
     )
     rd = train(config)
     md = rd.model("cnn-small")
@@ -201,7 +229,21 @@ def test_gan_augmentation_adds_minority_samples_to_train_only(tmp_path):
 def test_cnn_lstm_trains_on_adrenalmnist3d(shared_data, tmp_path):
     source = need(shared_data / "medmnist" / "adrenalmnist3d.npz")
     out = tmp_path / "adrenal"
-    code = _main("train", source, "--model", "cnn-lstm", "--epochs", "1", "--max-samples", "48", "--batch-size", "16", "--out", out, "--no-progress")
+    code = _main(
+        "train",
+        source,
+        "--model",
+        "cnn-lstm",
+        "--epochs",
+        "1",
+        "--max-samples",
+        "48",
+        "--batch-size",
+        "16",
+        "--out",
+        out,
+        "--no-progress",
+    )
     assert code == 0
     rd = RunDir(out)
     info = read_json(rd.model("cnn-lstm").info)
@@ -221,8 +263,27 @@ def test_weights_option_starts_from_local_weights(run, tmp_path):
 
     given = run["run"].model("cnn-small").weights
     out = tmp_path / "w"
-    code = _main("train", "synthetic:chest2d", "--model", "cnn-small", "--epochs", "1", "--img-size", "32", "--max-samples", "40",
-                 "--lr", "1e-12", "--augment", "none", "--weights", given, "--no-progress", "--out", out)
+    code = _main(
+        "train",
+        "synthetic:chest2d",
+        "--model",
+        "cnn-small",
+        "--epochs",
+        "1",
+        "--img-size",
+        "32",
+        "--max-samples",
+        "40",
+        "--lr",
+        "1e-12",
+        "--augment",
+        "none",
+        "--weights",
+        given,
+        "--no-progress",
+        "--out",
+        out,
+    )
     assert code == 0
     before, after = load_file(str(given)), load_file(str(RunDir(out).model("cnn-small").weights))
     convs = [k for k in before if k.endswith("conv.weight")]
@@ -250,8 +311,28 @@ def test_ema_exports_the_averaged_weights(run, tmp_path):
     from safetensors.torch import load_file
 
     out = tmp_path / "ema"
-    assert _main("train", "synthetic:chest2d", "--model", "cnn-small", "--epochs", "1", "--img-size", "32",
-                 "--max-samples", "40", "--batch-size", "8", "--ema", "0.9", "--no-progress", "--out", out) == 0
+    assert (
+        _main(
+            "train",
+            "synthetic:chest2d",
+            "--model",
+            "cnn-small",
+            "--epochs",
+            "1",
+            "--img-size",
+            "32",
+            "--max-samples",
+            "40",
+            "--batch-size",
+            "8",
+            "--ema",
+            "0.9",
+            "--no-progress",
+            "--out",
+            out,
+        )
+        == 0
+    )
     md = RunDir(out).model("cnn-small")
     ckpt = torch.load(md.checkpoints / "best.ckpt", map_location="cpu", weights_only=False)
     exported = load_file(str(md.weights))

@@ -74,7 +74,6 @@ def _open_path(path: Path, *, skip_bad: bool) -> Dataset:
     if dicom.looks_like_dicom_folder(path):
         return dicom.open_dicom(path, skip_bad=skip_bad)
     raise UnknownSourceError(
-        "cannot tell what this folder holds (expected class sub-folders of images, NIfTI files, "
-        "or DICOM files)",
+        "cannot tell what this folder holds (expected class sub-folders of images, NIfTI files, or DICOM files)",
         path,
     )

@@ -86,7 +86,8 @@ def open_dicom(path: Path, *, skip_bad: bool) -> Dataset:
     series = dicom.scan(files, skip_bad=skip_bad, problems=problems)
     if not series:
         raise BadInputError(
-            "no readable DICOM series" + (f" ({len(problems)} unreadable file(s), first: {problems[0]})" if problems else ""),
+            "no readable DICOM series"
+            + (f" ({len(problems)} unreadable file(s), first: {problems[0]})" if problems else ""),
             path,
         )
     records = []

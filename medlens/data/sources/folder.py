@@ -28,9 +28,13 @@ from medlens.data.sample import Dataset, Problem, Record, Sample, Task
 from medlens.errors import BadInputError, MedlensError
 
 SPLIT_ALIASES = {
-    "train": "train", "training": "train",
-    "val": "val", "valid": "val", "validation": "val",
-    "test": "test", "testing": "test",
+    "train": "train",
+    "training": "train",
+    "val": "val",
+    "valid": "val",
+    "validation": "val",
+    "test": "test",
+    "testing": "test",
 }
 SYSTEM_FILES = {"thumbs.db", "desktop.ini"}
 
@@ -74,8 +78,10 @@ def open_image_folder(path: Path, *, skip_bad: bool = False) -> "ImageFolderData
         groups = [(split_of(d.name), d) for d in split_dirs]
         for d in subdirs:
             if d not in split_dirs:
-                _report(problems, d, "folder beside the split folders is not a split (train, val, test); not used", True)
-        for s, d in groups:
+                _report(
+                    problems, d, "folder beside the split folders is not a split (train, val, test); not used", True
+                )
+        for _s, d in groups:
             _report_loose_files(problems, d)
     else:
         groups = [(None, path)]
@@ -92,8 +98,13 @@ def open_image_folder(path: Path, *, skip_bad: bool = False) -> "ImageFolderData
                     files.append(p)
                 else:
                     kind = "folder" if p.is_dir() else "file"
-                    _report(problems, p, f"not an image {kind} in class folder '{class_dir.name}' "
-                            "(expected .png, .jpg, .jpeg, .tif, .tiff or .bmp)", skip_bad)
+                    _report(
+                        problems,
+                        p,
+                        f"not an image {kind} in class folder '{class_dir.name}' "
+                        "(expected .png, .jpg, .jpeg, .tif, .tiff or .bmp)",
+                        skip_bad,
+                    )
             if not files:
                 _report(problems, class_dir, "empty class folder: no images", True)
             entries += [(split, class_dir.name, f) for f in files]
@@ -105,12 +116,21 @@ def open_image_folder(path: Path, *, skip_bad: bool = False) -> "ImageFolderData
     records = []
     for split, cls, f in entries:
         rel = f.relative_to(path).as_posix()
-        records.append(Record(id=rel, label=index[cls], patient_id=f.stem, origin=str(f), split=split,
-                              extra={"path": str(f)}))
+        records.append(
+            Record(id=rel, label=index[cls], patient_id=f.stem, origin=str(f), split=split, extra={"path": str(f)})
+        )
     channels = choose_channels([f for _, _, f in entries])
     task = Task.BINARY if len(class_names) == 2 else Task.MULTICLASS
-    return ImageFolderDataset(path.name, records, task=task, class_names=class_names, dims=2,
-                              problems=problems, uri=str(path), channels=channels)
+    return ImageFolderDataset(
+        path.name,
+        records,
+        task=task,
+        class_names=class_names,
+        dims=2,
+        problems=problems,
+        uri=str(path),
+        channels=channels,
+    )
 
 
 class ImageFolderDataset(Dataset):
@@ -122,8 +142,16 @@ class ImageFolderDataset(Dataset):
 
     def _load(self, record: Record) -> Sample:
         data = read_image_file(record.extra["path"], channels=self.channels)
-        return Sample(id=record.id, image=data.array, label=record.label, patient_id=record.patient_id,
-                      origin=record.origin, spacing=data.spacing, modality=self.modality, meta=data.meta)
+        return Sample(
+            id=record.id,
+            image=data.array,
+            label=record.label,
+            patient_id=record.patient_id,
+            origin=record.origin,
+            spacing=data.spacing,
+            modality=self.modality,
+            meta=data.meta,
+        )
 
 
 def _report(problems: list[Problem], p: Path, message: str, skip_bad: bool) -> None:

@@ -64,8 +64,9 @@ def open_csv_manifest(path: Path, *, skip_bad: bool = False) -> "ManifestDataset
             if has_label and not multilabel and not row.get("label", "").strip():
                 raise BadInputError(f"line {line}: empty label for {rel}", path)
             if row.get("split", "").strip() and split_of(row["split"].strip()) is None:
-                raise BadInputError(f"line {line}: unknown split '{row['split'].strip()}' (expected train, val or test)",
-                                    path)
+                raise BadInputError(
+                    f"line {line}: unknown split '{row['split'].strip()}' (expected train, val or test)", path
+                )
         except BadInputError as e:
             if not skip_bad:
                 raise
@@ -77,8 +78,10 @@ def open_csv_manifest(path: Path, *, skip_bad: bool = False) -> "ManifestDataset
         raise MedlensError("no usable rows in this manifest", path)
 
     task, class_names, encode = _labels(
-        [row.get("label", "").strip() for _, row, _, _ in kept] if has_label else None, multilabel,
-        has_mask=any(m is not None for *_, m in kept), order=_class_order(path),
+        [row.get("label", "").strip() for _, row, _, _ in kept] if has_label else None,
+        multilabel,
+        has_mask=any(m is not None for *_, m in kept),
+        order=_class_order(path),
     )
     records = []
     for line, row, file, mask in kept:
@@ -86,18 +89,37 @@ def open_csv_manifest(path: Path, *, skip_bad: bool = False) -> "ManifestDataset
         if mask is not None:
             extra["mask"] = str(mask)
         split = row.get("split", "").strip()
-        records.append(Record(
-            id=row["path"].strip(), label=encode(row.get("label", "").strip()) if has_label else None,
-            patient_id=row.get("patient_id", "").strip() or _stem(file), origin=str(file),
-            split=split_of(split) if split else None, extra=extra,
-        ))
+        records.append(
+            Record(
+                id=row["path"].strip(),
+                label=encode(row.get("label", "").strip()) if has_label else None,
+                patient_id=row.get("patient_id", "").strip() or _stem(file),
+                origin=str(file),
+                split=split_of(split) if split else None,
+                extra=extra,
+            )
+        )
     first = Path(records[0].extra["path"])
     raster = [Path(r.extra["path"]) for r in records if is_raster_name(r.extra["path"])]
     channels = choose_channels(raster) if raster else None
-    dims = 2 if is_raster_name(first.name) else _nifti_dims(first) if is_nifti_name(first.name) else read_image_file(first).dims
+    dims = (
+        2
+        if is_raster_name(first.name)
+        else _nifti_dims(first)
+        if is_nifti_name(first.name)
+        else read_image_file(first).dims
+    )
     name = path.parent.name if path.name.lower() == MANIFEST_NAME else path.stem
-    return ManifestDataset(name, records, task=task, class_names=class_names, dims=dims, problems=problems,
-                           uri=str(path), channels=channels)
+    return ManifestDataset(
+        name,
+        records,
+        task=task,
+        class_names=class_names,
+        dims=dims,
+        problems=problems,
+        uri=str(path),
+        channels=channels,
+    )
 
 
 class ManifestDataset(Dataset):
@@ -114,11 +136,21 @@ class ManifestDataset(Dataset):
         if "mask" in record.extra:
             mask = read_mask_file(record.extra["mask"])
             if mask.shape != data.array.shape[1:]:
-                raise BadInputError(f"mask shape {mask.shape} differs from image shape {data.array.shape[1:]}",
-                                    record.extra["mask"])
-        return Sample(id=record.id, image=data.array, label=record.label, patient_id=record.patient_id,
-                      origin=record.origin, spacing=data.spacing, affine=data.affine, mask=mask,
-                      modality=data.modality or self.modality, meta=data.meta)
+                raise BadInputError(
+                    f"mask shape {mask.shape} differs from image shape {data.array.shape[1:]}", record.extra["mask"]
+                )
+        return Sample(
+            id=record.id,
+            image=data.array,
+            label=record.label,
+            patient_id=record.patient_id,
+            origin=record.origin,
+            spacing=data.spacing,
+            affine=data.affine,
+            mask=mask,
+            modality=data.modality or self.modality,
+            meta=data.meta,
+        )
 
 
 def _read_rows(path: Path) -> list[tuple[int, dict[str, str]]]:

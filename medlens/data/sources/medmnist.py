@@ -96,7 +96,9 @@ def fetch_medmnist(name: str, size: int = 28, *, base_url: str | None = None, sh
     entry = catalog_entry(name)
     path = cache_dir() / "medmnist" / file_name(name, size)
     if not path.is_file():
-        download(file_url(name, size, base_url), path, md5=entry["files"][str(size)]["md5"], show_progress=show_progress)
+        download(
+            file_url(name, size, base_url), path, md5=entry["files"][str(size)]["md5"], show_progress=show_progress
+        )
     return path
 
 
@@ -109,8 +111,9 @@ def infer_name(path: Path) -> tuple[str | None, int | None]:
 
 
 # -- opening ------------------------------------------------------------------------------------
-def open_medmnist_uri(spec: str, *, skip_bad: bool = False, base_url: str | None = None,
-                      show_progress: bool = True) -> "MedMNISTDataset":
+def open_medmnist_uri(
+    spec: str, *, skip_bad: bool = False, base_url: str | None = None, show_progress: bool = True
+) -> "MedMNISTDataset":
     """Open ``medmnist:NAME[@SIZE]`` (``spec`` is the part after the colon) from the cache,
     downloading it when absent. ``skip_bad`` is accepted for symmetry: an npz has no per-file faults."""
     name, size = parse_spec(spec)
@@ -174,8 +177,13 @@ class MedMNISTDataset(Dataset):
                 label = tuple(int(v) for v in lab[i]) if multi else int(lab[i, 0])
                 records.append(Record(sid, label, sid, f"{path.name}#{sid}", split=s, extra={"index": i}))
         super().__init__(
-            path.stem, records, task=task, class_names=class_names, dims=self.dims,
-            modality=modality, uri=uri or str(path),
+            path.stem,
+            records,
+            task=task,
+            class_names=class_names,
+            dims=self.dims,
+            modality=modality,
+            uri=uri or str(path),
         )
 
     # -- arrays -----------------------------------------------------------------------------
@@ -204,8 +212,13 @@ class MedMNISTDataset(Dataset):
         img = np.asarray(self._member(f"{record.split}_images")[record.extra["index"]], dtype=np.float32)
         img = np.moveaxis(img, -1, 0) if self.rgb else img[None]
         return Sample(
-            id=record.id, image=np.ascontiguousarray(img), label=record.label, patient_id=record.patient_id,
-            origin=record.origin, modality=self.modality, meta={"split": record.split},
+            id=record.id,
+            image=np.ascontiguousarray(img),
+            label=record.label,
+            patient_id=record.patient_id,
+            origin=record.origin,
+            modality=self.modality,
+            meta={"split": record.split},
         )
 
 
@@ -241,8 +254,11 @@ def _member_shapes(path: Path) -> dict[str, tuple[int, ...]]:
                     continue
                 with zf.open(info) as f:
                     version = np.lib.format.read_magic(f)
-                    read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                                   else np.lib.format.read_array_header_2_0)
+                    read_header = (
+                        np.lib.format.read_array_header_1_0
+                        if version == (1, 0)
+                        else np.lib.format.read_array_header_2_0
+                    )
                     shape, _, _ = read_header(f)
                 shapes[info.filename[:-4]] = tuple(shape)
             return shapes

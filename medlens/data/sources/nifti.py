@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-
 from medlens.data.imageio import is_nifti_name, read_image_file, read_mask_file
 from medlens.data.sample import Dataset, Problem, Record, Sample, Task
 from medlens.errors import BadInputError, MedlensError
@@ -88,8 +87,16 @@ class NiftiDataset(Dataset):
                     f"label shape {mask.shape} differs from image shape {data.array.shape[1:]}", record.extra["label"]
                 )
         return Sample(
-            id=record.id, image=data.array, label=record.label, patient_id=record.patient_id, origin=record.origin,
-            spacing=data.spacing, affine=data.affine, mask=mask, modality=self.modality, meta=data.meta,
+            id=record.id,
+            image=data.array,
+            label=record.label,
+            patient_id=record.patient_id,
+            origin=record.origin,
+            spacing=data.spacing,
+            affine=data.affine,
+            mask=mask,
+            modality=self.modality,
+            meta=data.meta,
         )
 
 
@@ -99,8 +106,14 @@ def _unlabelled(root: Path, files: list[Path]) -> NiftiDataset:
         Record(id=nifti_stem(f.name), label=None, patient_id=nifti_stem(f.name), origin=str(f), extra={"image": str(f)})
         for f in files
     ]
-    return NiftiDataset(nifti_stem(root.name) if root.is_file() else root.name, records, task=Task.NONE,
-                        class_names=[], dims=dims, uri=str(root))
+    return NiftiDataset(
+        nifti_stem(root.name) if root.is_file() else root.name,
+        records,
+        task=Task.NONE,
+        class_names=[],
+        dims=dims,
+        uri=str(root),
+    )
 
 
 def _paired(root: Path, images_dir: Path, labels_dir: Path, *, skip_bad: bool) -> NiftiDataset:
@@ -110,14 +123,18 @@ def _paired(root: Path, images_dir: Path, labels_dir: Path, *, skip_bad: bool) -
     for stem in sorted(images.keys() - labels.keys()):
         problems.append(Problem(str(images[stem]), f"image without a label (no {labels_dir.name}/{images[stem].name})"))
     for stem in sorted(labels.keys() - images.keys()):
-        problems.append(Problem(str(labels[stem]), f"label without an image (no {images_dir.name}/{labels[stem].name})"))
+        problems.append(
+            Problem(str(labels[stem]), f"label without an image (no {images_dir.name}/{labels[stem].name})")
+        )
     for folder in (images_dir, labels_dir):
         for p in sorted(folder.iterdir()):
             if not p.name.startswith(".") and not (p.is_file() and is_nifti_name(p.name)):
                 problems.append(Problem(str(p), "not a NIfTI file; not used"))
     for extra in ("imagesTs",):
         if (root / extra).is_dir():
-            problems.append(Problem(str(root / extra), f"{len(_nifti_files(root / extra))} unlabelled test image(s); not used"))
+            problems.append(
+                Problem(str(root / extra), f"{len(_nifti_files(root / extra))} unlabelled test image(s); not used")
+            )
 
     records = []
     for stem in sorted(images.keys() & labels.keys()):
@@ -131,14 +148,16 @@ def _paired(root: Path, images_dir: Path, labels_dir: Path, *, skip_bad: bool) -
                 raise
             problems.append(Problem(e.path or str(img), e.problem))
             continue
-        records.append(Record(id=stem, label=None, patient_id=stem, origin=str(img),
-                              extra={"image": str(img), "label": str(lab)}))
+        records.append(
+            Record(id=stem, label=None, patient_id=stem, origin=str(img), extra={"image": str(img), "label": str(lab)})
+        )
     if not records:
         raise MedlensError(f"no image/label pairs in {images_dir.name}/ and {labels_dir.name}/", root)
     dims = _header_dims(Path(records[0].extra["image"]))
     class_names = _class_names(root, [Path(r.extra["label"]) for r in records[:LABEL_SCAN]])
-    return NiftiDataset(root.name, records, task=Task.SEGMENTATION, class_names=class_names, dims=dims,
-                        problems=problems, uri=str(root))
+    return NiftiDataset(
+        root.name, records, task=Task.SEGMENTATION, class_names=class_names, dims=dims, problems=problems, uri=str(root)
+    )
 
 
 def _header_shape(path: Path) -> tuple[int, ...]:
@@ -147,8 +166,9 @@ def _header_shape(path: Path) -> tuple[int, ...]:
     try:
         return tuple(int(s) for s in nib.load(str(path)).shape)
     except Exception as e:  # noqa: BLE001 - nibabel raises several kinds for broken headers
-        raise BadInputError(f"corrupt image (NIfTI header: {str(e).splitlines()[0] if str(e) else type(e).__name__})",
-                            path) from None
+        raise BadInputError(
+            f"corrupt image (NIfTI header: {str(e).splitlines()[0] if str(e) else type(e).__name__})", path
+        ) from None
 
 
 def _header_dims(path: Path) -> int:

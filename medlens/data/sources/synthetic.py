@@ -98,7 +98,9 @@ def parse_spec(spec: str) -> tuple[str, int | None]:
     name, sep, size_text = spec.strip().partition("@")
     name = name.strip().lower()
     if name not in CONFIGS:
-        raise MedlensError(f"unknown synthetic generator '{name}' (known: {', '.join(GENERATORS)})", f"synthetic:{spec}")
+        raise MedlensError(
+            f"unknown synthetic generator '{name}' (known: {', '.join(GENERATORS)})", f"synthetic:{spec}"
+        )
     if not sep:
         return name, None
     try:
@@ -153,7 +155,7 @@ class SyntheticDataset(Dataset):
             uri=f"synthetic:{config.name}@{config.size}",
         )
         self._cache: dict[str, Sample] = {}
-        per_sample = 4 * config.size ** config.dims
+        per_sample = 4 * config.size**config.dims
         self._cache_limit = max(0, (256 << 20) // per_sample)
 
     def _load(self, record: Record) -> Sample:
@@ -172,8 +174,12 @@ class SyntheticDataset(Dataset):
             affine=affine,
             mask=mask,
             modality=self.config.modality,
-            meta={"generator": self.config.name, "seed": self.seed, "lesions": lesions,
-                  "class_name": self.config.class_names[record.label]},
+            meta={
+                "generator": self.config.name,
+                "seed": self.seed,
+                "lesions": lesions,
+                "class_name": self.config.class_names[record.label],
+            },
         )
         if len(self._cache) < self._cache_limit:
             self._cache[record.id] = sample
@@ -196,11 +202,15 @@ def _patient_structure(cfg: SynthConfig, seed: int) -> list[Record]:
             n_views = min(int(rng.integers(lo, hi + 1)), cfg.n_per_class - len(recs))
             pid = f"{cfg.name}-{cname[:3]}-p{p:04d}"
             for v in range(n_views):
-                recs.append(Record(
-                    id=f"{pid}-v{v}", label=k, patient_id=pid,
-                    origin=f"synthetic:{cfg.name}@{cfg.size}#seed{seed}/{pid}/v{v}",
-                    extra={"klass": k, "patient": p, "view": v},
-                ))
+                recs.append(
+                    Record(
+                        id=f"{pid}-v{v}",
+                        label=k,
+                        patient_id=pid,
+                        origin=f"synthetic:{cfg.name}@{cfg.size}#seed{seed}/{pid}/v{v}",
+                        extra={"klass": k, "patient": p, "view": v},
+                    )
+                )
             p += 1
         per_class.append(recs)
     # interleave patients of the classes so that any prefix is roughly balanced
@@ -227,14 +237,24 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
 def _chest_anatomy(rng: np.random.Generator) -> dict[str, float]:
     """Per-patient anatomy in body coordinates (u right->left of the image, v top->bottom)."""
     return dict(
-        bw=rng.uniform(0.84, 0.96), bh=rng.uniform(1.25, 1.45),
-        lung_dx=rng.uniform(0.40, 0.47), lung_dy=rng.uniform(-0.16, -0.06),
-        lung_rx=rng.uniform(0.32, 0.37), lung_ry=rng.uniform(0.52, 0.62),
-        diaph=rng.uniform(0.30, 0.42), diaph_tilt=rng.uniform(0.02, 0.08),
-        heart_x=rng.uniform(0.08, 0.16), heart_y=rng.uniform(0.12, 0.2),
-        heart_rx=rng.uniform(0.26, 0.34), heart_ry=rng.uniform(0.2, 0.26),
-        rib_gap=rng.uniform(0.15, 0.19), rib_phase=rng.uniform(0, 1), rib_curve=rng.uniform(0.7, 1.1),
-        zoom=rng.uniform(0.9, 1.08), cx=rng.uniform(-0.06, 0.06), cy=rng.uniform(-0.04, 0.08),
+        bw=rng.uniform(0.84, 0.96),
+        bh=rng.uniform(1.25, 1.45),
+        lung_dx=rng.uniform(0.40, 0.47),
+        lung_dy=rng.uniform(-0.16, -0.06),
+        lung_rx=rng.uniform(0.32, 0.37),
+        lung_ry=rng.uniform(0.52, 0.62),
+        diaph=rng.uniform(0.30, 0.42),
+        diaph_tilt=rng.uniform(0.02, 0.08),
+        heart_x=rng.uniform(0.08, 0.16),
+        heart_y=rng.uniform(0.12, 0.2),
+        heart_rx=rng.uniform(0.26, 0.34),
+        heart_ry=rng.uniform(0.2, 0.26),
+        rib_gap=rng.uniform(0.15, 0.19),
+        rib_phase=rng.uniform(0, 1),
+        rib_curve=rng.uniform(0.7, 1.1),
+        zoom=rng.uniform(0.9, 1.08),
+        cx=rng.uniform(-0.06, 0.06),
+        cy=rng.uniform(-0.04, 0.08),
     )
 
 
@@ -253,8 +273,10 @@ def _lung_fields(u: np.ndarray, v: np.ndarray, a: dict[str, float], edge: float)
 
 
 def _in_lung(a: dict[str, float], u: float, v: float, margin: float) -> bool:
-    return float(_lung_fields(np.array(u - margin), np.array(v), a, 0.02)) > 0.95 and \
-        float(_lung_fields(np.array(u + margin), np.array(v + margin), a, 0.02)) > 0.95
+    return (
+        float(_lung_fields(np.array(u - margin), np.array(v), a, 0.02)) > 0.95
+        and float(_lung_fields(np.array(u + margin), np.array(v + margin), a, 0.02)) > 0.95
+    )
 
 
 def _chest_lesions(cfg: SynthConfig, rng: np.random.Generator, a: dict[str, float], klass: str) -> list[dict[str, Any]]:
@@ -277,8 +299,15 @@ def _chest_lesions(cfg: SynthConfig, rng: np.random.Generator, a: dict[str, floa
             for _ in range(int(rng.integers(L.opacity_blobs[0], L.opacity_blobs[1] + 1))):
                 cu = side * a["lung_dx"] * a["bw"] + rng.uniform(-0.7, 0.7) * a["lung_rx"] * a["bw"]
                 cv = rng.uniform(top, a["diaph"])
-                out.append(dict(kind="opacity", u=float(cu), v=float(cv), r=_u(rng, L.opacity_radius) * 2.0,
-                                contrast=contrast * rng.uniform(0.7, 1.3)))
+                out.append(
+                    dict(
+                        kind="opacity",
+                        u=float(cu),
+                        v=float(cv),
+                        r=_u(rng, L.opacity_radius) * 2.0,
+                        contrast=contrast * rng.uniform(0.7, 1.3),
+                    )
+                )
     return out
 
 
@@ -312,11 +341,14 @@ def _render_chest2d(cfg: SynthConfig, seed: int, *, klass: int, patient: int, vi
     # posterior ribs: arcs sagging laterally, repeated down the chest, not over the spine
     t = v + a["rib_curve"] * (np.abs(u) - 0.35) ** 2
     phase = (t - a["lung_dy"]) / a["rib_gap"] + a["rib_phase"]
-    ribs = np.exp(-((phase - np.round(phase)) / 0.2) ** 2) * _sigmoid((np.abs(u) - 0.1) / 0.03)
+    ribs = np.exp(-(((phase - np.round(phase)) / 0.2) ** 2)) * _sigmoid((np.abs(u) - 0.1) / 0.03)
     ribs *= _sigmoid((a["diaph"] + 0.1 - v) / 0.05) * (0.3 + 0.7 * lung)
     # clavicles: bands rising laterally from the top of the mediastinum
-    clav = np.exp(-((v + 0.62 - 0.22 * np.abs(u)) / 0.05) ** 2) * _sigmoid((np.abs(u) - 0.08) / 0.03) \
+    clav = (
+        np.exp(-(((v + 0.62 - 0.22 * np.abs(u)) / 0.05) ** 2))
+        * _sigmoid((np.abs(u) - 0.08) / 0.03)
         * _sigmoid((0.65 - np.abs(u)) / 0.04)
+    )
     marks = gaussian_filter(vrng.normal(size=(S, S)), S / 24)
     marks = marks / (marks.std() + 1e-9)
 
@@ -351,12 +383,22 @@ def _render_chest2d(cfg: SynthConfig, seed: int, *, klass: int, patient: int, vi
 # -- nodule3d ----------------------------------------------------------------------------------
 def _ct_anatomy(rng: np.random.Generator) -> dict[str, Any]:
     a: dict[str, Any] = dict(
-        bw=rng.uniform(0.78, 0.9), bh=rng.uniform(0.55, 0.65),
-        lung_dx=rng.uniform(0.40, 0.48), lung_rx=rng.uniform(0.28, 0.34), lung_ry=rng.uniform(0.62, 0.75),
-        lung_rz=rng.uniform(0.75, 0.9), lung_z=rng.uniform(0.0, 0.15), diaph=rng.uniform(-0.55, -0.35),
-        heart_x=rng.uniform(0.05, 0.15), heart_y=rng.uniform(-0.25, -0.12), heart_z=rng.uniform(-0.45, -0.25),
-        rib_gap=rng.uniform(0.2, 0.26), rib_phase=rng.uniform(0, 1),
-        cx=rng.uniform(-0.05, 0.05), cy=rng.uniform(-0.05, 0.05), cz=rng.uniform(-0.05, 0.05),
+        bw=rng.uniform(0.78, 0.9),
+        bh=rng.uniform(0.55, 0.65),
+        lung_dx=rng.uniform(0.40, 0.48),
+        lung_rx=rng.uniform(0.28, 0.34),
+        lung_ry=rng.uniform(0.62, 0.75),
+        lung_rz=rng.uniform(0.75, 0.9),
+        lung_z=rng.uniform(0.0, 0.15),
+        diaph=rng.uniform(-0.55, -0.35),
+        heart_x=rng.uniform(0.05, 0.15),
+        heart_y=rng.uniform(-0.25, -0.12),
+        heart_z=rng.uniform(-0.45, -0.25),
+        rib_gap=rng.uniform(0.2, 0.26),
+        rib_phase=rng.uniform(0, 1),
+        cx=rng.uniform(-0.05, 0.05),
+        cy=rng.uniform(-0.05, 0.05),
+        cz=rng.uniform(-0.05, 0.05),
     )
     # vessels: segments from the hila into each lung
     vessels = []
@@ -373,8 +415,11 @@ def _ct_lungs(z, y, x, a, edge):
     total = 0.0
     for side in (-1.0, 1.0):
         cx = side * a["lung_dx"] * a["bw"]
-        r = np.sqrt(((x - cx) / (a["lung_rx"] * a["bw"])) ** 2 + (y / (a["lung_ry"] * a["bh"])) ** 2
-                    + ((z - a["lung_z"]) / a["lung_rz"]) ** 2)
+        r = np.sqrt(
+            ((x - cx) / (a["lung_rx"] * a["bw"])) ** 2
+            + (y / (a["lung_ry"] * a["bh"])) ** 2
+            + ((z - a["lung_z"]) / a["lung_rz"]) ** 2
+        )
         total = total + _sigmoid((1 - r) / edge) * _sigmoid((z - a["diaph"] - 0.25 * ((x - cx) / 0.3) ** 2) / edge)
     return np.clip(total, 0, 1)
 
@@ -393,9 +438,16 @@ def _render_nodule3d(cfg: SynthConfig, seed: int, *, klass: int, patient: int, v
     body = _sigmoid((1 - rb) / edge)
     inner = _sigmoid((0.9 - rb) / edge)
     lung = _ct_lungs(z, y, x, a, edge)
-    heart = _sigmoid((1 - np.sqrt(((x - a["heart_x"]) / 0.28) ** 2 + ((y - a["heart_y"]) / 0.26) ** 2
-                                  + ((z - a["heart_z"]) / 0.35) ** 2)) / edge)
-    spine = _sigmoid((0.09 - np.sqrt(x ** 2 + ((y - 0.78 * a["bh"]) / 1.0) ** 2)) / edge)
+    heart = _sigmoid(
+        (
+            1
+            - np.sqrt(
+                ((x - a["heart_x"]) / 0.28) ** 2 + ((y - a["heart_y"]) / 0.26) ** 2 + ((z - a["heart_z"]) / 0.35) ** 2
+            )
+        )
+        / edge
+    )
+    spine = _sigmoid((0.09 - np.sqrt(x**2 + ((y - 0.78 * a["bh"]) / 1.0) ** 2)) / edge)
     phase = (z / a["rib_gap"]) + a["rib_phase"]
     ribs = _sigmoid((rb - 0.83) / edge) * _sigmoid((0.92 - rb) / edge) * (np.abs(phase - np.round(phase)) < 0.22)
 
@@ -429,8 +481,9 @@ def _render_nodule3d(cfg: SynthConfig, seed: int, *, klass: int, patient: int, v
         solid = _sigmoid((r - d) / edge)
         hu = hu + solid * contrast * (30 - hu) * lung.clip(0.5, 1)
         mask = (d <= r).astype(np.uint8)
-        lesions.append(dict(kind="nodule", z=float(c[0]), y=float(c[1]), x=float(c[2]), r=float(r),
-                            contrast=float(contrast)))
+        lesions.append(
+            dict(kind="nodule", z=float(c[0]), y=float(c[1]), x=float(c[2]), r=float(r), contrast=float(contrast))
+        )
 
     hu += vrng.normal(0, _u(vrng, cfg.noise), size=hu.shape)
     hu = np.round(np.clip(hu, -1024, 3071))

@@ -50,8 +50,9 @@ def _task(task) -> Task:
     return task
 
 
-def make_pipeline(classifier, task, features: Sequence[str] | ImageFeatures | None = None,
-                  *, native_multilabel: bool = False) -> Pipeline:
+def make_pipeline(
+    classifier, task, features: Sequence[str] | ImageFeatures | None = None, *, native_multilabel: bool = False
+) -> Pipeline:
     """Features + StandardScaler + ``classifier`` (wrapped one-vs-rest for multi-label unless native)."""
     task = _task(task)
     if isinstance(features, ImageFeatures):
@@ -96,8 +97,15 @@ def without_calibration(clf):
     return clone(clf)
 
 
-def _spec(name: str, description: str, make_clf: Callable[[int], Any], grid: dict[str, list],
-          *, search_uncalibrated: bool = False, native_multilabel: bool = False) -> ModelSpec:
+def _spec(
+    name: str,
+    description: str,
+    make_clf: Callable[[int], Any],
+    grid: dict[str, list],
+    *,
+    search_uncalibrated: bool = False,
+    native_multilabel: bool = False,
+) -> ModelSpec:
     def build(task, *, seed: int = 0, features: Sequence[str] | ImageFeatures | None = None) -> Pipeline:
         return make_pipeline(make_clf(seed), task, features, native_multilabel=native_multilabel)
 
@@ -122,7 +130,9 @@ SVM = _spec(
     "replacement scikit-learn 1.9 recommends for the deprecated SVC(probability=True))",
     lambda seed: CalibratedClassifierCV(
         SVC(C=1.0, kernel="rbf", gamma="scale", cache_size=500, random_state=seed),
-        method="sigmoid", cv=5, ensemble=False,
+        method="sigmoid",
+        cv=5,
+        ensemble=False,
     ),
     {"C": [0.3, 1.0, 3.0, 10.0], "gamma": ["scale"]},
     search_uncalibrated=True,

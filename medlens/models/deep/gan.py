@@ -157,7 +157,9 @@ def _check_data(X: np.ndarray, y: np.ndarray, num_classes: int) -> tuple[np.ndar
     if X.min() < -1e-3 or X.max() > 1 + 1e-3:
         raise MedlensError(f"GAN training needs images scaled to [0, 1], got [{X.min():.3g}, {X.max():.3g}]")
     if y.min() < 0 or y.max() >= num_classes:
-        raise MedlensError(f"GAN training: labels must be class indices in [0, {num_classes}), got [{y.min()}, {y.max()}]")
+        raise MedlensError(
+            f"GAN training: labels must be class indices in [0, {num_classes}), got [{y.min()}, {y.max()}]"
+        )
     return X.astype(np.float32, copy=False), y.astype(np.int64)
 
 
@@ -183,8 +185,9 @@ def train_gan(
     the two-timescale rule (discriminator learning rate ``lr_d``, by default 4 x ``lr``).
     """
     X, y = _check_data(X, y, num_classes)
-    cfg = GANConfig(img_size=X.shape[2], channels=X.shape[1], num_classes=num_classes,
-                    z_dim=z_dim, base_channels=base_channels)
+    cfg = GANConfig(
+        img_size=X.shape[2], channels=X.shape[1], num_classes=num_classes, z_dim=z_dim, base_channels=base_channels
+    )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         gan = ConditionalGAN(cfg)
@@ -205,7 +208,7 @@ def train_gan(
         sums = {"loss_d": 0.0, "loss_g": 0.0, "d_real": 0.0, "d_fake": 0.0}
         steps = 0
         for start in range(0, len(order), batch_size):
-            idx = order[start:start + batch_size]
+            idx = order[start : start + batch_size]
             real, cls = images[idx], labels[idx]
             z = torch.randn(len(idx), z_dim, generator=rng)
             fake = G(z, cls)
@@ -305,8 +308,10 @@ def augment_minority(
     if len(flat) != len(X):
         raise MedlensError(f"augment_minority: {len(X)} images but {len(flat)} labels")
     if tuple(X.shape[1:]) != (gan.config.channels, gan.config.img_size, gan.config.img_size):
-        raise MedlensError(f"augment_minority: images of shape {X.shape[1:]} do not match the GAN's "
-                           f"({gan.config.channels}, {gan.config.img_size}, {gan.config.img_size})")
+        raise MedlensError(
+            f"augment_minority: images of shape {X.shape[1:]} do not match the GAN's "
+            f"({gan.config.channels}, {gan.config.img_size}, {gan.config.img_size})"
+        )
     counts = np.bincount(flat, minlength=gan.num_classes)
     if target == "balance":
         goal = int(counts.max())

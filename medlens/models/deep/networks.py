@@ -92,13 +92,17 @@ def _build_resnet(factory, *, in_channels: int, num_outputs: int, spatial_dims: 
     size = spatial_size(img_size, spatial_dims)
     if spatial_dims == 2:
         small = min(size) <= SMALL_2D
-        stem = dict(conv1_t_size=3, conv1_t_stride=1, no_max_pool=True) if small else dict(
-            conv1_t_size=7, conv1_t_stride=2, no_max_pool=False
+        stem = (
+            dict(conv1_t_size=3, conv1_t_stride=1, no_max_pool=True)
+            if small
+            else dict(conv1_t_size=7, conv1_t_stride=2, no_max_pool=False)
         )
     else:
         small = min(size) <= SMALL_3D
-        stem = dict(conv1_t_size=3, conv1_t_stride=2, no_max_pool=True) if small else dict(
-            conv1_t_size=7, conv1_t_stride=2, no_max_pool=False
+        stem = (
+            dict(conv1_t_size=3, conv1_t_stride=2, no_max_pool=True)
+            if small
+            else dict(conv1_t_size=7, conv1_t_stride=2, no_max_pool=False)
         )
     stem.update(kw)
     return factory(
@@ -142,11 +146,15 @@ _B0_BLOCKS = [
 ]
 
 
-def build_efficientnet_b0(*, in_channels: int, num_outputs: int, spatial_dims: int = 2, img_size=224, **kw) -> nn.Module:
+def build_efficientnet_b0(
+    *, in_channels: int, num_outputs: int, spatial_dims: int = 2, img_size=224, **kw
+) -> nn.Module:
     """``efficientnet-b0``: MONAI EfficientNet-B0 with paddings computed for ``img_size``."""
     size = max(spatial_size(img_size, 2))
     if size == 224 and not kw:
-        return EfficientNetBN("efficientnet-b0", pretrained=False, spatial_dims=2, in_channels=in_channels, num_classes=num_outputs)
+        return EfficientNetBN(
+            "efficientnet-b0", pretrained=False, spatial_dims=2, in_channels=in_channels, num_classes=num_outputs
+        )
     params: dict[str, Any] = dict(width_coefficient=1.0, depth_coefficient=1.0, dropout_rate=0.2, drop_connect_rate=0.2)
     params.update(kw)
     return EfficientNet(
@@ -182,9 +190,19 @@ class ViTClassifier(nn.Module):
     reaches the patch tokens through the last block's attention).
     """
 
-    def __init__(self, *, in_channels: int, num_outputs: int, img_size, hidden_size: int = 192,
-                 num_layers: int = 6, num_heads: int = 3, mlp_dim: int = 768, dropout_rate: float = 0.1,
-                 patch_size: int | Sequence[int] | None = None):
+    def __init__(
+        self,
+        *,
+        in_channels: int,
+        num_outputs: int,
+        img_size,
+        hidden_size: int = 192,
+        num_layers: int = 6,
+        num_heads: int = 3,
+        mlp_dim: int = 768,
+        dropout_rate: float = 0.1,
+        patch_size: int | Sequence[int] | None = None,
+    ):
         super().__init__()
         size = spatial_size(img_size, 2)
         patch = vit_patch_size(size) if patch_size is None else spatial_size(patch_size, 2)
@@ -281,7 +299,9 @@ def _checked(name: str, dims: tuple[int, ...], builder):
             raise MedlensError(f"model '{name}' takes {want} images, not {spatial_dims}D")
         if in_channels < 1 or num_outputs < 1:
             raise MedlensError(f"model '{name}': in_channels and num_outputs must be >= 1")
-        return builder(in_channels=in_channels, num_outputs=num_outputs, spatial_dims=spatial_dims, img_size=img_size, **kw)
+        return builder(
+            in_channels=in_channels, num_outputs=num_outputs, spatial_dims=spatial_dims, img_size=img_size, **kw
+        )
 
     build.__doc__ = builder.__doc__
     build.__name__ = f"build_{name}"
@@ -293,35 +313,81 @@ def _defaults(cam_layer: str, img: int, lr: float, batch: int, mc: bool) -> dict
 
 
 _SPECS = [
-    ("cnn-small", (2,), build_small_cnn, "Small 4-stage CNN (~0.3M params), fast on CPU",
-     _defaults("features.stage4", 28, 1e-3, 128, True)),
-    ("cnn-medium", (2,), build_medium_cnn, "VGG-style CNN, 3 stages x 2 convs (~0.29M params)",
-     _defaults("features.stage3", 28, 1e-3, 128, True)),
-    ("resnet18", (2,), build_resnet18, "MONAI ResNet-18 (3x3 stem up to 64 px)",
-     _defaults("layer4", 28, 1e-3, 64, False)),
-    ("resnet50", (2,), build_resnet50, "MONAI ResNet-50 (3x3 stem up to 64 px)",
-     _defaults("layer4", 28, 1e-3, 64, False)),
-    ("densenet121", (2,), build_densenet121, "MONAI DenseNet-121 (3x3 stem up to 64 px)",
-     _defaults("class_layers.relu", 32, 1e-3, 64, False)),
-    ("efficientnet-b0", (2,), build_efficientnet_b0, "MONAI EfficientNet-B0 (paddings for the image size)",
-     _defaults("_bn1", 64, 1e-3, 64, True)),
-    ("vit", (2,), build_vit, "Small MONAI ViT (192 hidden, 6 layers, 3 heads)",
-     _defaults("cam_map", 32, 3e-4, 128, True)),
-    ("resnet18-3d", (3,), build_resnet18, "MONAI 3D ResNet-18",
-     _defaults("layer4", 28, 1e-3, 16, False)),
-    ("cnn-2.5d", (3,), build_cnn_25d, "2.5D: slices as channels of a small 2D CNN (depth fixed by img_size)",
-     _defaults("cnn.features.stage4", 28, 1e-3, 64, True)),
-    ("cnn-lstm", (3,), build_cnn_lstm, "Per-slice 2D CNN + bidirectional LSTM over slices",
-     _defaults("encoder.features.stage4", 28, 1e-3, 32, True)),
+    (
+        "cnn-small",
+        (2,),
+        build_small_cnn,
+        "Small 4-stage CNN (~0.3M params), fast on CPU",
+        _defaults("features.stage4", 28, 1e-3, 128, True),
+    ),
+    (
+        "cnn-medium",
+        (2,),
+        build_medium_cnn,
+        "VGG-style CNN, 3 stages x 2 convs (~0.29M params)",
+        _defaults("features.stage3", 28, 1e-3, 128, True),
+    ),
+    (
+        "resnet18",
+        (2,),
+        build_resnet18,
+        "MONAI ResNet-18 (3x3 stem up to 64 px)",
+        _defaults("layer4", 28, 1e-3, 64, False),
+    ),
+    (
+        "resnet50",
+        (2,),
+        build_resnet50,
+        "MONAI ResNet-50 (3x3 stem up to 64 px)",
+        _defaults("layer4", 28, 1e-3, 64, False),
+    ),
+    (
+        "densenet121",
+        (2,),
+        build_densenet121,
+        "MONAI DenseNet-121 (3x3 stem up to 64 px)",
+        _defaults("class_layers.relu", 32, 1e-3, 64, False),
+    ),
+    (
+        "efficientnet-b0",
+        (2,),
+        build_efficientnet_b0,
+        "MONAI EfficientNet-B0 (paddings for the image size)",
+        _defaults("_bn1", 64, 1e-3, 64, True),
+    ),
+    (
+        "vit",
+        (2,),
+        build_vit,
+        "Small MONAI ViT (192 hidden, 6 layers, 3 heads)",
+        _defaults("cam_map", 32, 3e-4, 128, True),
+    ),
+    ("resnet18-3d", (3,), build_resnet18, "MONAI 3D ResNet-18", _defaults("layer4", 28, 1e-3, 16, False)),
+    (
+        "cnn-2.5d",
+        (3,),
+        build_cnn_25d,
+        "2.5D: slices as channels of a small 2D CNN (depth fixed by img_size)",
+        _defaults("cnn.features.stage4", 28, 1e-3, 64, True),
+    ),
+    (
+        "cnn-lstm",
+        (3,),
+        build_cnn_lstm,
+        "Per-slice 2D CNN + bidirectional LSTM over slices",
+        _defaults("encoder.features.stage4", 28, 1e-3, 32, True),
+    ),
 ]
 
 for _name, _dims, _builder, _desc, _defs in _SPECS:
-    register(ModelSpec(
-        name=_name,
-        kind="deep",
-        dims=_dims,
-        tasks=CLASSIFICATION_TASKS,
-        description=_desc,
-        build=_checked(_name, _dims, _builder),
-        defaults=_defs,
-    ))
+    register(
+        ModelSpec(
+            name=_name,
+            kind="deep",
+            dims=_dims,
+            tasks=CLASSIFICATION_TASKS,
+            description=_desc,
+            build=_checked(_name, _dims, _builder),
+            defaults=_defs,
+        )
+    )

@@ -131,7 +131,9 @@ class MediumCNN(nn.Module):
         large = _is_large(img_size)
         c1, c2, c3 = (int(c) for c in channels)
         self.features = nn.Sequential()
-        self.features.add_module("stage1", nn.Sequential(_block(in_channels, c1, stride=2 if large else 1), _block(c1, c1)))
+        self.features.add_module(
+            "stage1", nn.Sequential(_block(in_channels, c1, stride=2 if large else 1), _block(c1, c1))
+        )
         self.features.add_module("pool1", nn.MaxPool2d(2))
         self.features.add_module("stage2", nn.Sequential(_block(c1, c2), _block(c2, c2)))
         self.features.add_module("pool2", nn.MaxPool2d(4) if large else nn.MaxPool2d(2, ceil_mode=True))
