@@ -587,11 +587,9 @@ def _aligned_mean(good: dict, split: str) -> tuple[list[str], np.ndarray, np.nda
 
 def _ensemble_acc_thr(good: dict) -> float | None:
     """Ensemble accuracy at a threshold chosen on the ensemble's validation probabilities."""
-    try:
-        from medlens.evaluation.metrics import accuracy_at_threshold
-        from medlens.evaluation.thresholds import choose_threshold
-    except ModuleNotFoundError:
-        return None
+    from medlens.evaluation.metrics import accuracy_at_threshold
+    from medlens.evaluation.thresholds import choose_threshold
+
     _, yv, pv = _aligned_mean(good, "val")
     _, y, p = _aligned_mean(good, "test")
     if len(yv) < 10 or len(y) < 10:

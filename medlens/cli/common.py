@@ -1,4 +1,4 @@
-"""Shared pieces of the command line: consoles, options, progress."""
+"""Shared pieces of the command line: consoles, options, JSON output."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import sys
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from medlens.data.sources import SOURCE_HELP
 
@@ -23,20 +22,6 @@ def print_json(obj: Any) -> None:
     from medlens.runs import _json_default
 
     sys.stdout.write(json.dumps(obj, indent=2, default=_json_default) + "\n")
-
-
-def progress(disable: bool = False) -> Progress:
-    """A rich progress bar on stderr, so that stdout stays clean for --json output."""
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=err_console,
-        disable=disable,
-        transient=False,
-    )
 
 
 def report_skipped(problems: list) -> None:

@@ -9,8 +9,10 @@ import typer
 
 from medlens import __version__
 from medlens.cli import data as data_cli
+from medlens.cli import demo, models, report, serving, study, train
 from medlens.cli.common import err_console
 from medlens.errors import MedlensError
+from medlens.progress import quiet_libraries
 
 app = typer.Typer(
     name="medlens",
@@ -21,6 +23,8 @@ app = typer.Typer(
     rich_markup_mode="rich",
 )
 app.add_typer(data_cli.app, name="data")
+for _verbs in (models, train, study, serving, demo, report):
+    _verbs.register(app)
 
 
 def _version(value: bool) -> None:
@@ -34,25 +38,12 @@ def _root(
     version: bool = typer.Option(
         False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
     ),
+    verbose: bool = typer.Option(
+        False, "--verbose", help="Show the libraries' own messages and warnings (Lightning's device lines...)."
+    ),
 ) -> None:
     """medlens: read medical images correctly, learn, explain, compare and serve."""
-
-
-def _register_optional_commands() -> None:
-    """Verb groups added by later stages register themselves here (one module per group)."""
-    import importlib
-
-    for module in ("models", "train", "study", "serving", "demo", "report"):
-        try:
-            mod = importlib.import_module(f"medlens.cli.{module}")
-        except ModuleNotFoundError as e:
-            if e.name != f"medlens.cli.{module}":
-                raise
-            continue
-        mod.register(app)
-
-
-_register_optional_commands()
+    quiet_libraries(verbose)
 
 
 def main(argv: list[str] | None = None) -> int:

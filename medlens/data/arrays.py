@@ -11,39 +11,17 @@ sample by sample; the result is the same.
 
 from __future__ import annotations
 
-from typing import Iterable, Iterator, Sequence, TypeVar
+from typing import Sequence
 
 import numpy as np
 
+from medlens import progress
 from medlens.data.sample import Dataset, Record, Task
 from medlens.data.transforms import size_list
 from medlens.errors import MedlensError
 
-T = TypeVar("T")
 BULK_CHUNK = 4096  # samples preprocessed at once on the bulk path
 LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R 601, as medlens.data.imageio
-
-
-def progress_iter(items: Iterable[T], total: int, description: str, show: bool = True) -> Iterator[T]:
-    """Iterate with a rich progress bar on stderr (stdout stays clean for JSON output)."""
-    if not show:
-        yield from items
-        return
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    with Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=Console(stderr=True),
-        transient=False,
-    ) as bar:
-        task = bar.add_task(description, total=total)
-        for item in items:
-            yield item
-            bar.advance(task)
 
 
 def _pipeline_config(preprocessing: dict | None, size: list[int] | None, dims: int) -> dict:
@@ -90,6 +68,7 @@ def load_arrays(
     channels: int | None = None,
     preprocessing: dict | None = None,
     show_progress: bool = True,
+    desc: str | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Images of ``ids`` (all samples when None) as ``(N, C, ...)`` float32, and their labels.
 
@@ -98,6 +77,7 @@ def load_arrays(
     ``channels`` converts gray <-> RGB. Without any resize, images of different shapes raise a
     :class:`MedlensError` naming the first sample whose shape differs.
     Labels are ``(N,)`` int64 (``-1`` when unlabelled) or ``(N, L)`` multi-hot.
+    ``desc`` labels the progress bar (default "loading", plus the split when all samples share one).
     """
     from medlens.data.transforms import build_transform, can_preprocess_batch, preprocess_batch
 
@@ -106,15 +86,17 @@ def load_arrays(
     labels = _labels(records, dataset.task)
     config = _pipeline_config(preprocessing, size_list(size, dataset.dims), dataset.dims)
     pipeline = build_transform(config, dataset.dims)
+    desc = desc or _loading_desc(records)
 
     bulk = _bulk_images(dataset, records)
     if bulk is not None and can_preprocess_batch(config):
         out = np.empty((len(records), 0), np.float32)
-        chunks = range(0, len(records), BULK_CHUNK)
-        parts = [
-            convert_channels_batch(preprocess_batch(bulk[i : i + BULK_CHUNK], config, dataset.dims), channels)
-            for i in progress_iter(chunks, len(chunks), "loading", show_progress)
-        ]
+        parts = []
+        with progress.bar(len(records), desc=desc, disable=not show_progress) as bar:  # counts samples
+            for i in range(0, len(records), BULK_CHUNK):
+                chunk = bulk[i : i + BULK_CHUNK]
+                parts.append(convert_channels_batch(preprocess_batch(chunk, config, dataset.dims), channels))
+                bar.update(len(chunk))
         return np.concatenate(parts) if parts else out, labels
     if bulk is not None:
         images = (bulk[i] for i in range(len(records)))
@@ -123,7 +105,8 @@ def load_arrays(
 
     out: np.ndarray | None = None
     first: tuple[str, tuple[int, ...]] | None = None
-    for n, (rec, img) in enumerate(progress_iter(zip(records, images), len(records), "loading", show_progress)):
+    loaded = progress.track(zip(records, images), total=len(records), desc=desc, disable=not show_progress)
+    for n, (rec, img) in enumerate(loaded):
         if img.ndim != dataset.dims + 1:
             raise MedlensError(
                 f"expected a {dataset.dims}D image with channels, got shape {tuple(img.shape)}", rec.origin
@@ -139,6 +122,12 @@ def load_arrays(
     if out is None:
         out = np.empty((0, channels or 1, *(size_list(size, dataset.dims) or [0] * dataset.dims)), dtype=np.float32)
     return out, labels
+
+
+def _loading_desc(records: Sequence[Record]) -> str:
+    """ "loading train" when every record comes from the source's train split, else "loading"."""
+    splits = {r.split for r in records}
+    return f"loading {splits.pop()}" if len(splits) == 1 and None not in splits else "loading"
 
 
 def _bulk_images(dataset: Dataset, records: Sequence[Record]) -> np.ndarray | None:
@@ -177,7 +166,7 @@ def load_masks(
     )
     masks: list[np.ndarray | None] = []
     shapes: list[tuple[int, ...]] = []
-    for i in progress_iter(ids, len(ids), "loading masks", show_progress):
+    for i in progress.track(ids, desc="loading masks", disable=not show_progress):
         s = dataset.load(i)
         shapes.append(tuple(s.image.shape[1:]))
         if s.mask is None:

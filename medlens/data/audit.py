@@ -50,6 +50,7 @@ from typing import Any
 
 import numpy as np
 
+from medlens import progress
 from medlens.data.sample import Dataset, Problem, Task
 from medlens.errors import MedlensError
 
@@ -75,10 +76,7 @@ def audit_dataset(dataset: Dataset, *, show_progress: bool = True, near_duplicat
     phashes: list[int | None] = []
     blank: list[str] = []
 
-    from medlens.cli.common import progress
-
-    with progress(disable=not show_progress) as bar:
-        task_id = bar.add_task(f"auditing {dataset.name}", total=len(dataset))
+    with progress.bar(len(dataset), desc=f"auditing {dataset.name}", disable=not show_progress) as bar:
         for i, record in enumerate(dataset.records):
             try:
                 image = dataset.load(i).image
@@ -86,7 +84,7 @@ def audit_dataset(dataset: Dataset, *, show_progress: bool = True, near_duplicat
                 unreadable.append({"path": record.origin, "problem": getattr(e, "problem", None) or str(e)})
                 exact_keys.append(None)
                 phashes.append(None)
-                bar.advance(task_id)
+                bar.update()
                 continue
             exact_keys.append(pixel_digest(image))
             rendering = render_8bit(image)
@@ -95,7 +93,7 @@ def audit_dataset(dataset: Dataset, *, show_progress: bool = True, near_duplicat
                 phashes.append(None)
             else:
                 phashes.append(perceptual_hash(rendering))
-            bar.advance(task_id)
+            bar.update()
 
     splits_of = [r.split or UNSPLIT for r in dataset.records]
     exact_groups = _exact_groups(exact_keys)

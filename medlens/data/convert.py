@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medlens.data.arrays import progress_iter
+from medlens import progress
 from medlens.data.sample import Dataset, Sample, Task
 from medlens.data.synth_writer import _file_id, _int_dtype, nifti_image, write_png
 from medlens.errors import MedlensError
@@ -43,7 +43,7 @@ def convert_dataset(dataset: Dataset, out: str | Path, to: str, *, show_progress
     out = Path(out)
     if out.exists() and not out.is_dir() and not (to == "npz" and out.suffix == ".npz"):
         raise MedlensError("output exists and is not a folder", out)
-    samples = progress_iter(dataset, len(dataset), f"converting to {to}", show_progress)
+    samples = progress.track(dataset, desc=f"converting to {to}", disable=not show_progress)
     if to == "npz":
         target = out if out.suffix == ".npz" else out / f"{_file_id(dataset.name) or 'dataset'}.npz"
         return [_to_npz(dataset, samples, target)]

@@ -37,6 +37,7 @@ import numpy as np
 import pydicom
 from pydicom.errors import BytesLengthException, InvalidDicomError
 
+from medlens.data.sample import ImageData, Problem
 from medlens.errors import BadInputError
 
 WINDOW_PRESETS: dict[str, tuple[float, float]] = {
@@ -698,8 +699,6 @@ def scan(paths: Iterable[str | Path], *, skip_bad: bool = False, problems: list 
     Unreadable files raise :class:`BadInputError`, or with ``skip_bad`` are appended to
     ``problems`` as :class:`~medlens.data.sample.Problem`.
     """
-    from medlens.data.sample import Problem
-
     headers = []
     for p in paths:
         try:
@@ -800,14 +799,12 @@ def sample_affine(volume: Volume) -> np.ndarray:
     return LPS_TO_RAS @ volume.affine
 
 
-def read_series_folder(path: str | Path):
-    """A DICOM file or series folder as :class:`medlens.data.imageio.ImageData` (for the image I/O module).
+def read_series_folder(path: str | Path) -> ImageData:
+    """A DICOM file or series folder as :class:`~medlens.data.sample.ImageData` (for the image I/O module).
 
     Array (C, D, H, W) with C = 1 (or time points), or (1, H, W) for a 2D image; spacing follows the
     spatial axes; affine is :func:`sample_affine` (voxel -> RAS), also for 2D (slice index 0).
     """
-    from medlens.data.imageio import ImageData
-
     vol = read_dicom(path)
     if vol.is_2d:
         array, spacing = vol.array, vol.spacing[1:]

@@ -19,6 +19,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from medlens import progress
 from medlens.errors import ChecksumError, MedlensError
 
 CHUNK = 1 << 20
@@ -61,7 +62,7 @@ def download(
                 raise MedlensError(f"download failed from {url} ({reason})", dest) from None
             with response:
                 total = int(response.headers.get("Content-Length") or 0) or None
-                with _progress(dest.name, total, show_progress) as advance:
+                with progress.bar(total, desc=f"downloading {dest.name}", disable=not show_progress, unit="B") as bar:
                     while True:
                         try:
                             block = response.read(CHUNK)
@@ -71,7 +72,7 @@ def download(
                             break
                         out.write(block)
                         h.update(block)
-                        advance(len(block))
+                        bar.update(len(block))
             out.flush()
             os.fsync(out.fileno())
         got = h.hexdigest()
@@ -85,42 +86,3 @@ def download(
     finally:
         tmp.unlink(missing_ok=True)
     return dest
-
-
-class _progress:
-    """A rich progress bar on stderr (a no-op when disabled); yields an ``advance(n)`` callable."""
-
-    def __init__(self, name: str, total: int | None, enabled: bool):
-        self.name, self.total, self.enabled = name, total, enabled
-        self._bar = None
-
-    def __enter__(self):
-        if not self.enabled:
-            return lambda n: None
-        from rich.console import Console
-        from rich.progress import (
-            BarColumn,
-            DownloadColumn,
-            Progress,
-            TextColumn,
-            TimeRemainingColumn,
-            TransferSpeedColumn,
-        )
-
-        self._bar = Progress(
-            TextColumn("[bold]downloading {task.description}"),
-            BarColumn(),
-            DownloadColumn(),
-            TransferSpeedColumn(),
-            TimeRemainingColumn(),
-            console=Console(stderr=True),
-            transient=True,
-        )
-        self._bar.__enter__()
-        task = self._bar.add_task(self.name, total=self.total)
-        return lambda n: self._bar.advance(task, n)
-
-    def __exit__(self, *exc):
-        if self._bar is not None:
-            self._bar.__exit__(*exc)
-        return False

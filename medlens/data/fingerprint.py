@@ -58,6 +58,7 @@ from typing import Any
 
 import numpy as np
 
+from medlens import progress
 from medlens.data.sample import Dataset, Problem, Sample, Task
 from medlens.errors import MedlensError
 
@@ -104,11 +105,8 @@ def compute_fingerprint(
     listing: list[dict[str, Any]] = []
     problems = [_problem_dict(p) for p in dataset.problems]
 
-    from medlens.cli.common import progress
-
-    with progress(disable=not show_progress) as bar:
-        task_id = bar.add_task(f"reading {dataset.name}", total=len(indices))
-        if raw_shapes is not None and not want_listing and _raw_stats(dataset, indices, stats, bar, task_id):
+    with progress.bar(len(indices), desc=f"reading {dataset.name}", disable=not show_progress) as bar:
+        if raw_shapes is not None and not want_listing and _raw_stats(dataset, indices, stats, bar):
             indices = []  # every statistic came from the in-memory arrays
         for i in indices:
             record = dataset.records[int(i)]
@@ -121,7 +119,7 @@ def compute_fingerprint(
                 problems.append(_problem_dict(problem))
                 if all(p.path != problem.path for p in dataset.problems):
                     dataset.problems.append(problem)
-                bar.advance(task_id)
+                bar.update()
                 continue
             stats.add(sample.image)
             shapes[tuple(int(s) for s in sample.image.shape)] += 1
@@ -134,7 +132,7 @@ def compute_fingerprint(
                     mask_counts[v] += c
             if want_listing:
                 listing.append(_listing_entry(record, sample))
-            bar.advance(task_id)
+            bar.update()
 
     shape_source = "sample"
     if raw_shapes is not None:
@@ -290,7 +288,7 @@ def _spacing_summary(spacings: Counter) -> dict[str, Any] | None:
 # -- intensities ------------------------------------------------------------------------------
 
 
-def _raw_stats(dataset: Dataset, indices: np.ndarray, stats: "_PixelStats", bar, task_id) -> bool:
+def _raw_stats(dataset: Dataset, indices: np.ndarray, stats: "_PixelStats", bar) -> bool:
     """Intensity statistics straight from ``raw_arrays`` (MedMNIST), in batches.
 
     Used only when the raw values equal what ``load`` returns (checked on the first sample);
@@ -316,7 +314,7 @@ def _raw_stats(dataset: Dataset, indices: np.ndarray, stats: "_PixelStats", bar,
             chunk = positions[start : start + 256]
             batch = np.asarray(images[np.array(chunk)], dtype=np.float32)
             stats.add(batch, n_samples=len(chunk))
-            bar.advance(task_id, len(chunk))
+            bar.update(len(chunk))
     return True
 
 

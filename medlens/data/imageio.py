@@ -24,12 +24,12 @@ an image but cannot be decoded raises ``BadInputError("corrupt image (...)")``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 
+from medlens.data.sample import ImageData
 from medlens.errors import BadInputError, MedlensError
 
 RASTER_EXTS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
@@ -37,21 +37,6 @@ NIFTI_EXTS = (".nii", ".nii.gz")
 DICOM_EXTS = (".dcm", ".dicom", ".ima")
 GRAY_MODES = {"1", "L", "I", "F", "I;16", "I;16B", "I;16L", "I;16N"}
 CHANNEL_SAMPLE = 32  # images inspected by :func:`choose_channels`
-
-
-@dataclass
-class ImageData:
-    """What a file holds: pixels (float32, channels first) and what the format says about them."""
-
-    array: np.ndarray
-    spacing: tuple[float, ...] | None = None
-    affine: np.ndarray | None = None
-    modality: str | None = None
-    meta: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def dims(self) -> int:
-        return self.array.ndim - 1
 
 
 def is_raster_name(name: str) -> bool:

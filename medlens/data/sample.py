@@ -3,6 +3,7 @@
 A :class:`Dataset` holds cheap :class:`Record` entries (id, label, patient, split, origin) for every
 sample, and loads pixels lazily with :meth:`Dataset.load`, which returns a :class:`Sample`:
 a channels-first float32 array with its label(s), patient id, spacing and provenance.
+:class:`ImageData` is what one file holds, as the readers return it.
 """
 
 from __future__ import annotations
@@ -65,6 +66,25 @@ class Sample:
     @property
     def dims(self) -> int:
         return self.image.ndim - 1
+
+
+@dataclass
+class ImageData:
+    """What a file holds: pixels (float32, channels first) and what the format says about them.
+
+    Made by the readers (:mod:`medlens.data.imageio`, :mod:`medlens.data.dicom`); a source turns it into a
+    :class:`Sample`.
+    """
+
+    array: np.ndarray
+    spacing: tuple[float, ...] | None = None
+    affine: np.ndarray | None = None
+    modality: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def dims(self) -> int:
+        return self.array.ndim - 1
 
 
 @dataclass

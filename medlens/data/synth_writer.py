@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medlens.data.arrays import progress_iter
+from medlens import progress
 from medlens.data.sample import Dataset, Sample
 from medlens.errors import MedlensError
 
@@ -64,7 +64,7 @@ def write_dataset(dataset: Dataset, out: str | Path, fmt: str, *, seed: int = 0,
         if out.exists():
             raise MedlensError("output file exists", out)
         out.parent.mkdir(parents=True, exist_ok=True)
-        return _write_npz(dataset, progress_iter(dataset, len(dataset), "writing npz", show_progress), out, seed)
+        return _write_npz(dataset, progress.track(dataset, desc="writing npz", disable=not show_progress), out, seed)
     if out.exists() and not out.is_dir():
         raise MedlensError("output exists and is not a folder", out)
     if out.is_dir() and any(out.iterdir()):
@@ -72,7 +72,7 @@ def write_dataset(dataset: Dataset, out: str | Path, fmt: str, *, seed: int = 0,
     if fmt == "png" and dataset.dims != 2:
         raise MedlensError(f"png holds 2D images; {dataset.name} is {dataset.dims}D (use nifti, dicom or npz)", out)
     out.mkdir(parents=True, exist_ok=True)
-    samples = progress_iter(dataset, len(dataset), f"writing {fmt}", show_progress)
+    samples = progress.track(dataset, desc=f"writing {fmt}", disable=not show_progress)
     if fmt == "npz":
         name = dataset.name.split(":")[-1].split("@")[0] or "dataset"
         return _write_npz(dataset, samples, out / f"{name}.npz", seed)

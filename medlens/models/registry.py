@@ -46,11 +46,7 @@ def register(spec: ModelSpec) -> ModelSpec:
 
 def _load_all() -> None:
     for module in MODEL_MODULES:
-        try:
-            importlib.import_module(module)
-        except ModuleNotFoundError as e:
-            if e.name != module:
-                raise
+        importlib.import_module(module)
 
 
 def all_models() -> list[ModelSpec]:

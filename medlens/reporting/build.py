@@ -15,13 +15,13 @@ models), with Jinja2 for the page and matplotlib for the figures.
 
 from __future__ import annotations
 
-import csv
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from medlens.errors import MedlensError
+from medlens.reporting import sections
 from medlens.runs import RunDir, atomic_write_bytes, read_json, read_yaml, sha256_file, write_json
 
 TEMPLATE = "report.html.j2"
@@ -71,8 +71,6 @@ def build_report(run_dir: str | Path, *, use_source: bool = True, out: str | Pat
     if not arts.infos and not arts.comparison:
         raise MedlensError("nothing to report: no comparison.json and no trained model (models/*/model.json)", run.root)
     _record_in_manifest(run, arts.written)  # audit.json / montage the report just added
-    from medlens.reporting import sections
-
     context = sections.report_context(arts)
     context["generated"] = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     page = render(context)
@@ -196,14 +194,3 @@ def _from_source(arts: Artifacts) -> None:
 
 def _one_line(e: BaseException) -> str:
     return " ".join(str(e).split()) or type(e).__name__
-
-
-def read_csv_columns(path: Path) -> dict[str, list[str]]:
-    """A small CSV as {column: [values]} (training logs when comparison.json is absent)."""
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    out: dict[str, list[str]] = {}
-    for row in rows:
-        for k, v in row.items():
-            out.setdefault(k, []).append(v)
-    return out

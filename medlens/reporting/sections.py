@@ -8,7 +8,9 @@ into "not available: <reason>". Numbers are formatted here, so the template only
 
 from __future__ import annotations
 
+import csv
 import math
+from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from medlens.reporting import figures as F
@@ -637,8 +639,6 @@ def training_section(arts) -> dict[str, Any]:
 
 
 def _training_entries(arts) -> dict[str, dict[str, Any]]:
-    from medlens.reporting.build import read_csv_columns
-
     out = {}
     for name in arts.order:
         entry = ((arts.comparison or {}).get("models") or {}).get(name) or {}
@@ -649,6 +649,17 @@ def _training_entries(arts) -> dict[str, dict[str, Any]]:
         if log.is_file():
             cols = {k: [_maybe_float(v) for v in vals] for k, vals in read_csv_columns(log).items()}
             out[name] = {"training": {"kind": "epochs" if _kind(arts, name) == "deep" else "grid", "columns": cols}}
+    return out
+
+
+def read_csv_columns(path: Path) -> dict[str, list[str]]:
+    """A small CSV as {column: [values]} (training logs when comparison.json is absent)."""
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    out: dict[str, list[str]] = {}
+    for row in rows:
+        for k, v in row.items():
+            out.setdefault(k, []).append(v)
     return out
 
 

@@ -5,7 +5,7 @@
 - ``ModelCheckpoint`` "best.ckpt" (best on ``val_auc`` or ``val_loss``),
 - a second ``ModelCheckpoint`` writing ``last.ckpt`` every N optimizer steps as well as at each
   epoch end, so that a SIGKILL mid-epoch loses little (``medlens train --resume``),
-- ``EarlyStopping``, ``LearningRateMonitor``, ``RichProgressBar``, a ``CSVLogger``,
+- ``EarlyStopping``, ``LearningRateMonitor``, medlens's progress bar (on stderr), a ``CSVLogger``,
 - with ``ema`` > 0, Lightning's ``WeightAveraging`` (an exponential moving average of the weights,
   used for validation and stored in the checkpoints),
 - deterministic algorithms, accelerator "auto", and the devices / strategy / num_nodes /
@@ -33,12 +33,12 @@ from lightning.pytorch.callbacks import (
     EarlyStopping,
     LearningRateMonitor,
     ModelCheckpoint,
-    RichProgressBar,
     WeightAveraging,
 )
 from lightning.pytorch.loggers import CSVLogger
 
 from medlens.errors import MedlensError
+from medlens.progress import lightning_callback
 from medlens.runs import ModelDir, atomic_write_bytes
 from medlens.training.config import TrainConfig
 
@@ -189,7 +189,7 @@ def build_trainer(
         # validation, best.ckpt and the exported weights all see the averaged model (BN buffers too)
         callbacks.append(WeightAveraging(multi_avg_fn=ema_with_warmup(config.ema)))
     if config.progress:
-        callbacks.append(RichProgressBar(leave=True))
+        callbacks.append(lightning_callback())
     if os.environ.get(RANK_DIGEST_ENV):
         callbacks.append(RankDigest(os.environ[RANK_DIGEST_ENV]))
     callbacks += extra_callbacks or []

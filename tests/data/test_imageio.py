@@ -96,6 +96,16 @@ def test_dicom_single_file(tmp_path):
         read_image_file(tmp_path / "cut.dcm")
 
 
+def test_image_data_is_the_one_class_of_the_readers():
+    """imageio re-exports ImageData from medlens.data.sample, the class the DICOM reader makes too."""
+    from pydicom.data import get_testdata_file
+
+    from medlens.data import dicom, imageio, sample
+
+    assert imageio.ImageData is sample.ImageData
+    assert type(dicom.read_series_folder(get_testdata_file("CT_small.dcm"))) is sample.ImageData
+
+
 def test_dicom_series_folder(shared_data):
     from tests.conftest import need
 

@@ -243,3 +243,11 @@ def test_report_renders_in_headless_chromium(built):
     assert (pixels.mean(axis=2) < 100).mean() > 0.005  # dark text is drawn
     colours = np.unique((pixels[::4, ::4] // 16).reshape(-1, 3), axis=0)
     assert len(colours) > 50  # figures and tables, not a flat error page
+
+
+def test_read_csv_columns(tmp_path):
+    from medlens.reporting.sections import read_csv_columns
+
+    log = tmp_path / "training_log.csv"
+    log.write_text("epoch,val_auc\n0,0.5\n1,\n")
+    assert read_csv_columns(log) == {"epoch": ["0", "1"], "val_auc": ["0.5", ""]}

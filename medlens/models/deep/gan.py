@@ -29,6 +29,7 @@ from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
 from medlens.errors import MedlensError
+from medlens.progress import bar
 
 GAN_FORMAT = "medlens-cgan-1"
 
@@ -198,11 +199,7 @@ def train_gan(
     images = torch.from_numpy(X) * 2 - 1
     labels = torch.from_numpy(y)
     gan.train()
-    progress = None
-    if show_progress:
-        from tqdm.auto import tqdm
-
-        progress = tqdm(total=epochs, desc="GAN", unit="epoch")
+    progress = bar(epochs, desc="GAN", unit="epoch", disable=not show_progress)
     for epoch in range(epochs):
         order = torch.randperm(len(images), generator=rng)
         sums = {"loss_d": 0.0, "loss_g": 0.0, "d_real": 0.0, "d_fake": 0.0}
@@ -230,11 +227,9 @@ def train_gan(
             sums["d_fake"] += d_fake.mean().item()
             steps += 1
         gan.history.append({"epoch": epoch + 1, **{k: v / steps for k, v in sums.items()}})
-        if progress is not None:
-            progress.update(1)
-            progress.set_postfix(loss_d=f"{sums['loss_d'] / steps:.3f}", loss_g=f"{sums['loss_g'] / steps:.3f}")
-    if progress is not None:
-        progress.close()
+        progress.update(1)
+        progress.set_description(f"GAN loss_d={sums['loss_d'] / steps:.3f} loss_g={sums['loss_g'] / steps:.3f}")
+    progress.close()
     _recalibrate_batchnorm(gan, labels, rng)
     gan.eval()
     return gan
