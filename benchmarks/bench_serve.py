@@ -46,15 +46,12 @@ def baseline_app(run_dir: str, model: str | None):
     from fastapi import FastAPI
     from PIL import Image
 
-    from medlens.runs import RunDir, read_json
-    from medlens.serving.predictor import _build_network, choose_model
+    from medlens.inference.bundle import Bundle
 
-    run = RunDir(run_dir)
-    model_dir = run.model(choose_model(run, model))
-    info = read_json(model_dir.info)
-    net = _build_network(info, model_dir.weights).eval()
-    size = int(info["img_size"])
-    classes = info["class_names"]
+    bundle = Bundle.load(run_dir, model)  # verified like the service's, then used as plain torch
+    net = bundle.net
+    size = int(bundle.card.img_size)
+    classes = bundle.class_names
     app = FastAPI()
 
     @app.post("/predict")

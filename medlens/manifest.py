@@ -1,10 +1,11 @@
 """manifest.json: the sha256 of every artifact of a run, with what produced it.
 
-:func:`write_manifest` hashes every file of the run directory except training state
-(``checkpoints/``, Lightning's ``logs/``) and temporary files, and records library versions,
-the seed (from config.yaml), the git commit of the code and the time. :func:`verify_manifest`
-checks files against it, so ``medlens serve`` and ``medlens predict`` can refuse a bundle whose
-files changed since training.
+:func:`record_files` is how a stage records what it wrote: each file's sha256 and the stage
+that wrote it (``train:MODEL``, ``evaluate``, ``compare``, ``report``), leaving the entries of
+other stages alone, so no stage re-approves a file it did not write. Training state
+(``checkpoints/``, Lightning's ``logs/``) is outside the manifest. :func:`verify_manifest` checks files against it, so
+``medlens serve`` and ``medlens predict`` refuse a bundle whose files changed since they were
+written.
 """
 
 from __future__ import annotations
@@ -63,27 +64,51 @@ def artifact_files(run_dir: str | Path) -> list[str]:
     return sorted(out)
 
 
-def write_manifest(run_dir: str | Path) -> dict:
-    """Hash every artifact of ``run_dir`` into ``manifest.json``; returns the manifest."""
+def record_files(run_dir: str | Path, files: Iterable[str | Path], stage: str, *, forget: str | None = None) -> dict:
+    """Record the files ``stage`` wrote in ``manifest.json`` (and only those); returns the manifest.
+
+    Each file's sha256, size and ``stage`` are written; entries of other files are left as they
+    are, so a stage never re-approves a file it did not write. ``files`` are paths inside the run
+    (absolute, or relative to it); one that no longer exists is removed from the manifest.
+    ``forget``: a relative folder prefix (e.g. ``models/svm/``) whose old entries are dropped
+    first, because the stage replaced that folder. The manifest also keeps, per stage, when it
+    last wrote and with which command, and the libraries and code commit of the latest writer.
+    """
     run = RunDir(run_dir)
-    seed = None
+    root = run.root.resolve()
+    manifest = read_json(run.manifest) if run.manifest.is_file() else {}
+    entries: dict[str, dict] = dict(manifest.get("files", {}))
+    if forget:
+        entries = {rel: e for rel, e in entries.items() if not rel.startswith(forget)}
+    for f in files:
+        path = Path(f)
+        path = path if path.is_absolute() else run.root / path
+        try:
+            rel = path.resolve().relative_to(root).as_posix()
+        except ValueError:  # written outside the run
+            continue
+        if path.is_file():
+            entries[rel] = {"sha256": sha256_file(path), "bytes": path.stat().st_size, "stage": stage}
+        else:
+            entries.pop(rel, None)
+    seed = manifest.get("seed")
     if run.config.is_file():
-        seed = (read_yaml(run.config) or {}).get("seed")
-    files = {
-        rel: {"sha256": sha256_file(run.root / rel), "bytes": (run.root / rel).stat().st_size}
-        for rel in artifact_files(run.root)
-    }
-    manifest = {
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        seed = (read_yaml(run.config) or {}).get("seed", seed)
+    now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    stages = dict(manifest.get("stages", {}))
+    stages[stage] = {"time": now, "command": " ".join(["medlens", *sys.argv[1:]]) if sys.argv else None}
+    out = {
+        "created": manifest.get("created", now),
+        "updated": now,
         "seed": seed,
         "git_commit": git_commit(),
         "libraries": library_versions(),
         "platform": f"{platform.system()} {platform.machine()}",
-        "command": " ".join(["medlens", *sys.argv[1:]]) if sys.argv else None,
-        "files": files,
+        "stages": stages,
+        "files": dict(sorted(entries.items())),
     }
-    write_json(run.manifest, manifest)
-    return manifest
+    write_json(run.manifest, out)
+    return out
 
 
 def verify_manifest(run_dir: str | Path, files: Iterable[str] | None = None) -> list[str]:

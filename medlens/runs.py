@@ -4,8 +4,8 @@
 runs/NAME/
   config.yaml  fingerprint.json  splits.json  comparison.json  report.html  manifest.json
   study.json  audit.json  figures/ (montage.png, gradcam_*.png)
-  models/MODEL/  model.safetensors | model.joblib, model.json, metrics.json,
-                 predictions_{val,test}.csv, training_log.csv, checkpoints/
+  models/MODEL/  model.safetensors | model.joblib, model.json (the card), config.yaml, metrics.json,
+                 predictions_{val,test}.csv, decisions_{val,test}.csv, training_log.csv, checkpoints/
 ```
 """
 
@@ -115,8 +115,19 @@ class ModelDir:
     def metrics(self) -> Path:
         return self.root / "metrics.json"
 
+    @property
+    def config(self) -> Path:
+        """config.yaml: this model's resolved training settings (the run's config.yaml holds the run's)."""
+        return self.root / "config.yaml"
+
     def predictions(self, split: str) -> Path:
+        """The model's own (uncalibrated) probabilities on a split; written by training."""
         return self.root / f"predictions_{split}.csv"
+
+    def decisions(self, split: str) -> Path:
+        """Calibrated probabilities and the decision per case, as comparison.json counted them;
+        written by the evaluation stage."""
+        return self.root / f"decisions_{split}.csv"
 
     @property
     def training_log(self) -> Path:

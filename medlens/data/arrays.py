@@ -111,7 +111,9 @@ def load_arrays(
             raise MedlensError(
                 f"expected a {dataset.dims}D image with channels, got shape {tuple(img.shape)}", rec.origin
             )
-        x = convert_channels(pipeline(np.asarray(img, dtype=np.float32)), channels, rec.origin)
+        x = convert_channels(
+            pipeline(np.array(img, dtype=np.float32)), channels, rec.origin
+        )  # a copy: steps may work in place
         if out is None:
             first = (rec.origin, tuple(x.shape))
             out = np.empty((len(records), *x.shape), dtype=np.float32)

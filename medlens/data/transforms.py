@@ -51,6 +51,7 @@ def size_list(size: int | Sequence[int] | None, dims: int) -> list[int] | None:
     return size
 
 
+LABEL_LIKE_RULE = "label-like input (two distinct values): min-max scaling, never z-score or an HU window"
 HU_AIR_BELOW = -500.0  # a CT volume in Hounsfield units has air (about -1000) below this
 
 
@@ -60,8 +61,22 @@ def looks_like_hounsfield(image: np.ndarray) -> bool:
     return bool(np.size(image)) and float(np.min(image)) < HU_AIR_BELOW
 
 
+def looks_label_like(image: np.ndarray) -> bool:
+    """True when ``image`` holds at most two distinct values (a binary mask or shape, e.g. 0/255).
+
+    Such images carry their signal in the shape, not in the intensities: z-scoring their nonzero
+    voxels (all equal) would turn every image into the same constant.
+    """
+    return bool(np.size(image)) and np.unique(np.asarray(image)).size <= 2
+
+
 def default_preprocessing(
-    modality: str | None, dims: int, size: int | Sequence[int] | None, *, hounsfield: bool = True
+    modality: str | None,
+    dims: int,
+    size: int | Sequence[int] | None,
+    *,
+    hounsfield: bool = True,
+    label_like: bool = False,
 ) -> dict:
     """Resize to ``size`` (if given), then normalize for the modality.
 
@@ -69,13 +84,17 @@ def default_preprocessing(
     nonzero voxels; photographs (XC, OP, ...): divide by 255; X-ray, CT stored as display values
     (``hounsfield=False``, e.g. MedMNIST's 0..255 arrays, where an HU window would squeeze every
     voxel into [0.71, 0.90]) and anything else: per-image min-max to [0, 1] (robust to 8-, 12-
-    and 16-bit detectors).
+    and 16-bit detectors). Label-like images (``label_like``: two distinct values, see
+    :func:`looks_label_like`) always get min-max, whatever the modality, and the config says why.
     """
     steps: list[dict[str, Any]] = []
     sz = size_list(size, dims)
     if sz is not None:
         steps.append({"name": "resize", "size": sz, "mode": "area" if dims == 2 else "trilinear"})
     m = (modality or "").upper()
+    if label_like:
+        steps.append({"name": "minmax"})
+        return {"modality": modality, "dims": dims, "steps": steps, "rule": LABEL_LIKE_RULE}
     if m == "CT" and hounsfield:
         steps.append({"name": "window", "low": CT_WINDOW[0], "high": CT_WINDOW[1]})
     elif m in ("MR", "MRI"):

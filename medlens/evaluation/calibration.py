@@ -82,6 +82,27 @@ def apply_temperature(logits: Any, temperature: float, task: Task | str | None =
     return softmax(z, axis=1)
 
 
+def probs_to_logits(probs: Any, task: Task | str | None = None) -> np.ndarray:
+    """Logits recovered from probabilities: log p (softmax is shift-invariant), logit p (multi-label)."""
+    p = np.clip(M.as_numpy(probs).astype(np.float64), 1e-12, 1.0 - 1e-12)
+    if _is_multilabel(task):
+        return np.log(p) - np.log1p(-p)
+    return np.log(p)
+
+
+def calibrate(probs: Any, temperature: float, task: Task | str | None = None) -> np.ndarray:
+    """Temperature-scaled probabilities from uncalibrated ones: the one calibration rule.
+
+    The evaluation stage (on predictions_*.csv) and every bundle prediction (on the model's own
+    probabilities) go through this function, so they give the same numbers. ``temperature`` 1
+    returns the probabilities unchanged.
+    """
+    p = M.as_numpy(probs).astype(np.float64)
+    if temperature == 1.0:
+        return p
+    return apply_temperature(probs_to_logits(p, task), temperature, task)
+
+
 def negative_log_likelihood(y_true: Any, probs: Any, task: Task | str | None = None) -> float:
     """Mean NLL of probabilities (cross-entropy; multi-label: binary cross-entropy summed over labels)."""
     y = M.as_numpy(y_true).astype(np.int64)

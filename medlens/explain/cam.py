@@ -7,11 +7,12 @@ sample: (N, H, W) or (N, D, H, W).
 
 from __future__ import annotations
 
-from typing import Callable, Literal
+from typing import Callable, Literal, Sequence
 
 import numpy as np
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 Method = Literal["gradcam", "gradcam++"]
 
@@ -23,6 +24,23 @@ def _normalize(maps: np.ndarray) -> np.ndarray:
     hi = flat.max(axis=1, keepdims=True)
     flat = (flat - lo) / np.maximum(hi - lo, 1e-8)
     return flat.reshape(maps.shape)
+
+
+def _upsampler(spatial_size: Sequence[int]) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Maps (N, 1, ...) to the input's ``spatial_size``. A 2D map of a 3D input (2.5D networks
+    that read slices as channels) is resized in-plane and holds for every slice."""
+
+    def up(acti: torch.Tensor) -> torch.Tensor:
+        size = tuple(int(s) for s in spatial_size)
+        if acti.ndim - 2 == len(size):
+            mode = {1: "linear", 2: "bilinear", 3: "trilinear"}[len(size)]
+            return F.interpolate(acti, size=size, mode=mode, align_corners=False)
+        if acti.ndim - 2 == 2 and len(size) == 3:
+            plane = F.interpolate(acti, size=size[1:], mode="bilinear", align_corners=False)
+            return plane.unsqueeze(2).expand(-1, -1, size[0], -1, -1)
+        raise ValueError(f"a Grad-CAM map of shape {tuple(acti.shape[2:])} does not fit an input of {size}")
+
+    return up
 
 
 def grad_cam(
@@ -45,8 +63,8 @@ def grad_cam(
     model.eval()
     try:
         cam = cls(
-            nn_module=model, target_layers=target_layer, postprocessing=lambda m: m
-        )  # MONAI's default flips magnitudes
+            nn_module=model, target_layers=target_layer, upsampler=_upsampler, postprocessing=lambda m: m
+        )  # MONAI's default postprocessing flips magnitudes
         with torch.enable_grad():
             per_sample = class_index is not None and not np.isscalar(class_index)
             if per_sample or method == "gradcam++":

@@ -22,7 +22,7 @@ from typing import Any
 
 from medlens.errors import MedlensError
 from medlens.reporting import sections
-from medlens.runs import RunDir, atomic_write_bytes, read_json, read_yaml, sha256_file, write_json
+from medlens.runs import RunDir, atomic_write_bytes, read_json, read_yaml, write_json
 
 TEMPLATE = "report.html.j2"
 
@@ -59,15 +59,18 @@ class Artifacts:
         return None
 
 
-def build_report(run_dir: str | Path, *, use_source: bool = True, out: str | Path | None = None) -> Path:
+def build_report(
+    run_dir: str | Path, *, use_source: bool = True, out: str | Path | None = None, dataset: Any = None
+) -> Path:
     """Write the HTML report of ``run_dir`` (default ``RUN/report.html``) and return its path.
 
-    ``use_source``: open the run's source to compute a missing ``audit.json`` / montage.
+    ``use_source``: open the run's source to compute a missing ``audit.json`` / montage;
+    ``dataset``: that source already opened by the caller (it is then not opened again).
     """
     run = RunDir(run_dir)
     if not run.root.is_dir():
         raise MedlensError("no such run directory", run.root)
-    arts = load_artifacts(run, use_source=use_source)
+    arts = load_artifacts(run, use_source=use_source, dataset=dataset)
     if not arts.infos and not arts.comparison:
         raise MedlensError("nothing to report: no comparison.json and no trained model (models/*/model.json)", run.root)
     _record_in_manifest(run, arts.written)  # audit.json / montage the report just added
@@ -81,26 +84,12 @@ def build_report(run_dir: str | Path, *, use_source: bool = True, out: str | Pat
 
 
 def _record_in_manifest(run: RunDir, paths: list[Path]) -> None:
-    """Update manifest.json for the files the report wrote inside the run (and only those).
+    """Record the files the report wrote inside the run (and only those) as the ``report`` stage,
+    so a rebuilt report never re-approves a changed model file."""
+    if run.manifest.is_file():
+        from medlens.manifest import record_files
 
-    Other entries are left alone, so a rebuilt report never re-blesses a changed model file.
-    """
-    if not run.manifest.is_file():
-        return
-    manifest = read_json(run.manifest)
-    files = manifest.setdefault("files", {})
-    changed = False
-    for path in paths:
-        try:
-            rel = Path(path).resolve().relative_to(run.root.resolve()).as_posix()
-        except ValueError:  # written outside the run (--out elsewhere)
-            continue
-        if Path(path).is_file():
-            files[rel] = {"sha256": sha256_file(path), "bytes": Path(path).stat().st_size}
-            changed = True
-    if changed:
-        manifest["files"] = dict(sorted(files.items()))
-        write_json(run.manifest, manifest)
+        record_files(run.root, paths, "report")
 
 
 def render(context: dict[str, Any]) -> str:
@@ -118,7 +107,7 @@ def render(context: dict[str, Any]) -> str:
 
 
 # -- reading -----------------------------------------------------------------------------------
-def load_artifacts(run: RunDir, *, use_source: bool = True) -> Artifacts:
+def load_artifacts(run: RunDir, *, use_source: bool = True, dataset: Any = None) -> Artifacts:
     """Read every artifact the report uses; a malformed file is a one-line MedlensError."""
     arts = Artifacts(run=run)
     arts.comparison = _json(run.comparison, arts, "comparison")
@@ -141,7 +130,7 @@ def load_artifacts(run: RunDir, *, use_source: bool = True) -> Artifacts:
     if run.montage.is_file():
         arts.montage = run.montage.read_bytes()
     if (arts.audit is None or arts.montage is None) and use_source:
-        _from_source(arts)
+        _from_source(arts, dataset)
     elif arts.audit is None or arts.montage is None:
         reason = "the source was not opened (--no-source)"
         arts.notes.setdefault("audit", reason)
@@ -159,8 +148,9 @@ def _json(path: Path, arts: Artifacts, what: str) -> Any:
         raise MedlensError(f"not valid JSON ({e})", path) from None
 
 
-def _from_source(arts: Artifacts) -> None:
-    """Compute a missing audit.json and montage from the run's source and keep them in the run."""
+def _from_source(arts: Artifacts, dataset: Any = None) -> None:
+    """Compute a missing audit.json and montage from the run's source (``dataset`` when the caller
+    opened it already) and keep them in the run."""
     source = arts.source
     if source is None:
         arts.notes["audit"] = arts.notes["montage"] = "the run does not record its source"
@@ -169,7 +159,7 @@ def _from_source(arts: Artifacts) -> None:
         from medlens.data.sources import open_source
 
         seed = int((arts.config or {}).get("seed") or 0)
-        dataset = open_source(source, skip_bad=True, seed=seed)
+        dataset = dataset if dataset is not None else open_source(source, skip_bad=True, seed=seed)
     except (MedlensError, OSError, ValueError) as e:
         arts.notes["audit"] = arts.notes["montage"] = f"the source {source} cannot be opened here ({_one_line(e)})"
         return

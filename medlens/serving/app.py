@@ -526,7 +526,7 @@ def create_app(settings: ServeSettings, *, predictor=None) -> FastAPI:
                 "task": p.task,
                 "class_names": p.class_names,
                 "dims": p.dims,
-                "img_size": p.info.get("img_size"),
+                "img_size": p.card.img_size,
                 "modality": p.modality,
                 "uncertainty_method": p.abstention.method,
             }

@@ -50,10 +50,10 @@ from pynetdicom import AE, AllStoragePresentationContexts, evt
 from pynetdicom.sop_class import Verification
 
 from medlens.data.deid import phi_free_summary, pseudonym
+from medlens.inference.prediction import Prediction
 from medlens.serving.audit import AuditLog, hash_identifier
 from medlens.serving.overlay import overlay_for_result, secondary_capture
 from medlens.serving.pacs import PacsTarget
-from medlens.serving.prediction import Prediction
 from medlens.serving.sr import structured_report
 
 log = logging.getLogger("medlens.dicom_node")

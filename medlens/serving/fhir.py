@@ -8,7 +8,7 @@ from typing import Any
 from fhir.resources.R4B.diagnosticreport import DiagnosticReport
 from fhir.resources.R4B.observation import Observation
 
-from medlens.serving.prediction import Prediction
+from medlens.inference.prediction import Prediction
 
 MEDLENS_SYSTEM = "urn:medlens:finding"
 LOINC = "http://loinc.org"

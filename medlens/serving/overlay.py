@@ -24,7 +24,7 @@ from pydicom.dataset import Dataset
 
 from medlens import __version__
 from medlens.errors import MedlensError
-from medlens.serving.prediction import Prediction
+from medlens.inference.prediction import Prediction
 
 SC_SERIES_DESCRIPTION = "medlens overlay"
 

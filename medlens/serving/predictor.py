@@ -1,26 +1,14 @@
-"""The predictor: one verified model bundle, ready to answer for one image at a time.
+"""The predictor: reads an input and answers with a :class:`~medlens.inference.prediction.Prediction`.
 
-:meth:`Predictor.from_run` picks a model of a run directory (the only one, else the best by
-validation AUC in ``comparison.json``), then, before anything is loaded, checks every file of
-the bundle (``models/MODEL/``) against the run's ``manifest.json``: a changed, missing or
-unlisted file is refused with a :class:`~medlens.errors.ChecksumError` naming it. Deep weights
-are read from ``model.safetensors`` only (never ``torch.load``); a classical ``model.joblib`` is
-unpickled only by :func:`medlens.training.classical.load_estimator`, which checks its sha256 again.
-
-Inputs (:meth:`~Predictor.predict_path`, :meth:`~Predictor.predict_bytes`,
-:meth:`~Predictor.predict_dicom`, :meth:`~Predictor.predict_files`,
-:meth:`~Predictor.predict_array`) are read with :mod:`medlens.data.imageio` and
-:mod:`medlens.data.dicom`, checked against the model (spatial dimensions, channels, modality),
-and preprocessed with exactly the training pipeline recorded in ``model.json``
-(:func:`medlens.data.arrays.load_arrays` on the one image, the function training used). The answer is a
-:class:`PredictionResult`: the :class:`~medlens.serving.prediction.Prediction` (temperature-scaled
-probabilities, finding, confidence, uncertainty, abstention), the source DICOM datasets, a
-display image and the model input.
-
-Concurrency: the network stays in eval mode and is only ever run under ``torch.no_grad``;
-MC dropout runs on a private copy whose dropout layers are on (seeded under a lock), Grad-CAM
-on a per-call copy (MONAI's hooks stay on the module they were registered on), so concurrent
-requests never see each other's state.
+Everything about the model is the bundle's (:class:`medlens.inference.bundle.Bundle`: verified
+loading, preprocessing, calibrated probabilities, the decision rule, uncertainty and abstention,
+explanations). This module only reads inputs (:meth:`~Predictor.predict_path`,
+:meth:`~Predictor.predict_bytes`, :meth:`~Predictor.predict_dicom`,
+:meth:`~Predictor.predict_files`, :meth:`~Predictor.predict_array`) with
+:mod:`medlens.data.imageio` and :mod:`medlens.data.dicom`, checks that they fit the model
+(spatial dimensions, channels, modality), pseudonymizes patient identifiers, and assembles the
+answer. It is also the Python API (see README): the service, ``medlens predict`` and a notebook
+get the same :class:`PredictionResult` for the same input.
 """
 
 from __future__ import annotations
@@ -38,16 +26,15 @@ from typing import Any, Sequence
 import numpy as np
 import pydicom
 
-from medlens.data.sample import Dataset, Record, Sample, Task
-from medlens.errors import BadInputError, ChecksumError, MedlensError
-from medlens.runs import ModelDir, RunDir, read_json, sha256_file
-from medlens.serving import uncertainty as unc
-from medlens.serving.prediction import Prediction, SourceInfo
+from medlens.errors import BadInputError, MedlensError
+from medlens.inference.bundle import Bundle, heatmap_slice
+from medlens.inference.card import ModelCard
+from medlens.inference.prediction import Prediction, SourceInfo
+from medlens.runs import sha256_file
 
 PSEUDONYM_KEY_ENV = "MEDLENS_PSEUDONYM_KEY"
 XRAY_FAMILY = {"DX", "CR", "RG", "DR", "XR", "PX"}  # projection radiographs: one family for the modality check
 UNKNOWN_MODALITIES = {"", "OT"}
-OCCLUSION_PATCHES = 8  # the occlusion patch is about 1/8 of the image side
 
 
 class UnsupportedMediaError(MedlensError):
@@ -70,12 +57,9 @@ class PredictionResult:
 
     def heatmap_slice(self) -> tuple[np.ndarray, np.ndarray | None]:
         """(display image, heatmap) as matching 2D arrays: for 3D, the slice where the heatmap peaks."""
-        heat = self.prediction.heatmap
-        x = self.model_input
-        if heat is None or heat.ndim == 2 or x is None:
-            return self.display_image, heat
-        k = int(np.argmax(heat.reshape(heat.shape[0], -1).max(axis=1)))
-        return display_image(x[:, k]), heat[k]
+        if self.model_input is None:
+            return self.display_image, self.prediction.heatmap
+        return heatmap_slice(self.model_input, self.prediction.heatmap)
 
     def overlay_png(self) -> bytes:
         """The heatmap over the display image as PNG bytes (the grey image alone without a heatmap)."""
@@ -96,62 +80,12 @@ class _Input:
 
 
 class Predictor:
-    """A loaded, verified model bundle. Build it with :meth:`from_run`."""
+    """A verified model bundle that reads inputs and answers. Build it with :meth:`from_run`."""
 
-    def __init__(
-        self,
-        model_dir: ModelDir,
-        info: dict[str, Any],
-        *,
-        weights_sha256: str,
-        net: Any = None,
-        estimator: Any = None,
-        uncertainty: str | None = None,
-        pseudonym_key: str | None = None,
-    ):
-        self.model_dir = model_dir
-        self.info = info
-        self._sha256 = weights_sha256
-        self.net = net
-        self.estimator = estimator
-        self.kind = info["kind"]
-        self.task = str(info["task"])
-        self.class_names = [str(c) for c in info["class_names"]]
-        self.dims = int(info["dims"])
-        self.in_channels = int(info.get("in_channels") or 1)
-        self.modality = info.get("modality")
-        self.temperature = float(info.get("temperature") or 1.0)
-        self.decision_threshold = (info.get("thresholds") or {}).get("decision")
-        self.cam_layer = info.get("cam_layer")
-        self.seed = int(info.get("seed") or 0)
-        default_method = "predictive_entropy" if self.kind == "deep" else "entropy"
-        rule = unc.AbstentionRule.from_model_info(info, default_method)
-        if uncertainty is not None and uncertainty != rule.method:
-            if rule.validated:
-                raise MedlensError(
-                    f"model.json's abstention threshold was chosen for '{rule.method}', not '{uncertainty}'",
-                    model_dir.info,
-                )
-            rule = unc.AbstentionRule(method=unc.check_method(uncertainty))
-        self.abstention = rule
+    def __init__(self, bundle: Bundle, *, pseudonym_key: str | None = None):
+        self.bundle = bundle
         self._pseudonym_key = pseudonym_key or os.environ.get(PSEUDONYM_KEY_ENV) or secrets.token_hex(16)
-        self._mc = None
-        if net is not None:
-            net.eval()
-            for p in net.parameters():
-                p.requires_grad_(False)
-            if unc.needs_samples(rule.method) and unc.has_dropout(net):
-                self._mc = unc.MCDropout(net, self._example_input())
 
-    def _example_input(self):
-        """A zero batch of one input of the model's shape (for checks at load time)."""
-        import torch
-
-        size = self.info.get("img_size") or 32
-        spatial = [int(v) for v in size] if isinstance(size, (list, tuple)) else [int(size)] * self.dims
-        return torch.zeros(1, self.in_channels, *spatial)
-
-    # -- loading ---------------------------------------------------------------------------
     @classmethod
     def from_run(
         cls,
@@ -165,60 +99,58 @@ class Predictor:
 
         ``model`` defaults to the only model, or the best by validation AUC in comparison.json.
         ``uncertainty`` overrides the uncertainty method (e.g. ``"max_prob"``: one forward pass);
-        it must agree with model.json's validated abstention rule when there is one.
+        it must agree with the card's validated abstention rule when there is one.
         ``pseudonym_key`` keys patient pseudonyms (default: $MEDLENS_PSEUDONYM_KEY, else random).
         """
-        run = RunDir(run_dir)
-        if not run.root.is_dir():
-            raise MedlensError("no such run directory", run.root)
-        name = choose_model(run, model)
-        model_dir = run.model(name)
-        verify_bundle(run, name)
-        info = read_json(model_dir.info)
-        kind = info.get("kind")
-        manifest_files = read_json(run.manifest)["files"]
-        if kind == "deep":
-            weights = model_dir.weights
-            if not weights.is_file():
-                raise MedlensError("deep model without model.safetensors", model_dir.root)
-            net = _build_network(info, weights)
-            return cls(
-                model_dir,
-                info,
-                weights_sha256=manifest_files[_rel(run, weights)]["sha256"],
-                net=net,
-                uncertainty=uncertainty,
-                pseudonym_key=pseudonym_key,
-            )
-        if kind == "classical":
-            from medlens.training.classical import load_estimator
+        return cls(Bundle.load(run_dir, model, uncertainty=uncertainty), pseudonym_key=pseudonym_key)
 
-            path = model_dir.estimator
-            if not path.is_file():
-                raise MedlensError("classical model without model.joblib", model_dir.root)
-            expected = manifest_files[_rel(run, path)]["sha256"]
-            estimator = load_estimator(path, expected)
-            return cls(
-                model_dir,
-                info,
-                weights_sha256=expected,
-                estimator=estimator,
-                uncertainty=uncertainty,
-                pseudonym_key=pseudonym_key,
-            )
-        raise MedlensError(f"unknown model kind '{kind}' in model.json", model_dir.info)
+    # what the service shows about the model
+    @property
+    def card(self) -> ModelCard:
+        return self.bundle.card
 
     @property
     def model_id(self) -> str:
         """The model's name in its run (the bundle folder name)."""
-        return self.model_dir.name
+        return self.bundle.name
 
     @property
     def model_sha256(self) -> str:
         """sha256 of the weights file (model.safetensors or model.joblib), as in the manifest."""
-        return self._sha256
+        return self.bundle.weights_sha256
+
+    @property
+    def kind(self) -> str:
+        return self.card.kind
+
+    @property
+    def task(self) -> str:
+        return self.card.task
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.card.class_names)
+
+    @property
+    def dims(self) -> int:
+        return self.card.dims
+
+    @property
+    def modality(self) -> str | None:
+        return self.card.modality
+
+    @property
+    def abstention(self) -> Any:
+        return self.bundle.abstention
 
     # -- public entry points ---------------------------------------------------------------
+    def predict(self, item: str | Path | np.ndarray, *, explain: bool = False) -> PredictionResult:
+        """Predict for a file or DICOM series folder (a path), or a channels-first array in native units."""
+        if isinstance(item, np.ndarray):
+            digest = hashlib.sha256(np.ascontiguousarray(item).tobytes()).hexdigest()
+            return self.predict_array(item, explain=explain, source=SourceInfo(kind="array", input_sha256=digest))
+        return self.predict_path(item, explain=explain)
+
     def predict_path(self, path: str | Path, *, explain: bool = False) -> PredictionResult:
         """Predict for an image file (PNG, JPEG, TIFF, NIfTI, DICOM) or a one-series DICOM folder."""
         return self._predict(self._read_path(Path(path)), explain=explain)
@@ -325,177 +257,61 @@ class Predictor:
         )
         return _Input(data.array, info, name=name or str(source or files[0]), sources=datasets)
 
-    # -- checks and preprocessing ------------------------------------------------------------
+    # -- checks ---------------------------------------------------------------------------------
     def check_input(self, image: np.ndarray, modality: str | None, name: str | None = None) -> np.ndarray:
         """The image fitted to the model's spatial dimensions, or a one-line error why it cannot go in.
 
         A one-slice volume counts as a 2D image; channels must be the model's or convertible by
-        :func:`medlens.data.arrays.convert_channels` (gray <-> RGB, done in :meth:`preprocess`).
+        :func:`medlens.data.arrays.convert_channels` (gray <-> RGB, done in preprocessing).
         """
+        card = self.card
         arr = np.asarray(image, dtype=np.float32)
         dims = arr.ndim - 1
-        if dims == 3 and self.dims == 2 and arr.shape[1] == 1:
+        if dims == 3 and card.dims == 2 and arr.shape[1] == 1:
             arr = arr[:, 0]
             dims = 2
-        if dims != self.dims:
+        if dims != card.dims:
             what = f"a {dims}D {'volume' if dims == 3 else 'image'} {tuple(arr.shape[1:])}"
-            raise MedlensError(f"{what} cannot go to model '{self.model_id}', which takes {self.dims}D images", name)
-        if not _same_modality(modality, self.modality):
+            raise MedlensError(f"{what} cannot go to model '{self.model_id}', which takes {card.dims}D images", name)
+        if not _same_modality(modality, card.modality):
             raise MedlensError(
-                f"the input is {modality} but model '{self.model_id}' was trained on {self.modality} images", name
+                f"the input is {modality} but model '{self.model_id}' was trained on {card.modality} images", name
             )
         c = arr.shape[0]
-        if c != self.in_channels and not (c == 1 or (self.in_channels == 1 and c in (3, 4))):
-            raise MedlensError(f"the input has {c} channels but model '{self.model_id}' takes {self.in_channels}", name)
+        if c != card.in_channels and not (c == 1 or (card.in_channels == 1 and c in (3, 4))):
+            raise MedlensError(f"the input has {c} channels but model '{self.model_id}' takes {card.in_channels}", name)
         if not np.all(np.isfinite(arr)):
             raise BadInputError("the image holds NaN or infinite values", name)
         return arr
 
-    def preprocess(self, image: np.ndarray) -> np.ndarray:
-        """Exactly the training preprocessing: :func:`medlens.data.arrays.load_arrays` on this one
-        image with model.json's ``img_size``, ``in_channels`` and ``preprocessing``."""
-        from medlens.data.arrays import load_arrays
-
-        one = _OneImage(image, self.dims, self.task, len(self.class_names), self.modality)
-        x, _ = load_arrays(
-            one,
-            size=self.info.get("img_size"),
-            channels=self.in_channels,
-            preprocessing=self.info.get("preprocessing"),
-            show_progress=False,
-        )
-        return x[0]
-
-    # -- the model -----------------------------------------------------------------------------
+    # -- the answer -------------------------------------------------------------------------------
     def _predict(self, inp: _Input, *, explain: bool) -> PredictionResult:
+        bundle = self.bundle
         arr = self.check_input(inp.array, inp.source.modality, inp.name)
-        x = self.preprocess(arr)
-        probs, samples = self._probabilities(x)
-        multilabel = self.task == "multilabel"
-        u = float(unc.score(probs[None], self.abstention.method, samples=samples, multilabel=multilabel)[0])
-        finding, index, confidence = self._finding(probs)
-        abstain, reason = self.abstention.decide(u, confidence)
-        heatmap = self._explain(x, index) if explain else None
+        x = bundle.preprocess(arr, name=inp.name)
+        raw = bundle.raw_proba(x[None])[0]
+        probs = bundle.calibrate(raw[None])[0]
+        finding, index, confidence = bundle.finding(probs)
+        doubt = bundle.uncertainty(x, probs, confidence)
+        heatmap = bundle.explain(x[None], index)[0] if explain else None
         pred = Prediction(
             model=self.model_id,
             model_sha256=self.model_sha256,
             task=self.task,
-            class_names=list(self.class_names),
+            class_names=self.class_names,
             probabilities={c: round(float(p), 6) for c, p in zip(self.class_names, probs)},
+            raw_probabilities={c: round(float(p), 6) for c, p in zip(self.class_names, raw)},
             finding=finding,
             confidence=float(confidence),
-            uncertainty=u,
-            uncertainty_method=self.abstention.method,
-            abstain=abstain,
-            abstain_reason=reason,
+            uncertainty=doubt.uncertainty,
+            uncertainty_method=doubt.method,
+            abstain=doubt.abstain,
+            abstain_reason=doubt.reason,
             source=inp.source,
             heatmap=heatmap,
         )
-        mid = x[:, x.shape[1] // 2] if x.ndim == 4 else x
-        return PredictionResult(pred, sources=list(inp.sources), display_image=display_image(mid), model_input=x)
-
-    def _probabilities(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        """(K,) calibrated probabilities and, for sample-based uncertainty, (S, 1, K) draws."""
-        if self.kind == "classical":
-            return self._classical_probs(x[None])[0], None
-        import torch
-
-        xt = torch.from_numpy(np.ascontiguousarray(x[None]))
-        with torch.no_grad():
-            probs = self._to_probs(self.net(xt))[0]
-        samples = None
-        if unc.needs_samples(self.abstention.method):
-            if self._mc is not None:
-                logits = self._mc.logits(xt, seed=self.seed)
-            else:
-                logits = unc.tta_logits(self.net, xt)
-            samples = np.stack([self._to_probs(z) for z in logits])
-        return probs, samples
-
-    def _to_probs(self, logits) -> np.ndarray:
-        from medlens.evaluation.calibration import apply_temperature
-
-        return apply_temperature(logits.detach().cpu().numpy(), self.temperature, self.task)
-
-    def _classical_probs(self, x: np.ndarray) -> np.ndarray:
-        from medlens.evaluation.calibration import apply_temperature
-        from medlens.training.classical import predict_proba_classical
-
-        n_classes = None if self.task == "multilabel" else len(self.class_names)
-        p = predict_proba_classical(self.estimator, x, self.task, n_classes=n_classes)
-        if self.temperature == 1.0:
-            return np.asarray(p, dtype=np.float64)
-        p = np.clip(np.asarray(p, dtype=np.float64), 1e-12, 1.0)
-        if self.task == "multilabel":  # temperature on the per-label logit
-            return apply_temperature(np.log(p) - np.log1p(-np.minimum(p, 1 - 1e-12)), self.temperature, self.task)
-        return apply_temperature(np.log(p), self.temperature, self.task)
-
-    def _finding(self, probs: np.ndarray) -> tuple[str, int, float]:
-        """(finding, class index to explain, confidence).
-
-        Binary: the positive class when p >= the validation-chosen threshold (model.json
-        thresholds.decision, default 0.5); multi-class / ordinal: argmax; multi-label: labels with
-        p >= the threshold joined by "|" ("none" if no label), confidence = the least sure
-        label's max(p, 1 - p).
-        """
-        t = 0.5 if self.decision_threshold is None else float(self.decision_threshold)
-        if self.task == "multilabel":
-            positive = [i for i, p in enumerate(probs) if p >= t]
-            finding = "|".join(self.class_names[i] for i in positive) or "none"
-            confidence = float(np.min(np.maximum(probs, 1 - probs)))
-            return finding, int(np.argmax(probs)), confidence
-        if self.task == "binary" and len(probs) == 2:
-            index = 1 if probs[1] >= t else 0
-        else:
-            index = int(np.argmax(probs))
-        return self.class_names[index], index, float(probs[index])
-
-    def _explain(self, x: np.ndarray, index: int) -> np.ndarray:
-        """A heatmap in [0, 1] with the model input's spatial shape: Grad-CAM or occlusion."""
-        if self.kind == "deep" and self.cam_layer:
-            import torch
-
-            from medlens.explain.cam import grad_cam
-
-            net = copy.deepcopy(self.net)  # MONAI leaves its hooks on the module: never on the shared one
-            for p in net.parameters():
-                p.requires_grad_(True)
-            heat = grad_cam(
-                net, torch.from_numpy(np.ascontiguousarray(x[None])), target_layer=self.cam_layer, class_index=index
-            )[0]
-        else:
-            from medlens.explain.cam import occlusion_sensitivity
-
-            patch = max(2, min(x.shape[1:]) // OCCLUSION_PATCHES)
-            heat = occlusion_sensitivity(self._batch_probs, x[None], class_index=index, patch=patch)[0]
-        return _fit_shape(heat, x.shape[1:])
-
-    def _batch_probs(self, x: np.ndarray) -> np.ndarray:
-        if self.kind == "classical":
-            return self._classical_probs(x)
-        import torch
-
-        with torch.no_grad():
-            return self._to_probs(self.net(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))))
-
-
-class _OneImage(Dataset):
-    """One in-memory image as a dataset, so that serving runs the training loader unchanged."""
-
-    def __init__(self, image: np.ndarray, dims: int, task: str, n_classes: int, modality: str | None):
-        label = tuple([0] * n_classes) if task == "multilabel" else None
-        super().__init__(
-            "input",
-            [Record(id="input", label=label, patient_id="", origin="input")],
-            task=Task(task),
-            class_names=[str(i) for i in range(n_classes)],
-            dims=dims,
-            modality=modality,
-        )
-        self._image = image
-
-    def _load(self, record: Record) -> Sample:
-        return Sample(id=record.id, image=self._image, label=record.label, patient_id="", origin=record.origin)
+        display, _ = heatmap_slice(x, None)
+        return PredictionResult(pred, sources=list(inp.sources), display_image=display, model_input=x)
 
 
 # -- inputs of the command line ----------------------------------------------------------------------
@@ -565,111 +381,6 @@ def _stem(name: str) -> str:
     return name
 
 
-# -- model choice and verification ----------------------------------------------------------------
-def choose_model(run: RunDir, model: str | None) -> str:
-    """The model to load: ``model``, the only one, or the best by validation AUC (comparison.json)."""
-    names = run.model_names()
-    if not names:
-        raise MedlensError("no trained model in the run (models/*/model.json)", run.root)
-    if model is not None:
-        if model not in names:
-            raise MedlensError(f"no model '{model}' in the run (models: {', '.join(names)})", run.root)
-        return model
-    if len(names) == 1:
-        return names[0]
-    if run.comparison.is_file():
-        best = best_by_val_auc(run, names)
-        if best is not None:
-            return best
-    raise MedlensError(
-        f"the run holds {len(names)} models ({', '.join(names)}) and no comparison.json ranks them: "
-        "choose one with --model",
-        run.root,
-    )
-
-
-def best_by_val_auc(run: RunDir, names: list[str]) -> str | None:
-    """The model with the highest validation AUC in comparison.json (its ``best`` entry when it names one)."""
-    try:
-        comparison = read_json(run.comparison)
-    except (OSError, ValueError):
-        raise MedlensError("comparison.json is not valid JSON", run.comparison) from None
-    best = comparison.get("best") if isinstance(comparison, dict) else None
-    if isinstance(best, dict):
-        best = best.get("model") or best.get("name")
-    if isinstance(best, str) and best in names:
-        return best
-    scores = {n: s for n in names if (s := _val_auc(_comparison_entry(comparison, n))) is not None}
-    return max(scores, key=lambda n: (scores[n], n)) if scores else None
-
-
-def _comparison_entry(comparison: Any, name: str) -> Any:
-    models = comparison.get("models") if isinstance(comparison, dict) else comparison
-    if isinstance(models, dict):
-        return models.get(name)
-    if isinstance(models, list):
-        for entry in models:
-            if isinstance(entry, dict) and name in (entry.get("name"), entry.get("model")):
-                return entry
-    return None
-
-
-def _val_auc(entry: Any) -> float | None:
-    """Validation AUC of a comparison entry: ``val.auc`` (under ``metrics`` or not), a number or {"value": ...}."""
-    if not isinstance(entry, dict):
-        return None
-    val = (entry.get("metrics") or {}).get("val") if isinstance(entry.get("metrics"), dict) else None
-    val = val or entry.get("val")
-    if not isinstance(val, dict):
-        return None
-    auc = val.get("auc")
-    if isinstance(auc, dict):
-        auc = auc.get("value", auc.get("estimate", auc.get("point")))
-    return float(auc) if isinstance(auc, (int, float)) else None
-
-
-def verify_bundle(run: RunDir, model: str) -> None:
-    """Refuse a bundle whose files differ from manifest.json: changed, missing, or unknown files."""
-    from medlens.manifest import artifact_files, verify_manifest
-
-    if not run.manifest.is_file():
-        raise ChecksumError("no manifest.json: refusing to load a model whose files cannot be verified", run.root)
-    try:
-        listed = read_json(run.manifest).get("files", {})
-    except (OSError, ValueError):
-        raise ChecksumError("manifest.json is not valid JSON", run.manifest) from None
-    prefix = f"models/{model}/"
-    on_disk = {f for f in artifact_files(run.root) if f.startswith(prefix)}
-    in_manifest = {f for f in listed if f.startswith(prefix)}
-    problems = verify_manifest(run.root, sorted(on_disk | in_manifest))
-    if problems:
-        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-        raise ChecksumError(f"{problems[0]}{more}; refusing to load the model bundle")
-
-
-def _rel(run: RunDir, path: Path) -> str:
-    return path.relative_to(run.root).as_posix()
-
-
-def _build_network(info: dict[str, Any], weights: Path):
-    from medlens.models.deep.weights import load_weights
-    from medlens.models.registry import get_model
-
-    spec = get_model(str(info.get("model") or info["name"]))
-    if spec.kind != "deep":
-        raise MedlensError(
-            f"model.json says deep but '{spec.name}' is a {spec.kind} model", weights.parent / "model.json"
-        )
-    net = spec.build(
-        in_channels=int(info["in_channels"]),
-        num_outputs=int(info["num_outputs"]),
-        spatial_dims=int(info["dims"]),
-        img_size=info["img_size"],
-    )
-    load_weights(net, weights, strict=True)
-    return net.eval()
-
-
 # -- helpers -----------------------------------------------------------------------------------------
 def sniff_suffix(data: bytes) -> str | None:
     """The file ending that matches the content: .dcm, .nii, .nii.gz, .png, .jpg, .tif; None otherwise."""
@@ -701,25 +412,6 @@ def _is_nifti_header(head: bytes) -> bool:
     if len(head) >= 540 and head[4:7] in (b"n+2", b"ni2"):
         return int.from_bytes(head[:4], "little") == 540 or int.from_bytes(head[:4], "big") == 540
     return False
-
-
-def display_image(x: np.ndarray) -> np.ndarray:
-    """A (C, H, W) model input as a 2D grey image in [0, 1] (channel mean, 0.5-99.5 percentile range)."""
-    grey = np.asarray(x, dtype=np.float32).mean(axis=0)
-    lo, hi = np.percentile(grey, [0.5, 99.5])
-    if hi <= lo:
-        return np.zeros_like(grey)
-    return np.clip((grey - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
-
-
-def _fit_shape(heat: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    heat = np.asarray(heat, dtype=np.float32)
-    if heat.shape == tuple(shape):
-        return heat
-    from scipy.ndimage import zoom
-
-    out = zoom(heat, [s / h for s, h in zip(shape, heat.shape)], order=1)
-    return np.clip(out, 0.0, 1.0).astype(np.float32)
 
 
 def _same_modality(given: str | None, trained: str | None) -> bool:

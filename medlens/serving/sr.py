@@ -28,7 +28,7 @@ from pydicom.sr.codedict import codes
 
 from medlens import __version__
 from medlens.errors import MedlensError
-from medlens.serving.prediction import Prediction
+from medlens.inference.prediction import Prediction
 
 FINDING = CodedConcept("121071", "DCM", "Finding")
 PROBABILITY = CodedConcept("PROB", "99MEDLENS", "Probability of finding")

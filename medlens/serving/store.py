@@ -30,7 +30,7 @@ import numpy as np
 import pydicom
 
 from medlens.errors import MedlensError
-from medlens.serving.prediction import Prediction, SourceInfo
+from medlens.inference.prediction import Prediction, SourceInfo
 
 ID_PATTERN = re.compile(r"^[0-9a-f]{32}$")
 

@@ -1,11 +1,14 @@
 """`medlens compare`: train every model of a suite on identical splits, then evaluate them.
 
-:func:`compare` opens the source once to choose the suite's models for its dimensions and task
-(and, with a budget, to estimate training time: :func:`medlens.study.suites.fit_budget`), then
+:func:`compare` opens the source once, and every later step uses that one dataset: it chooses
+the suite's models for its dimensions and task (and, with a budget, estimates training time:
+:func:`medlens.study.suites.fit_budget`), writes the run's ``config.yaml`` (source, seed, suite),
 trains each model with :func:`medlens.training.run.train` into the same run directory — the
 first model writes ``splits.json`` and every later one reuses it, so all models see the same
-train / val / test ids — records the suite and per-model wall times in ``study.json``, and runs
-:func:`medlens.study.evaluate.evaluate` (comparison.json, model.json updates, figures, report).
+train / val / test ids; models with the same preprocessing share one preprocessed copy of the
+splits (:class:`medlens.training.run.InputCache`) — records the suite and per-model wall times
+in ``study.json``, and runs :func:`medlens.study.evaluate.evaluate` (comparison.json, model card
+updates, figures, report).
 
 Models already in the run directory from an earlier call are evaluated with the new ones.
 """
@@ -60,10 +63,15 @@ def compare(
             + ("" if budget["fits"] else " (does not fit even at one epoch per deep model: choose a smaller suite)")
         )
 
+    from medlens.runs import write_yaml
+    from medlens.training.run import InputCache
+
     run = RunDir(out).create()
+    write_yaml(run.config, {"source": source, "seed": seed, "suite": _suite_name(suite), "max_samples": max_samples})
+    inputs = InputCache()
     study: dict[str, Any] = {
         "source": source,
-        "suite": suite if isinstance(suite, str) else [e if isinstance(e, str) else e.model for e in suite],
+        "suite": _suite_name(suite),
         "seed": seed,
         "max_samples": max_samples,
         "entries": [e.to_dict() for e in entries],
@@ -78,7 +86,17 @@ def compare(
             + (f" ({entry.settings['epochs']} epochs)" if entry.settings.get("epochs") else "")
         )
         t0 = time.perf_counter()
-        _train_one(source, entry, run, seed=seed, max_samples=max_samples, show_progress=show_progress, threads=threads)
+        _train_one(
+            source,
+            dataset,
+            inputs,
+            entry,
+            run,
+            seed=seed,
+            max_samples=max_samples,
+            show_progress=show_progress,
+            threads=threads,
+        )
         seconds = time.perf_counter() - t0
         study["timings"][entry.model] = round(seconds, 2)
         test_auc = (read_json(run.model(entry.model).metrics).get("test") or {}).get("auc")
@@ -92,15 +110,19 @@ def compare(
     write_json(run.study, study)  # evaluate copies study.json into comparison.json
     say("evaluating")
     t0 = time.perf_counter()
-    evaluate(run.root, seed=seed, n_resamples=n_resamples, log=say)
+    evaluate(run.root, seed=seed, n_resamples=n_resamples, log=say, dataset=dataset)
     study["status"] = "evaluated"
     study["timings"]["evaluation"] = round(time.perf_counter() - t0, 2)
     study["timings"]["total"] = round(time.perf_counter() - started, 2)
     write_json(run.study, study)
-    from medlens.manifest import write_manifest
+    from medlens.manifest import record_files
 
-    write_manifest(run.root)  # study.json changed after evaluate's manifest
+    record_files(run.root, [run.study, run.config], "compare")
     return run
+
+
+def _suite_name(suite: str | Sequence[SuiteEntry | str]) -> Any:
+    return suite if isinstance(suite, str) else [e if isinstance(e, str) else e.model for e in suite]
 
 
 def _cap_epochs(entry: SuiteEntry, epochs: int) -> SuiteEntry:
@@ -114,6 +136,8 @@ def _cap_epochs(entry: SuiteEntry, epochs: int) -> SuiteEntry:
 
 def _train_one(
     source: str,
+    dataset: Any,
+    inputs: Any,
     entry: SuiteEntry,
     run: RunDir,
     *,
@@ -122,25 +146,17 @@ def _train_one(
     show_progress: bool,
     threads: int | None,
 ) -> None:
-    from medlens.training.config import TrainConfig
+    from medlens.training.config import TrainConfig, native_size
     from medlens.training.run import train
 
     settings = dict(entry.settings)
     cap = settings.pop("max_img_size", None)
     if cap is not None and "img_size" not in settings:
-        settings["img_size"] = min(int(cap), _native_size(source, seed))
+        first = dataset.load(dataset.records[0].id).image
+        settings["img_size"] = min(int(cap), native_size(first.shape))
     config = TrainConfig(source=source, model=entry.model, out=str(run.root), seed=seed, progress=show_progress)
     config = config.updated(**settings, max_samples=max_samples, threads=threads)
-    train(config, explicit=set(settings))
-
-
-def _native_size(source: str, seed: int) -> int:
-    """The largest spatial side of the source's first image."""
-    from medlens.data.sources import open_source
-    from medlens.training.config import native_size
-
-    dataset = open_source(source, seed=seed)
-    return native_size(dataset.load(dataset.records[0].id).image.shape)
+    train(config, explicit=set(settings), dataset=dataset, inputs=inputs)
 
 
 def _fit_budget(

@@ -42,6 +42,8 @@ MODEL::
   temperature   T fitted on validation (logits: log-probabilities; multi-label: logit of p)
   calibration   {"method": "temperature scaling", "fitted_on": "val", "val_nll_before",
                  "val_nll_after", "logits": "log-probabilities from predictions_*.csv"}
+  decision_threshold  the threshold every decision of this model is counted with (binary: the
+                Youden threshold below; multi-label: the model card's, null meaning 0.5)
   thresholds    binary only, in temperature-scaled probability space (what serving compares):
                 {"decision" (= youden), "youden", "sensitivity_0.95", "chosen_on": "val"}
   metrics       {"val": {metric: value}, SPLIT: {metric: CI}}: the model AS TRAINED (T = 1);
@@ -66,6 +68,8 @@ MODEL::
                 training_log.csv (deep: epoch, train_loss, val_loss, val_auc, ...; classical:
                 one row per hyper-parameter setting tried)
   timing        metrics.json's timing (fit seconds, images per second)
+  warnings      plain-language warnings (:func:`signal_warnings`): constant scores, or an AUC whose
+                CI includes 0.5; the report shows them beside the model
   localization  {"method": "grad-cam"|"occlusion", "n_scored", "pointing_game", "iou",
                  "tolerance_px", "threshold", "seconds"}, {"error"} when the bundle cannot be
                 loaded, or null (no masks)
@@ -105,14 +109,6 @@ ABSTENTION_METHODS = ("max_prob", "entropy")
 
 
 # -- small helpers ------------------------------------------------------------------------------
-def as_logits(probs: np.ndarray, task: str) -> np.ndarray:
-    """Logits recovered from probabilities: log p (softmax is shift-invariant), logit p (multi-label)."""
-    p = np.clip(np.asarray(probs, dtype=np.float64), 1e-12, 1.0 - 1e-12)
-    if task == "multilabel":
-        return np.log(p) - np.log1p(-p)
-    return np.log(p)
-
-
 def thin(curve: dict[str, Any], keys: Sequence[str], max_points: int = MAX_CURVE_POINTS) -> dict[str, Any]:
     """Keep at most ``max_points`` evenly spaced points (first and last included) of array ``keys``."""
     n = len(curve[keys[0]])
@@ -124,10 +120,12 @@ def thin(curve: dict[str, Any], keys: Sequence[str], max_points: int = MAX_CURVE
 
 
 def decisions(probs: np.ndarray, task: str, threshold: float | None) -> np.ndarray:
-    """Hard predictions: binary ``p1 > threshold``; multi-label each label ``> 0.5``; else argmax."""
+    """Hard predictions by the one decision rule (:func:`medlens.evaluation.metrics.predict`, which
+    every bundle uses too): binary ``p1 > threshold``, multi-label each label ``> threshold``
+    (0.5 when None), else argmax."""
     from medlens.evaluation.metrics import predict
 
-    return predict(probs, task, threshold if task == "binary" else None)
+    return predict(probs, task, threshold)
 
 
 # -- per model ----------------------------------------------------------------------------------
@@ -143,8 +141,12 @@ def model_statistics(
     n_resamples: int = 1000,
     seed: int = 0,
     target_risk: float = DEFAULT_TARGET_RISK,
+    card_threshold: float | None = None,
 ) -> dict[str, Any]:
     """Everything comparison.json holds for one model that follows from its predictions.
+
+    Binary thresholds are chosen here on validation; other tasks decide with the model card's
+    threshold (``card_threshold``; None: 0.5 for multi-label), exactly as the bundle does.
 
     ``p_val`` / ``p_eval`` are the uncalibrated probabilities of predictions_{val,SPLIT}.csv.
     Returns the MODEL fields ``temperature``, ``calibration``, ``thresholds``, ``metrics``,
@@ -153,18 +155,19 @@ def model_statistics(
     SPLIT probabilities (for the pairwise tests; not written).
     """
     from medlens.evaluation.calibration import (
-        apply_temperature,
+        calibrate,
         fit_temperature,
         negative_log_likelihood,
+        probs_to_logits,
         reliability_curve,
     )
     from medlens.evaluation.metrics import classification_metrics
     from medlens.evaluation.statistics import bootstrap_metrics
 
     binary = task == "binary"
-    temperature = fit_temperature(as_logits(p_val, task), y_val, task)
-    c_val = apply_temperature(as_logits(p_val, task), temperature, task)
-    c_eval = apply_temperature(as_logits(p_eval, task), temperature, task)
+    temperature = fit_temperature(probs_to_logits(p_val, task), y_val, task)
+    c_val = calibrate(p_val, temperature, task)
+    c_eval = calibrate(p_eval, temperature, task)
 
     raw_t = _threshold(y_val, p_val) if binary else None
     thresholds: dict[str, Any] = {}
@@ -177,7 +180,7 @@ def model_statistics(
             f"sensitivity_{SENSITIVITY_TARGET}": sens,
             "chosen_on": "val",
         }
-    decision = thresholds.get("decision")
+    decision = thresholds.get("decision", card_threshold)
 
     def cis(y: np.ndarray, p: np.ndarray, t: float | None) -> dict[str, Any]:
         return bootstrap_metrics(y, p, task, threshold=t, n_resamples=n_resamples, seed=seed)
@@ -204,6 +207,7 @@ def model_statistics(
             "val_nll_after": negative_log_likelihood(y_val, c_val, task),
         },
         "thresholds": thresholds,
+        "decision_threshold": decision,
         "metrics": metrics,
         "calibrated_metrics": calibrated,
         "operating_points": operating,
@@ -215,7 +219,25 @@ def model_statistics(
         "curves": roc_pr_curves(y_eval, p_eval, task, class_names),
         "confusion": confusion(y_eval, c_eval, task, class_names, decision),
         "_calibrated": c_eval,
+        "_calibrated_val": c_val,
     }
+
+
+def signal_warnings(entry: dict[str, Any], split: str) -> list[str]:
+    """Plain-language warnings for a model that learned nothing: constant scores on the split, or
+    an AUC whose confidence interval includes 0.5 (indistinguishable from chance)."""
+    out = []
+    scores = np.asarray(entry["_calibrated"], dtype=np.float64)
+    if len(scores) > 1 and np.all(np.ptp(scores, axis=0) < 1e-9):
+        out.append(f"its scores are the same for every {split} case: it learned nothing from the images")
+    auc = ((entry.get("metrics") or {}).get(split) or {}).get("auc") or {}
+    low, high = auc.get("low"), auc.get("high")
+    if isinstance(low, (int, float)) and isinstance(high, (int, float)) and low <= 0.5 <= high:
+        out.append(
+            f"its {split} AUC {auc.get('value', float('nan')):.3f} [{low:.3f}, {high:.3f}] "
+            "is indistinguishable from chance (the 95% CI includes 0.5)"
+        )
+    return out
 
 
 def _threshold(y: np.ndarray, p: np.ndarray, method: str = "youden", target: float = 0.95) -> float | None:
@@ -456,19 +478,6 @@ def best_by_metric(models: dict[str, dict[str, Any]], split: str) -> dict[str, A
         tied = sorted(n for n, v in values.items() if abs(v - target) <= 1e-12)
         out[metric] = {"model": tied[0], "value": target, "tied": tied, "higher_is_better": higher}
     return out
-
-
-def best_by_val_auc(models: dict[str, dict[str, Any]]) -> str | None:
-    """The model with the highest validation AUC (ties: the name first in order)."""
-    scores = {}
-    for name, e in models.items():
-        v = (e.get("metrics", {}).get("val") or {}).get("auc")
-        v = v.get("value") if isinstance(v, dict) else v
-        if v is not None and np.isfinite(v):
-            scores[name] = float(v)
-    if not scores:
-        return None
-    return sorted(scores, key=lambda n: (-scores[n], n))[0]
 
 
 def summary_rows(comparison: dict[str, Any]) -> list[dict[str, Any]]:

@@ -10,16 +10,20 @@ data) — localization: Grad-CAM for deep models (bundle loaded from ``model.saf
 subset of SPLIT cases with a lesion, scored by pointing game and IoU. A Grad-CAM gallery of a
 few right and wrong SPLIT cases per deep model goes to ``RUN/figures/``.
 
-Writes: ``comparison.json``; into each ``model.json`` the fitted ``temperature``, the
-validation ``thresholds`` (temperature-scaled space, so ``medlens serve`` applies them as they
-are), ``calibration`` and ``abstention``; ``figures/*.png``; ``report.html`` when
-:mod:`medlens.reporting` offers ``build_report``; finally ``manifest.json`` is rewritten so
-every bundle stays verifiable. Weights files are only read.
+Writes: ``comparison.json``; per model ``decisions_SPLIT.csv`` (calibrated probabilities and the
+decision each case was counted with); into each model card the fitted ``temperature``, the
+validation ``thresholds`` (temperature-scaled space, so every prediction applies them as they
+are), ``calibration`` and ``abstention``, as a declared update of the card
+(:meth:`medlens.inference.card.ModelCard.with_update`; a card changed since the manifest is
+refused, not re-approved); ``figures/*.png``; ``report.html``. The manifest records exactly
+these files, as the ``evaluate`` stage. Weights files are only read; the source is opened at
+most once (or not at all when the caller passes it).
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -28,6 +32,8 @@ from typing import Any, Callable
 import numpy as np
 
 from medlens.errors import MedlensError
+from medlens.inference.bundle import best_by_val_auc
+from medlens.inference.card import write_card
 from medlens.runs import ModelDir, RunDir, atomic_write_bytes, read_json, write_json
 from medlens.study import comparison as C
 
@@ -52,8 +58,13 @@ def evaluate(
     n_localization: int = N_LOCALIZATION,
     report: bool = True,
     log: Log | None = None,
+    dataset: Any = None,
 ) -> dict[str, Any]:
-    """Evaluate every model of ``run_dir`` on ``split``; write comparison.json; return it."""
+    """Evaluate every model of ``run_dir`` on ``split``; write comparison.json; return it.
+
+    ``dataset``: the run's source, already opened (``compare`` passes it); else opened here when
+    localization or the report needs it.
+    """
     say = log or (lambda msg: None)
     run = RunDir(run_dir)
     if not run.root.is_dir():
@@ -66,7 +77,13 @@ def evaluate(
     if n_resamples < 100:
         raise MedlensError(f"--resamples must be at least 100, not {n_resamples}")
 
-    infos = {n: read_json(run.model(n).info) for n in names}
+    from medlens.inference.bundle import verify_bundle
+    from medlens.inference.card import read_card
+
+    for n in names:
+        verify_bundle(run, n)  # nothing changed since its stage wrote it: never re-approve a changed card
+    cards = {n: read_card(run.model(n).info) for n in names}
+    infos = {n: c.to_dict() for n, c in cards.items()}
     tasks = {str(i["task"]) for i in infos.values()}
     if len(tasks) != 1:
         raise MedlensError(f"the run mixes tasks ({', '.join(sorted(tasks))}): models cannot be compared", run.root)
@@ -90,6 +107,7 @@ def evaluate(
             n_resamples=n_resamples,
             seed=seed,
             target_risk=target_risk,
+            card_threshold=cards[name].decision_threshold,
         )
         model_dir = run.model(name)
         entry = {
@@ -103,15 +121,24 @@ def evaluate(
             "timing": (read_json(model_dir.metrics).get("timing") if model_dir.metrics.is_file() else None),
             "localization": None,
         }
+        entry["warnings"] = C.signal_warnings(entry, split)
+        for w in entry["warnings"]:
+            say(f"warning: {name}: {w}")
         models[name] = entry
 
     pairwise = _pairwise(names, preds, models, task, split, n_resamples, seed)
-    localization, gallery = _localization(run, names, infos, preds, models, split, seed, n_localization, say)
+    source = _Source(str(infos[names[0]].get("source")), int(infos[names[0]].get("seed") or 0), dataset)
+    localization, gallery = _localization(run, names, infos, preds, models, split, seed, n_localization, say, source)
 
+    written: list[Path] = [run.comparison, *(run.root / g["file"] for g in gallery)]
+    for name in names:
+        model_dir = run.model(name)
+        written += _write_decisions(model_dir, cards[name], preds[name], models[name], split)
+        write_card(model_dir.info, _calibrated_card(cards[name], models[name]))
+        written.append(model_dir.info)
     for entry in models.values():
         entry.pop("_calibrated", None)
-    for name in names:
-        _update_model_json(run.model(name), infos[name], models[name])
+        entry.pop("_calibrated_val", None)
 
     first = infos[names[0]]
     comparison: dict[str, Any] = {
@@ -129,7 +156,7 @@ def evaluate(
         "order": names,
         "models": models,
         "best": {
-            "model": C.best_by_val_auc(models),
+            "model": best_by_val_auc(models),
             "criterion": "highest validation AUC (the model `medlens serve` loads by default)",
             "by_metric": C.best_by_metric(models, split),
         },
@@ -140,11 +167,11 @@ def evaluate(
     comparison["summary"] = C.summary_rows(comparison)
     write_json(run.comparison, comparison)
     say(f"wrote {run.comparison}")
-    if report:
-        _build_report(run, say)
-    from medlens.manifest import write_manifest
+    from medlens.manifest import record_files
 
-    write_manifest(run.root)
+    record_files(run.root, written, "evaluate")
+    if report:
+        _build_report(run, say, source)
     return read_json(run.comparison)
 
 
@@ -220,33 +247,79 @@ def _pairwise(names, preds, models, task, split, n_resamples, seed) -> dict[str,
         pos = {i: k for k, i in enumerate(ids)}
         idx = np.array([pos[i] for i in order], dtype=int)
         raw[n] = p_n[idx]
-        hard[n] = C.decisions(models[n]["_calibrated"][idx], task, models[n]["thresholds"].get("decision"))
+        hard[n] = C.decisions(models[n]["_calibrated"][idx], task, models[n]["decision_threshold"])
         y = y_n[idx] if y is None else y
     if len(names) < 2 or y is None or len(y) == 0:
         return {"tests": [], "correction": "holm", "alpha": C.ALPHA, "n_tests": 0, "n_common": len(order)}
     return C.pairwise_tests(names, y, raw, hard, task, n_resamples=n_resamples, seed=seed)
 
 
-# -- model.json --------------------------------------------------------------------------------
-def _update_model_json(model_dir: ModelDir, info: dict[str, Any], entry: dict[str, Any]) -> None:
-    """Write what serving needs: temperature, validation thresholds, calibration and abstention."""
-    info = dict(info)
-    info["temperature"] = entry["temperature"]
-    if entry["thresholds"]:
-        info["thresholds"] = {k: v for k, v in entry["thresholds"].items() if isinstance(v, (int, float))}
-        info["thresholds_chosen_on"] = "val (temperature-scaled probabilities)"
-    info["calibration"] = entry["calibration"]
+# -- the model card and the decisions ----------------------------------------------------------
+def _calibrated_card(card: Any, entry: dict[str, Any]) -> Any:
+    """The card with what this stage chose on validation: temperature, thresholds, calibration, abstention."""
     a = entry["abstention"]
-    info["abstention"] = {
-        k: a[k]
-        for k in ("method", "threshold", "target_risk", "val_coverage", "test_coverage", "test_risk", "chosen_on")
+    fields: dict[str, Any] = {
+        "temperature": entry["temperature"],
+        "calibration": entry["calibration"],
+        "abstention": {
+            k: a[k]
+            for k in ("method", "threshold", "target_risk", "val_coverage", "test_coverage", "test_risk", "chosen_on")
+        },
     }
-    write_json(model_dir.info, info)
+    if entry["thresholds"]:
+        fields["thresholds"] = {k: v for k, v in entry["thresholds"].items() if isinstance(v, (int, float))}
+        fields["thresholds_chosen_on"] = "val (temperature-scaled probabilities)"
+    return card.with_update("evaluate", **fields)
+
+
+def _write_decisions(model_dir: ModelDir, card: Any, preds: tuple, entry: dict[str, Any], split: str) -> list[Path]:
+    """decisions_{val,SPLIT}.csv: per case the calibrated probabilities and the decision that the
+    metrics counted (the threshold rule of the bundle, with this stage's threshold)."""
+    threshold = entry["decision_threshold"]
+    out = []
+    for name, (ids, y, _), calibrated in (
+        ("val", preds[0], entry["_calibrated_val"]),
+        (split, preds[1], entry["_calibrated"]),
+    ):
+        decided = C.decisions(calibrated, card.task, threshold)
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow(["id", "label", *[f"prob_{c}" for c in card.class_names], "decision"])
+        for i, label, p, d in zip(ids, y, calibrated, decided):
+            label_text = ";".join(str(int(v)) for v in np.ravel(label))
+            decision = ";".join(str(int(v)) for v in np.ravel(d))
+            writer.writerow([i, label_text, *[f"{float(v):.9g}" for v in p], decision])
+        atomic_write_bytes(model_dir.decisions(name), buf.getvalue().encode())
+        out.append(model_dir.decisions(name))
+    return out
 
 
 # -- localization and gallery ------------------------------------------------------------------
-def _localization(run, names, infos, preds, models, split, seed, n_images, say) -> tuple[dict[str, Any], list]:
+class _Source:
+    """The run's source, opened on first use only (and not at all when the caller passed it)."""
+
+    def __init__(self, uri: str, seed: int, dataset: Any = None):
+        self.uri, self.seed, self._dataset = uri, seed, dataset
+
+    @property
+    def opened(self) -> Any:
+        """The dataset if it is open already, else None."""
+        return self._dataset
+
+    def open(self) -> Any:
+        if self._dataset is None:
+            from medlens.data.sources import open_source
+
+            self._dataset = open_source(self.uri, seed=self.seed)
+        return self._dataset
+
+
+def _localization(
+    run, names, infos, preds, models, split, seed, n_images, say, source: _Source
+) -> tuple[dict[str, Any], list]:
     """Pointing game and IoU per model on SPLIT cases with a lesion mask; the Grad-CAM gallery."""
+    from medlens.inference.bundle import Bundle
+
     summary: dict[str, Any] = {
         "available": False,
         "reason": None,
@@ -254,14 +327,11 @@ def _localization(run, names, infos, preds, models, split, seed, n_images, say) 
         "pointing_tolerance_px": POINTING_TOLERANCE,
         "iou_threshold": IOU_THRESHOLD,
         "explained_class": "the true class (lesion cases only)",
-        "methods": {"deep": "grad-cam at model.json cam_layer", "classical": "occlusion sensitivity"},
+        "methods": {"deep": "grad-cam at the card's cam_layer", "classical": "occlusion sensitivity"},
     }
     gallery: list[dict[str, Any]] = []
-    first = infos[names[0]]
     try:
-        from medlens.data.sources import open_source
-
-        dataset = open_source(str(first.get("source")), seed=int(first.get("seed") or 0))
+        dataset = source.open()
     except MedlensError as e:
         summary["reason"] = f"the source cannot be opened: {e}"
         return summary, gallery
@@ -276,16 +346,17 @@ def _localization(run, names, infos, preds, models, split, seed, n_images, say) 
         if not lesion_ids and not (info.get("kind") == "deep" and info.get("cam_layer")):
             continue  # nothing to explain for this model
         try:
-            model = _LoadedModel(run, name, info)
-        except (MedlensError, OSError, RuntimeError, KeyError) as e:
+            bundle = Bundle.load(run.root, name)
+        except (MedlensError, OSError, RuntimeError) as e:
             models[name]["localization"] = {"error": f"could not load the model bundle: {e}"}
             continue
         if lesion_ids:
-            subset = lesion_ids if model.method == "grad-cam" else lesion_ids[:N_LOCALIZATION_CLASSICAL]
-            say(f"localization: {name} ({model.method}, {len(subset)} images)")
-            models[name]["localization"] = _score_model(model, dataset, subset, info)
-        if model.net is not None and model.cam_layer:
-            gallery += _gallery(run, model, dataset, preds[name][1], models[name], seed)
+            method = bundle.explanation_method
+            subset = lesion_ids if method == "grad-cam" else lesion_ids[:N_LOCALIZATION_CLASSICAL]
+            say(f"localization: {name} ({method}, {len(subset)} images)")
+            models[name]["localization"] = _score_model(bundle, dataset, subset)
+        if bundle.explanation_method == "grad-cam":
+            gallery += _gallery(run, bundle, dataset, preds[name][1], models[name], seed)
     return summary, gallery
 
 
@@ -308,109 +379,32 @@ def _lesion_cases(dataset, ids: list[str], n: int, seed: int) -> list[str]:
     return sorted(found[:n], key=ids.index)
 
 
-class _LoadedModel:
-    """A model bundle of the run, loaded for explanations (deep: network; classical: estimator)."""
-
-    def __init__(self, run: RunDir, name: str, info: dict[str, Any]):
-        self.name, self.info = name, info
-        self.kind = info.get("kind")
-        self.task = str(info["task"])
-        self.cam_layer = info.get("cam_layer")
-        self.net = self.estimator = None
-        model_dir = run.model(name)
-        if self.kind == "deep":
-            from medlens.models.deep.weights import load_weights
-            from medlens.models.registry import get_model
-
-            spec = get_model(str(info.get("model") or info["name"]))
-            self.net = spec.build(
-                in_channels=int(info["in_channels"]),
-                num_outputs=int(info["num_outputs"]),
-                spatial_dims=int(info["dims"]),
-                img_size=info["img_size"],
-            )
-            load_weights(self.net, model_dir.weights, strict=True)
-            self.net.eval()
-        else:
-            from medlens.training.classical import load_estimator
-
-            rel = model_dir.estimator.relative_to(run.root).as_posix()
-            expected = read_json(run.manifest)["files"][rel]["sha256"] if run.manifest.is_file() else ""
-            self.estimator = load_estimator(model_dir.estimator, expected)
-
-    def inputs(self, dataset, ids: list[str]) -> np.ndarray:
-        """The model's input arrays for ``ids``: the training pipeline recorded in model.json."""
-        from medlens.data.arrays import load_arrays
-
-        x, _ = load_arrays(
-            dataset,
-            ids,
-            size=self.info["img_size"],
-            channels=int(self.info["in_channels"]),
-            preprocessing=self.info.get("preprocessing"),
-            show_progress=False,
-        )
-        return np.asarray(x, dtype=np.float32)
-
-    def proba(self, x: np.ndarray) -> np.ndarray:
-        if self.net is not None:
-            import torch
-
-            from medlens.training.lightning_module import probabilities
-
-            with torch.no_grad():
-                return probabilities(self.net(torch.from_numpy(np.ascontiguousarray(x))), self.task).numpy()
-        from medlens.training.classical import predict_proba_classical
-
-        n_classes = None if self.task == "multilabel" else len(self.info["class_names"])
-        return np.asarray(predict_proba_classical(self.estimator, x, self.task, n_classes=n_classes))
-
-    def heatmaps(self, x: np.ndarray, classes: np.ndarray) -> np.ndarray:
-        """Grad-CAM (deep, with a cam_layer) or occlusion maps for the given classes, in [0, 1]."""
-        if self.net is not None and self.cam_layer:
-            import torch
-
-            from medlens.explain.cam import grad_cam
-
-            return grad_cam(
-                self.net, torch.from_numpy(np.ascontiguousarray(x)), target_layer=self.cam_layer, class_index=classes
-            )
-        from medlens.explain.cam import occlusion_sensitivity
-
-        patch = max(2, min(x.shape[2:]) // OCCLUSION_GRID)
-        return occlusion_sensitivity(self.proba, x, class_index=classes, patch=patch, stride=patch)
-
-    @property
-    def method(self) -> str:
-        return "grad-cam" if self.net is not None and self.cam_layer else "occlusion"
-
-
-def _score_model(model: _LoadedModel, dataset, ids: list[str], info: dict[str, Any]) -> dict[str, Any]:
+def _score_model(bundle: Any, dataset: Any, ids: list[str]) -> dict[str, Any]:
     from medlens.data.arrays import load_masks
     from medlens.explain.localization import localization_scores
 
     started = time.perf_counter()
-    x = model.inputs(dataset, ids)
-    masks = load_masks(dataset, ids, size=info["img_size"])
+    x = bundle.preprocess_dataset(dataset, ids)
+    masks = load_masks(dataset, ids, size=bundle.card.img_size)
     labels = np.array([dataset.records[dataset.index_of(i)].label for i in ids], dtype=object)
-    if model.task == "multilabel":
-        classes = model.proba(x).argmax(axis=1)
+    if bundle.task == "multilabel":
+        classes = bundle.raw_proba(x).argmax(axis=1)
     else:
         classes = labels.astype(np.int64)
-    maps = model.heatmaps(x, classes)
+    maps = bundle.explain(x, classes)
     scores = localization_scores(maps, masks, tolerance=POINTING_TOLERANCE, threshold=IOU_THRESHOLD)
-    return {"method": model.method, **scores, "seconds": round(time.perf_counter() - started, 2)}
+    return {"method": bundle.explanation_method, **scores, "seconds": round(time.perf_counter() - started, 2)}
 
 
-def _gallery(run: RunDir, model: _LoadedModel, dataset, eval_preds, entry, seed: int) -> list[dict[str, Any]]:
+def _gallery(run: RunDir, bundle: Any, dataset, eval_preds, entry, seed: int) -> list[dict[str, Any]]:
     """PNG overlays of Grad-CAM on a few right and wrong SPLIT cases (predicted class explained)."""
     from medlens.serving.overlay import overlay_png
 
     ids, y, _ = eval_preds
-    if model.task == "multilabel":
+    if bundle.task == "multilabel":
         return []
     probs = entry["_calibrated"]
-    pred = C.decisions(probs, model.task, entry["thresholds"].get("decision"))
+    pred = C.decisions(probs, bundle.task, entry["decision_threshold"])
     rng = np.random.default_rng(seed)
     chosen = []
     for correct in (True, False):
@@ -419,18 +413,18 @@ def _gallery(run: RunDir, model: _LoadedModel, dataset, eval_preds, entry, seed:
         chosen += [(int(k), correct) for k in sorted(take)]
     if not chosen:
         return []
-    x = model.inputs(dataset, [ids[k] for k, _ in chosen])
-    maps = model.heatmaps(x, np.array([pred[k] for k, _ in chosen]))
+    x = bundle.preprocess_dataset(dataset, [ids[k] for k, _ in chosen])
+    maps = bundle.explain(x, np.array([pred[k] for k, _ in chosen]))
     run.figures.mkdir(parents=True, exist_ok=True)
     out = []
-    names = model.info["class_names"]
+    names = bundle.class_names
     for n, (k, correct) in enumerate(chosen):
         image, heat = _display(x[n], maps[n])
-        rel = f"{run.figures.name}/gradcam_{model.name}_{'right' if correct else 'wrong'}_{n}.png"
+        rel = f"{run.figures.name}/gradcam_{bundle.name}_{'right' if correct else 'wrong'}_{n}.png"
         atomic_write_bytes(run.root / rel, overlay_png(image, heat))
         out.append(
             {
-                "model": model.name,
+                "model": bundle.name,
                 "file": rel,
                 "id": ids[k],
                 "label": names[int(y[k])],
@@ -443,28 +437,22 @@ def _gallery(run: RunDir, model: _LoadedModel, dataset, eval_preds, entry, seed:
 
 
 def _display(x: np.ndarray, heat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """A 2D grey image in [0, 1] and its heatmap (3D: the slice where the heatmap peaks)."""
-    img = x.mean(axis=0)
-    if img.ndim == 3:
-        k = int(np.argmax(heat.reshape(heat.shape[0], -1).max(axis=1)))
-        img, heat = img[k], heat[k]
-    lo, hi = float(img.min()), float(img.max())
-    img = (img - lo) / max(hi - lo, 1e-8)
+    """The bundle's display image and heatmap (3D: the slice where it peaks), small inputs enlarged."""
+    from medlens.inference.bundle import heatmap_slice
+
+    img, heat = heatmap_slice(x, heat)
     factor = max(1, -(-GALLERY_MIN_SIDE // max(img.shape)))  # small inputs: enlarge (pixel-exact)
     return np.kron(img, np.ones((factor, factor), dtype=img.dtype)), heat
 
 
 # -- report ----------------------------------------------------------------------------------
-def _build_report(run: RunDir, say: Log) -> None:
-    """report.html via medlens.reporting.build_report, when that stage is installed."""
+def _build_report(run: RunDir, say: Log, source: _Source) -> None:
+    """report.html (given the source when this stage opened it, so it is not opened twice)."""
+    from medlens.reporting import build_report
+
     try:
-        from medlens.reporting import build_report
-    except ImportError:
-        say("no report: medlens.reporting.build_report is not available")
-        return
-    try:
-        path = build_report(run.root)
-    except Exception as e:  # another stage's failure must not lose comparison.json or the manifest
+        path = build_report(run.root, dataset=source.opened)
+    except Exception as e:  # noqa: BLE001 - the report's failure must not lose comparison.json or the manifest
         say(f"report not written: {type(e).__name__}: {e}")
         return
     say(f"wrote {path or run.report}")

@@ -5,17 +5,14 @@ score only. Features (and the scaler) are fitted on the training split and extra
 split; the grid then loops over the classifier alone, so a grid of 9 points costs one feature
 extraction, not nine.
 
-Saving uses joblib, which *unpickles* on load and can run arbitrary code from a crafted file.
-:func:`load_estimator` therefore loads only a file whose sha256 matches the one we recorded when
-we wrote it (the run's ``manifest.json``); never load a ``model.joblib`` from anyone else.
+Saving and loading (:mod:`medlens.models.classical.persistence`) and probabilities of a fitted
+estimator (:mod:`medlens.models.classical.predict`) live with the models, below the inference core.
 """
 
 from __future__ import annotations
 
-import io
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -25,10 +22,10 @@ from sklearn.model_selection import ParameterGrid
 from sklearn.pipeline import Pipeline
 
 from medlens.data.sample import Task
-from medlens.errors import ChecksumError, MedlensError
+from medlens.errors import MedlensError
 from medlens.models.classical.estimators import set_classifier_params, without_calibration
+from medlens.models.classical.predict import align_proba, softmax
 from medlens.models.registry import get_model
-from medlens.runs import atomic_write_bytes, sha256_file
 
 
 @dataclass
@@ -147,11 +144,9 @@ def fit_classical(
 
 
 def _progress(points, name: str, show: bool):
-    if not show:
-        return points
-    from tqdm.auto import tqdm
+    from medlens.progress import track
 
-    return tqdm(points, desc=f"grid {name}", unit="fit", leave=False)
+    return track(points, desc=f"grid {name}", unit="fit", disable=not show)
 
 
 def validation_score(y_true: np.ndarray, scores: np.ndarray, task: Task | str) -> tuple[float, str]:
@@ -190,92 +185,10 @@ def validation_score(y_true: np.ndarray, scores: np.ndarray, task: Task | str) -
 def _scores(model, F: np.ndarray, task: Task, n_classes: int | None) -> np.ndarray:
     """Per-class scores of a classifier on features: probabilities, or decision values if it has none."""
     if hasattr(model, "predict_proba"):
-        return _align(model, model.predict_proba(F), task, n_classes)
+        return align_proba(model, model.predict_proba(F), task, n_classes)
     dec = np.asarray(model.decision_function(F), dtype=np.float64)
     if task is Task.MULTILABEL:
         return dec
     if dec.ndim == 1:  # binary: positive-class margin
-        return _align(model, np.column_stack([-dec, dec]), task, n_classes)
-    return _align(model, _softmax(dec), task, n_classes)
-
-
-def predict_proba_classical(estimator, X: np.ndarray, task: Task | str, *, n_classes: int | None = None) -> np.ndarray:
-    """Class probabilities (N, K) of a fitted classical estimator on images ``X``.
-
-    Binary gives (N, 2), multi-class / ordinal (N, K) with column k the probability of class
-    index k (K = ``n_classes`` when given, so classes missing from training get zero columns),
-    multi-label (N, L) of per-label positive probabilities (list outputs are stacked).
-    """
-    task = Task(task)
-    if hasattr(estimator, "predict_proba"):
-        proba = estimator.predict_proba(X)
-        return _align(estimator, proba, task, n_classes)
-    # estimators without probabilities (e.g. an SVC fitted with probability=False)
-    dec = np.asarray(estimator.decision_function(X), dtype=np.float64)
-    if task is Task.MULTILABEL:
-        return 1.0 / (1.0 + np.exp(-dec))
-    if dec.ndim == 1:
-        dec = np.column_stack([-dec, dec]) / 2.0
-    return _align(estimator, _softmax(dec), task, n_classes)
-
-
-def _align(estimator, proba, task: Task, n_classes: int | None = None) -> np.ndarray:
-    """Put probability columns in class-index order (0..K-1); stack multi-label list outputs."""
-    if task is Task.MULTILABEL:
-        if isinstance(proba, list):  # one (N, n_classes_j) array per label (e.g. a native random forest)
-            label_classes = getattr(estimator, "classes_", None)
-            cols = []
-            for j, p in enumerate(proba):
-                cls = np.asarray(label_classes[j]) if isinstance(label_classes, list) else np.arange(p.shape[1])
-                cols.append(p[:, cls == 1].sum(axis=1) if p.shape[1] != 2 else p[:, 1])
-            proba = np.column_stack(cols)
-        return np.asarray(proba, dtype=np.float64)
-    proba = np.asarray(proba, dtype=np.float64)
-    classes = np.asarray(getattr(estimator, "classes_", np.arange(proba.shape[1]))).astype(np.int64)
-    k = max(int(classes.max()) + 1, n_classes or 0, 2 if task is Task.BINARY else 0)
-    if proba.shape[1] == k and np.array_equal(classes, np.arange(k)):
-        return proba
-    out = np.zeros((proba.shape[0], k))
-    out[:, classes] = proba
-    return out
-
-
-def _softmax(z: np.ndarray) -> np.ndarray:
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
-
-
-# -- save / load ---------------------------------------------------------------------------------
-def save_estimator(estimator, path: str | Path) -> str:
-    """Write ``estimator`` with joblib (atomically); returns the file's sha256 for the manifest."""
-    import joblib
-
-    buf = io.BytesIO()
-    joblib.dump(estimator, buf, compress=3)
-    atomic_write_bytes(path, buf.getvalue())
-    return sha256_file(path)
-
-
-def load_estimator(path: str | Path, expected_sha256: str):
-    """Load an estimator saved by :func:`save_estimator`, only if its sha256 matches.
-
-    joblib unpickles, which can execute code: only files we wrote ourselves and whose hash is
-    recorded in the run's manifest may be loaded. A missing, changed or unhashed file raises
-    :class:`~medlens.errors.MedlensError` before anything is unpickled.
-    """
-    import joblib
-
-    path = Path(path)
-    if not expected_sha256:
-        raise ChecksumError("refusing to load a joblib file without its expected sha256", path)
-    if not path.is_file():
-        raise MedlensError("model file not found", path)
-    actual = sha256_file(path)
-    if actual != expected_sha256.lower():
-        raise ChecksumError(
-            f"sha256 {actual[:12]}... does not match the manifest ({expected_sha256[:12]}...); "
-            "refusing to unpickle a file that is not the one we wrote",
-            path,
-        )
-    return joblib.load(path)
+        return align_proba(model, np.column_stack([-dec, dec]), task, n_classes)
+    return align_proba(model, softmax(dec), task, n_classes)

@@ -138,11 +138,14 @@ def resolve_config(
     modality: str | None,
     first_shape: tuple[int, ...],
     hounsfield: bool = True,
+    label_like: bool = False,
 ) -> TrainConfig:
     """Fill every ``None`` from the model's registry defaults and the data.
 
     ``first_shape`` is the channels-first shape of one stored image; ``hounsfield`` says whether
-    a CT source holds Hounsfield units (:func:`~medlens.data.transforms.looks_like_hounsfield`). The input size defaults to
+    a CT source holds Hounsfield units (:func:`~medlens.data.transforms.looks_like_hounsfield`),
+    ``label_like`` whether its images hold two values only (:func:`~medlens.data.transforms.looks_label_like`).
+    The input size defaults to
     the native size (small MedMNIST images are not upsampled: it costs time and gains little),
     capped at :data:`NATIVE_CAP` (or the model's larger ``default_img_size``).
     """
@@ -159,7 +162,9 @@ def resolve_config(
     if c.preprocessing is None:
         from medlens.data.transforms import default_preprocessing
 
-        c.preprocessing = dict(default_preprocessing(modality, dims, c.img_size, hounsfield=hounsfield))
+        c.preprocessing = dict(
+            default_preprocessing(modality, dims, c.img_size, hounsfield=hounsfield, label_like=label_like)
+        )
     if c.augmentation is None and spec.kind == "deep":
         strength = "light" if c.augment == "gan" else c.augment
         if strength == "none":

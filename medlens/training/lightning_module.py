@@ -18,6 +18,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from medlens.inference.bundle import probabilities
+
 
 def class_weights(y: np.ndarray, task: str, num_outputs: int) -> list[float]:
     """Inverse-frequency weights (mean 1 over classes); ``pos_weight`` = neg/pos for multi-label."""
@@ -29,13 +31,6 @@ def class_weights(y: np.ndarray, task: str, num_outputs: int) -> list[float]:
     counts = np.bincount(y, minlength=num_outputs).astype(float)
     weights = len(y) / (num_outputs * counts.clip(1, None))
     return weights.tolist()
-
-
-def probabilities(logits: torch.Tensor, task: str) -> torch.Tensor:
-    """Logits to probabilities (float64, so rows sum to 1 within rounding): sigmoid per label
-    for multi-label, softmax otherwise."""
-    logits = logits.double() if logits.device.type != "mps" else logits.float()
-    return torch.sigmoid(logits) if task == "multilabel" else torch.softmax(logits, dim=1)
 
 
 class ClassifierModule(L.LightningModule):
@@ -170,13 +165,3 @@ def _auc_acc(y: np.ndarray, probs: np.ndarray, task: str) -> tuple[float, float]
     auc = m.get("auc", m.get("AUC", math.nan))
     acc = m.get("acc", m.get("ACC", math.nan))
     return float(auc if auc is not None else math.nan), float(acc if acc is not None else math.nan)
-
-
-@torch.no_grad()
-def predict_probs(module: ClassifierModule, x: torch.Tensor | np.ndarray, *, batch_size: int = 256) -> np.ndarray:
-    """Probabilities for every row of ``x`` (plain loop over ``predict_step``, eval mode, CPU)."""
-    module.eval()
-    x = torch.as_tensor(x)
-    device = next(module.parameters()).device
-    out = [module.predict_step((x[i : i + batch_size].to(device),), i).cpu() for i in range(0, len(x), batch_size)]
-    return torch.cat(out).numpy() if out else np.zeros((0, module.hparams.num_outputs), dtype=np.float32)

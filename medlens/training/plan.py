@@ -106,7 +106,7 @@ def make_plan(
     """Plan a training of ``source`` that fits ``budget_minutes`` on this machine."""
     from medlens.data.fingerprint import compute_fingerprint
     from medlens.data.sources import open_source
-    from medlens.data.transforms import default_preprocessing, looks_like_hounsfield
+    from medlens.data.transforms import default_preprocessing, looks_label_like, looks_like_hounsfield
     from medlens.models.registry import get_model
 
     if not budget_minutes > 0:
@@ -194,7 +194,13 @@ def make_plan(
     imbalance = "sampler" if ratio is not None and ratio > 10 else "weighted-loss"
     reasons.append(f"class imbalance ratio {ratio if ratio is not None else 'n/a'}: {imbalance}")
     preprocessing = dict(
-        default_preprocessing(dataset.modality, dims, chosen["img_size"], hounsfield=looks_like_hounsfield(first))
+        default_preprocessing(
+            dataset.modality,
+            dims,
+            chosen["img_size"],
+            hounsfield=looks_like_hounsfield(first),
+            label_like=looks_label_like(first),
+        )
     )
     intensity = fp.get("intensity") or {}
     reasons.append(

@@ -64,13 +64,20 @@ def apply_plan(config: TrainConfig, explicit: set[str] | None = None) -> TrainCo
 
 
 # -- the pipeline ---------------------------------------------------------------------------
-def train(config: TrainConfig, *, explicit: set[str] | None = None) -> RunDir:
+def train(
+    config: TrainConfig,
+    *,
+    explicit: set[str] | None = None,
+    dataset: Dataset | None = None,
+    inputs: InputCache | None = None,
+) -> RunDir:
     """Train ``config.model`` on ``config.source`` into the run directory ``config.out``.
 
     ``explicit`` names the settings given on the command line (they win over a plan's).
+    ``dataset``: the source, already opened (``compare`` opens it once for every model);
+    ``inputs``: preprocessed splits shared between models with the same preprocessing.
     Returns the :class:`RunDir`; under DDP, ranks other than 0 return it without writing.
     """
-    from medlens.data.sources import open_source
     from medlens.models.registry import get_model
 
     config = apply_plan(config, explicit).validate()
@@ -83,19 +90,23 @@ def train(config: TrainConfig, *, explicit: set[str] | None = None) -> RunDir:
         from medlens.training.trainer import check_precision
 
         check_precision(config)
-    dataset = open_source(config.source, seed=config.seed)
+    if dataset is None:
+        from medlens.data.sources import open_source
+
+        dataset = open_source(config.source, seed=config.seed)
     _check_fit(dataset, spec)
     zero = is_global_zero()
     run = RunDir(config.out)
     model_dir = run.model(config.model)
+    written: list[Path] = []
     if zero:
         run.create()
         _prepare_model_dir(model_dir, resume=config.resume and spec.kind == "deep")
 
-    splits = _splits(run, dataset, config, write=zero)
+    splits = _splits(run, dataset, config, write=zero, written=written)
     if config.max_samples:
         splits = {k: cap_ids(v, config.max_samples, seed=config.seed) for k, v in splits.items()}
-    from medlens.data.transforms import looks_like_hounsfield
+    from medlens.data.transforms import looks_label_like, looks_like_hounsfield
 
     first = dataset.load(splits["train"][0])
     config = resolve_config(
@@ -105,12 +116,20 @@ def train(config: TrainConfig, *, explicit: set[str] | None = None) -> RunDir:
         modality=dataset.modality,
         first_shape=first.image.shape,
         hounsfield=looks_like_hounsfield(first.image),
+        label_like=looks_label_like(first.image),
     )
     if zero:
-        write_yaml(run.config, config.to_dict())
-        _write_fingerprint(run, dataset, show_progress=config.progress)
+        write_yaml(model_dir.config, config.to_dict())
+        if not run.config.is_file():  # the run's settings: written once (compare writes its own first)
+            write_yaml(run.config, config.to_dict())
+            written.append(run.config)
+        if not run.fingerprint.is_file():
+            from medlens.data.fingerprint import compute_fingerprint
 
-    arrays = _load_splits(dataset, splits, config, show_progress=config.progress and zero)
+            write_json(run.fingerprint, compute_fingerprint(dataset, show_progress=config.progress))
+            written.append(run.fingerprint)
+
+    arrays = (inputs or InputCache()).get(dataset, splits, config, show_progress=config.progress and zero)
     started = time.perf_counter()
     if spec.kind == "deep":
         fitted = _fit_deep(config, spec, dataset, arrays, model_dir)
@@ -120,10 +139,30 @@ def train(config: TrainConfig, *, explicit: set[str] | None = None) -> RunDir:
         return run
     fitted.setdefault("timing", {})["total_seconds"] = round(time.perf_counter() - started, 3)
     _write_model_artifacts(config, spec, dataset, splits, arrays, model_dir, fitted)
-    from medlens.manifest import write_manifest
+    from medlens.manifest import artifact_files, record_files
 
-    write_manifest(run.root)
+    mine = [f for f in artifact_files(run.root) if f.startswith(f"models/{config.model}/")]
+    record_files(run.root, [*written, *mine], f"train:{config.model}", forget=f"models/{config.model}/")
     return run
+
+
+class InputCache:
+    """Preprocessed splits, kept for the next model with the same ids, size, channels and steps.
+
+    ``compare`` passes one cache to every model it trains, so a suite preprocesses each distinct
+    preprocessing once; a single ``train`` uses a fresh one.
+    """
+
+    def __init__(self) -> None:
+        self._arrays: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
+
+    def get(self, dataset: Dataset, splits: dict, config: TrainConfig, *, show_progress: bool) -> dict:
+        import json
+
+        key = json.dumps([splits, config.img_size, config.channels, config.preprocessing], sort_keys=True, default=str)
+        if key not in self._arrays:
+            self._arrays[key] = _load_splits(dataset, splits, config, show_progress=show_progress)
+        return dict(self._arrays[key])
 
 
 def _check_fit(dataset: Dataset, spec: Any) -> None:
@@ -152,7 +191,9 @@ def _prepare_model_dir(model_dir: ModelDir, *, resume: bool) -> None:
     model_dir.create()
 
 
-def _splits(run: RunDir, dataset: Dataset, config: TrainConfig, *, write: bool) -> dict[str, list[str]]:
+def _splits(
+    run: RunDir, dataset: Dataset, config: TrainConfig, *, write: bool, written: list[Path]
+) -> dict[str, list[str]]:
     """The run's splits: reused from splits.json when present, else assigned (and written)."""
     from medlens.data.splits import assign_splits, check_splits, read_splits, write_splits
 
@@ -170,6 +211,7 @@ def _splits(run: RunDir, dataset: Dataset, config: TrainConfig, *, write: bool) 
         )
         if write:
             write_splits(run.splits, splits, seed=config.seed, source=config.source)
+            written.append(run.splits)
     for name in ("train", "val"):
         if not splits.get(name):
             raise MedlensError(f"the '{name}' split is empty: too few samples to train", dataset.uri)
@@ -191,32 +233,22 @@ def _only_splits(obj: Any) -> dict[str, list[str]]:
     return {k: list(obj.get(k, [])) for k in ("train", "val", "test")}
 
 
-def _write_fingerprint(run: RunDir, dataset: Dataset, *, show_progress: bool) -> None:
-    if run.fingerprint.is_file():
-        return
-    try:
-        from medlens.data.fingerprint import compute_fingerprint
-    except ModuleNotFoundError:
-        return
-    write_json(run.fingerprint, compute_fingerprint(dataset, show_progress=show_progress))
-
-
 def _load_splits(dataset: Dataset, splits: dict, config: TrainConfig, *, show_progress: bool) -> dict:
-    from medlens.data.arrays import load_arrays
+    """Model inputs per split, by the inference core's loader (which refuses collapsed inputs)."""
+    from medlens.inference.preprocess import load_inputs
 
     out = {}
     for name, ids in splits.items():
-        if not ids:
-            continue
-        x, y = load_arrays(
-            dataset,
-            ids,
-            size=config.img_size,
-            channels=config.channels,
-            preprocessing=config.preprocessing,
-            show_progress=show_progress,
-        )
-        out[name] = (np.asarray(x, dtype=np.float32), np.asarray(y))
+        if ids:
+            out[name] = load_inputs(
+                dataset,
+                ids,
+                size=config.img_size,
+                channels=config.channels,
+                preprocessing=config.preprocessing,
+                show_progress=show_progress,
+                desc=f"loading {name}",
+            )
     return out
 
 
@@ -287,12 +319,9 @@ def _fit_deep(config: TrainConfig, spec: Any, dataset: Dataset, arrays: dict, mo
 
     save_weights(module.net, model_dir.weights, metadata={"model": config.model, "medlens_version": __version__})
     write_training_log(model_dir)
-    from medlens.training.lightning_module import predict_probs
-
-    probs = {split: predict_probs(module, x) for split, (x, _) in arrays.items() if split in ("val", "test")}
     score = trainer.checkpoint_callback.best_model_score if trainer.checkpoint_callback else None
     return {
-        "probs": probs,
+        "net": module.net,
         "best_epoch": best_epoch,
         "best_score": None if score is None else float(score),
         "epochs_run": int(trainer.current_epoch),
@@ -330,26 +359,21 @@ def _gan_oversample(config: TrainConfig, dataset: Dataset, arrays: dict, model_d
 
 # -- classical ------------------------------------------------------------------------------
 def _fit_classical(config: TrainConfig, spec: Any, dataset: Dataset, arrays: dict, model_dir: ModelDir) -> dict:
-    from medlens.training.classical import fit_classical, predict_proba_classical, save_estimator
+    from medlens.models.classical.persistence import save_estimator
+    from medlens.training.classical import fit_classical
 
     gan_info = None
     if config.augment == "gan":
         arrays, gan_info = _gan_oversample(config, dataset, arrays, model_dir)
     task = dataset.task.value
-    n_classes = None if dataset.task is Task.MULTILABEL else len(dataset.class_names)
     (xt, yt), (xv, yv) = arrays["train"], arrays["val"]
     started = time.perf_counter()
     result = fit_classical(config.model, xt, yt, xv, yv, task=task, seed=config.seed, show_progress=config.progress)
     seconds = time.perf_counter() - started
     save_estimator(result.estimator, model_dir.estimator)
-    probs = {
-        split: np.asarray(predict_proba_classical(result.estimator, x, task, n_classes=n_classes))
-        for split, (x, _) in arrays.items()
-        if split in ("val", "test")
-    }
     _write_classical_log(model_dir, result)
     return {
-        "probs": probs,
+        "estimator": result.estimator,
         "best_params": _jsonable(result.best_params),
         "best_score": float(result.best_score),
         "gan": gan_info,
@@ -376,14 +400,53 @@ def _write_classical_log(model_dir: ModelDir, result: Any) -> None:
 
 # -- artifacts ------------------------------------------------------------------------------
 def _write_model_artifacts(
-    config: TrainConfig, spec: Any, dataset: Dataset, splits: dict, arrays: dict, model_dir: ModelDir, fitted: dict
+    config: TrainConfig,
+    spec: Any,
+    dataset: Dataset,
+    splits: dict,
+    arrays: dict,
+    model_dir: ModelDir,
+    fitted: dict,
 ) -> None:
+    """The model card, and predictions and metrics computed through the bundle the card describes
+    (:class:`medlens.inference.bundle.Bundle`: the path every later prediction takes)."""
     from medlens.evaluation.metrics import classification_metrics
+    from medlens.evaluation.thresholds import choose_threshold
+    from medlens.inference.bundle import Bundle
+    from medlens.inference.card import card_from_dict, write_card
 
     task = dataset.task.value
-    probs = fitted["probs"]
-    y_val = arrays["val"][1]
-    threshold = _choose_threshold(y_val, probs["val"], task)
+    card = card_from_dict(
+        {
+            "name": spec.name,
+            "model": spec.name,
+            "kind": spec.kind,
+            "dims": dataset.dims,
+            "task": task,
+            "class_names": list(dataset.class_names),
+            "num_outputs": len(dataset.class_names),
+            "in_channels": config.channels,
+            "img_size": config.img_size,
+            "modality": dataset.modality,
+            "preprocessing": config.preprocessing,
+            "cam_layer": (spec.defaults or {}).get("cam_layer"),
+            "mc_dropout": (spec.defaults or {}).get("mc_dropout"),
+            "weights_file": model_dir.weights.name if spec.kind == "deep" else model_dir.estimator.name,
+            "source": config.source,
+            "seed": config.seed,
+            "medlens_version": __version__,
+            "config": config.to_dict(),
+            **{k: fitted.get(k) for k in _PROVENANCE},
+        }
+    )
+    bundle = Bundle(card, net=fitted.get("net"), estimator=fitted.get("estimator"))
+    probs = {split: bundle.raw_proba(x) for split, (x, _) in arrays.items() if split in ("val", "test")}
+    threshold = None
+    if task == "binary":
+        try:
+            threshold = float(choose_threshold(arrays["val"][1], probs["val"]))
+        except (MedlensError, ValueError):  # validation lacks a class
+            threshold = 0.5
     metrics: dict[str, Any] = {}
     for split in ("val", "test"):
         if split not in probs:
@@ -396,53 +459,22 @@ def _write_model_artifacts(
     metrics["n_train_fit"] = fitted.get("n_train_fit")
     metrics["timing"] = fitted.get("timing", {})
     write_json(model_dir.metrics, metrics)
-
-    info = {
-        "name": spec.name,
-        "model": spec.name,
-        "kind": spec.kind,
-        "dims": dataset.dims,
-        "task": task,
-        "class_names": list(dataset.class_names),
-        "num_outputs": len(dataset.class_names),
-        "in_channels": config.channels,
-        "img_size": config.img_size,
-        "modality": dataset.modality,
-        "preprocessing": config.preprocessing,
-        "temperature": 1.0,
-        "thresholds": {"decision": threshold} if threshold is not None else {},
-        "cam_layer": (spec.defaults or {}).get("cam_layer"),
-        "mc_dropout": (spec.defaults or {}).get("mc_dropout"),
-        "weights_file": model_dir.weights.name if spec.kind == "deep" else model_dir.estimator.name,
-        "best_params": fitted.get("best_params"),
-        "best_epoch": fitted.get("best_epoch"),
-        "best_score": fitted.get("best_score"),
-        "epochs_run": fitted.get("epochs_run"),
-        "global_step": fitted.get("global_step"),
-        "stopped_early": fitted.get("stopped_early"),
-        "resumed_from": fitted.get("resumed_from"),
-        "session": fitted.get("session"),
-        "gan": fitted.get("gan"),
-        "source": config.source,
-        "seed": config.seed,
-        "medlens_version": __version__,
-        "config": config.to_dict(),
-    }
-    write_json(model_dir.info, info)
+    if threshold is not None:
+        card = card.model_copy(update={"thresholds": {"decision": threshold}, "thresholds_chosen_on": "val (T = 1)"})
+    write_card(model_dir.info, card)
 
 
-def _choose_threshold(y_val: np.ndarray, probs_val: np.ndarray, task: str) -> float | None:
-    """The binary operating threshold, chosen on validation when the evaluation code offers it."""
-    if task != "binary":
-        return None
-    try:
-        from medlens.evaluation.thresholds import choose_threshold
-    except ModuleNotFoundError:
-        return 0.5
-    try:
-        return float(choose_threshold(y_val, probs_val))
-    except (MedlensError, ValueError, TypeError):  # validation lacks a class
-        return 0.5
+_PROVENANCE = (
+    "best_params",
+    "best_epoch",
+    "best_score",
+    "epochs_run",
+    "global_step",
+    "stopped_early",
+    "resumed_from",
+    "session",
+    "gan",
+)
 
 
 def _write_predictions(path: Path, ids: list[str], y: np.ndarray, probs: np.ndarray, class_names: list[str]) -> None:
@@ -451,7 +483,7 @@ def _write_predictions(path: Path, ids: list[str], y: np.ndarray, probs: np.ndar
     writer.writerow(["id", "label", *[f"prob_{c}" for c in class_names]])
     for sample_id, label, p in zip(ids, y, probs):
         label_text = ";".join(str(int(v)) for v in np.ravel(label)) if np.ndim(label) else str(int(label))
-        writer.writerow([sample_id, label_text, *[f"{float(v):.6g}" for v in np.ravel(p)]])
+        writer.writerow([sample_id, label_text, *[f"{float(v):.9g}" for v in np.ravel(p)]])
     atomic_write_bytes(path, buf.getvalue().encode())
 
 

@@ -78,3 +78,14 @@ def test_localization_scores():
     hm2[8, 8] = 1.0
     assert not pointing_hit(hm2, mask[0], tolerance=1)
     assert heatmap_iou(hm2, mask[0]) == 0.0
+
+
+def test_grad_cam_of_a_2_5d_network_covers_every_slice():
+    """cnn-2.5d reads slices as channels: its 2D map is resized in-plane and holds for each slice."""
+    from medlens.models.registry import get_model
+
+    net = get_model("cnn-2.5d").build(in_channels=1, num_outputs=2, spatial_dims=3, img_size=16).eval()
+    x = torch.randn(2, 1, 16, 16, 16)
+    maps = grad_cam(net, x, target_layer="cnn.features.stage4", class_index=np.array([0, 1]))
+    assert maps.shape == (2, 16, 16, 16)
+    assert np.allclose(maps[:, 0], maps[:, 7]) and 0 <= maps.min() <= maps.max() <= 1

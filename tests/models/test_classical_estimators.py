@@ -9,8 +9,8 @@ from sklearn.pipeline import Pipeline
 from threadpoolctl import threadpool_limits
 
 from medlens.models.classical.estimators import base_classifier, set_classifier_params
+from medlens.models.classical.predict import predict_proba_classical
 from medlens.models.registry import all_models, get_model
-from medlens.training.classical import predict_proba_classical
 
 NAMES = ("svm", "random-forest", "logistic-regression", "gradient-boosting", "elm")
 CORNERS = ((0, 0), (0, 8), (8, 0), (8, 8))

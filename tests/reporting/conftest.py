@@ -45,7 +45,8 @@ def make_run(
     audit: bool = True,
 ) -> Path:
     """Write a complete fake run at ``root`` and return it."""
-    from medlens.manifest import write_manifest
+    from medlens.inference.bundle import best_by_val_auc
+    from medlens.manifest import artifact_files, record_files
     from medlens.study import comparison as C
 
     run = RunDir(root).create()
@@ -256,7 +257,7 @@ def make_run(
             "order": order,
             "models": models_obj,
             "best": {
-                "model": C.best_by_val_auc(models_obj),
+                "model": best_by_val_auc(models_obj),
                 "criterion": "highest validation AUC",
                 "by_metric": C.best_by_metric(models_obj, "test"),
             },
@@ -270,7 +271,7 @@ def make_run(
         }
         comp["summary"] = C.summary_rows(comp)
         write_json(run.comparison, comp)
-    write_manifest(run.root)
+    record_files(run.root, artifact_files(run.root), "test")
     return run.root
 
 

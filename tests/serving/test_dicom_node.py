@@ -12,10 +12,10 @@ import pytest
 from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage, Verification
 
+from medlens.inference.prediction import Prediction, SourceInfo
 from medlens.serving.audit import AuditLog
 from medlens.serving.dicom_node import DicomNode
 from medlens.serving.pacs import PacsError, PacsTarget
-from medlens.serving.prediction import Prediction, SourceInfo
 from tests.serving.orthanc_fixture import PATIENT_ID, PATIENT_NAME, CollectingSCP, free_port, synthetic_ct_series
 
 QUIET = 1.0  # seconds of silence that complete a series in these tests

@@ -8,8 +8,8 @@ import pytest
 from pydicom.data import get_testdata_file
 
 from medlens.errors import MedlensError
+from medlens.inference.prediction import Prediction, SourceInfo
 from medlens.serving.fhir import diagnostic_report
-from medlens.serving.prediction import Prediction, SourceInfo
 from medlens.serving.sr import structured_report
 
 

@@ -11,9 +11,9 @@ import pydicom
 import pytest
 
 from medlens.errors import ChecksumError, MedlensError
-from medlens.manifest import write_manifest
+from medlens.inference.prediction import SourceInfo
+from medlens.manifest import artifact_files, record_files
 from medlens.runs import RunDir, read_json, sha256_file, write_json
-from medlens.serving.prediction import SourceInfo
 from medlens.serving.predictor import Predictor, UnsupportedMediaError, find_inputs, sniff_suffix
 from tests.serving.conftest import SYNTH
 
@@ -112,7 +112,7 @@ def test_explain_gives_a_heatmap_and_leaves_the_shared_network_clean(deep, servi
         result = deep.predict_path(serving_inputs["png"], explain=True)
     heat = result.prediction.heatmap
     assert heat.shape == result.model_input.shape[1:] and 0.0 <= heat.min() <= heat.max() <= 1.0
-    layer = deep.net.get_submodule(deep.cam_layer)
+    layer = deep.bundle.net.get_submodule(deep.card.cam_layer)
     assert not layer._forward_hooks and not layer._backward_hooks  # MONAI's hooks went on a copy
     assert result.overlay_png()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -129,11 +129,11 @@ def test_classical_bundle_predicts_and_explains_by_occlusion(classical, serving_
 def test_mc_dropout_is_seeded_and_max_prob_is_one_pass(tiny_run, deep, serving_inputs):
     a = deep.predict_path(serving_inputs["png"]).prediction
     b = deep.predict_path(serving_inputs["png"]).prediction
-    assert a.uncertainty_method == "predictive_entropy" and deep._mc is not None
+    assert a.uncertainty_method == "predictive_entropy" and deep.bundle._mc is not None
     assert a.uncertainty == b.uncertainty and 0 <= a.uncertainty <= np.log(3) + 1e-9
     fast = Predictor.from_run(tiny_run, uncertainty="max_prob")
     f = fast.predict_path(serving_inputs["png"]).prediction
-    assert fast._mc is None
+    assert fast.bundle._mc is None
     assert f.uncertainty == pytest.approx(1 - max(f.probabilities.values()), abs=1e-6)
     assert f.probabilities == a.probabilities  # draws inform the uncertainty, not the probabilities
 
@@ -142,11 +142,11 @@ def test_mc_dropout_runs_the_layers_before_dropout_once_with_the_same_draws(deep
     import torch
     from torch import nn
 
-    from medlens.serving.uncertainty import MCDropout
+    from medlens.inference.uncertainty import MCDropout
 
     x = torch.rand(1, 1, 32, 32)
-    fast = MCDropout(deep.net, x, passes=8)
-    plain = MCDropout(deep.net, x, passes=8)
+    fast = MCDropout(deep.bundle.net, x, passes=8)
+    plain = MCDropout(deep.bundle.net, x, passes=8)
     plain.expands = False
     assert fast.expands
     a, b = fast.logits(x, seed=3), plain.logits(x, seed=3)
@@ -175,7 +175,7 @@ def test_validated_abstention_rule_and_temperature_from_model_json(tiny_run, tmp
         info["abstention"] = {"method": "max_prob", "threshold": threshold, "target_risk": 0.1}
         info["temperature"] = 3.0
         write_json(info_path, info)
-        write_manifest(run)  # what the comparison stage does after choosing them
+        record_files(run, artifact_files(run), "test")  # what the comparison stage does after choosing them
         pred = Predictor.from_run(run).predict_path(serving_inputs["png"]).prediction
         assert pred.uncertainty_method == "max_prob" and pred.abstain is abstains
         if abstains:
@@ -223,14 +223,17 @@ def test_a_missing_manifest_is_refused(tiny_run, tmp_path):
 def test_model_choice_lists_models_or_takes_the_best_by_validation_auc(tiny_run, tiny_classical_run, tmp_path):
     run = _copy_run(tiny_run, tmp_path)
     shutil.copytree(RunDir(tiny_classical_run).model("elm").root, RunDir(run).model("elm").root)
-    write_manifest(run)
+    record_files(run, artifact_files(run), "test")
     with pytest.raises(MedlensError, match=r"2 models \(cnn-small, elm\).*--model"):
         Predictor.from_run(run)
     with pytest.raises(MedlensError, match="no model 'vit'"):
         Predictor.from_run(run, "vit")
     assert Predictor.from_run(run, "elm").model_id == "elm"
-    write_json(RunDir(run).comparison, {"models": {"cnn-small": {"val": {"auc": 0.61}}, "elm": {"val": {"auc": 0.83}}}})
+    val = lambda auc: {"metrics": {"val": {"auc": auc}}}  # noqa: E731 - comparison.json's schema
+    write_json(RunDir(run).comparison, {"models": {"cnn-small": val(0.61), "elm": val(0.83)}})
     assert Predictor.from_run(run).model_id == "elm"
+    write_json(RunDir(run).comparison, {"models": {"cnn-small": val(0.83), "elm": val(0.83)}})
+    assert Predictor.from_run(run).model_id == "cnn-small"  # a tie: the first name, as the study's "best"
 
 
 # -- input checks --------------------------------------------------------------------------------------

@@ -67,3 +67,57 @@ def test_compare_cli_list_suites(cli):
     assert code == 0
     for word in ("quick", "standard", "full", "cnn-small", "resnet18-3d", "cnn-lstm", "svm", "elm"):
         assert word in out
+
+
+def _counting(monkeypatch, module, name: str) -> list:
+    """Count the calls of ``module.name`` (callers import it at call time, so the patch is seen)."""
+    calls: list = []
+    real = getattr(module, name)
+
+    def counted(*args, **kwargs):
+        calls.append(args[0] if args else None)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, counted)
+    return calls
+
+
+def _pneumonia_like(binary_npz, folder):
+    """The binary phantom under PneumoniaMNIST's name (catalog: X-ray, normal / pneumonia), or the real file."""
+    import shutil
+
+    from tests.conftest import shared_data_dir
+
+    real = shared_data_dir() / "medmnist" / "pneumoniamnist.npz"
+    if real.is_file():
+        return real
+    path = folder / "pneumoniamnist.npz"
+    shutil.copy(binary_npz, path)
+    return path
+
+
+def test_compare_opens_the_source_once_and_preprocesses_once(binary_npz, tmp_path, monkeypatch):
+    """PneumoniaMNIST (the real file when ../shared/data has it): one open_source for the whole
+    study (suite, training, evaluation, report), and the two classical models, which share their
+    preprocessing, load each split once."""
+    import medlens.data.arrays as arrays
+    import medlens.data.sources as sources
+    from medlens.study.compare import compare
+    from medlens.study.suites import SuiteEntry
+
+    source = _pneumonia_like(binary_npz, tmp_path)
+    opens = _counting(monkeypatch, sources, "open_source")
+    loads = _counting(monkeypatch, arrays, "load_arrays")
+    suite = [SuiteEntry("elm"), SuiteEntry("logistic-regression")]
+    out = tmp_path / "run"
+    compare(str(source), suite, out, seed=0, max_samples=40, show_progress=False, n_resamples=100)
+    assert len(opens) == 1
+    assert len(loads) == 3  # train, val, test: once for both models
+    run = RunDir(out)
+    assert run.report.is_file() and verify_manifest(run.root) == []
+    stages = {e["stage"] for e in read_json(run.manifest)["files"].values()}
+    assert stages == {"train:elm", "train:logistic-regression", "evaluate", "report", "compare"}
+    files = read_json(run.manifest)["files"]
+    assert files["models/elm/model.joblib"]["stage"] == "train:elm"
+    assert files["comparison.json"]["stage"] == "evaluate" and files["study.json"]["stage"] == "compare"
+    assert read_json(run.model("elm").info)["updates"][-1]["stage"] == "evaluate"

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from medlens.errors import MedlensError
-from medlens.manifest import verify_manifest, write_manifest
+from medlens.manifest import artifact_files, record_files, verify_manifest
 from medlens.runs import RunDir, read_json, write_json
 from medlens.study.evaluate import evaluate
 
@@ -58,6 +58,8 @@ def _write_model(run: RunDir, name: str, val: tuple, test: tuple) -> None:
             "dims": 2,
             "class_names": ["neg", "pos"],
             "num_outputs": 2,
+            "in_channels": 1,
+            "weights_file": "model.joblib",
             "source": str(run.root / "absent.npz"),
             "seed": 0,
             "temperature": 1.0,
@@ -85,8 +87,8 @@ def _cases(rng, n: int, confidence: float, accuracy: float, prefix: str):
 def test_temperature_and_thresholds_come_from_validation(tmp_path):
     """Validation is over-confident (T > 1), test under-confident (T < 1): the written T is val's."""
     from medlens.evaluation.calibration import fit_temperature
+    from medlens.evaluation.calibration import probs_to_logits as as_logits
     from medlens.evaluation.thresholds import choose_threshold
-    from medlens.study.comparison import as_logits
 
     rng = np.random.default_rng(0)
     run = RunDir(tmp_path / "run").create()
@@ -94,7 +96,7 @@ def test_temperature_and_thresholds_come_from_validation(tmp_path):
     test = _cases(rng, 300, confidence=0.6, accuracy=0.9, prefix="t")
     _write_model(run, "a", val, test)
     _write_model(run, "b", val, _cases(rng, 300, confidence=0.7, accuracy=0.8, prefix="t"))
-    write_manifest(run.root)
+    record_files(run.root, artifact_files(run.root), "test")
 
     c = evaluate(run.root, n_resamples=200, seed=0, report=False)
     probs = lambda p: np.column_stack([1 - p, p])  # noqa: E731

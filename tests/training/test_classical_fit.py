@@ -10,14 +10,9 @@ from sklearn.metrics import roc_auc_score
 
 from medlens.errors import ChecksumError, MedlensError
 from medlens.models.classical.estimators import base_classifier
-from medlens.training.classical import (
-    ClassicalFitResult,
-    fit_classical,
-    load_estimator,
-    predict_proba_classical,
-    save_estimator,
-    validation_score,
-)
+from medlens.models.classical.persistence import load_estimator, save_estimator
+from medlens.models.classical.predict import predict_proba_classical
+from medlens.training.classical import ClassicalFitResult, fit_classical, validation_score
 
 LR_GRID = {"C": [1e-4, 1e-2, 1.0, 100.0]}
 

@@ -102,9 +102,10 @@ def test_model_json_and_config_are_fully_resolved(run):
     assert info["temperature"] == 1.0 and info["in_channels"] == 1 and info["img_size"] == 64
     assert isinstance(info["preprocessing"], dict) and info["preprocessing"]
     assert info["best_epoch"] in (0, 1) and info["epochs_run"] >= 1
-    cfg = read_yaml(rd.config)  # the last training: elm; every TrainConfig field written out
+    cfg = read_yaml(rd.model("elm").config)  # each model keeps its own settings; every field written out
     assert set(cfg) == set(TrainConfig("x").to_dict())
     assert cfg["model"] == "elm" and cfg["img_size"] == 64 and cfg["preprocessing"]
+    assert read_yaml(rd.config)["model"] == "cnn-small"  # the run's config.yaml: written once, by the first
     deep_cfg = info["config"]
     assert deep_cfg["batch_size"] > 0 and deep_cfg["lr"] > 0 and deep_cfg["epochs"] == 2
 

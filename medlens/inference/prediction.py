@@ -33,7 +33,7 @@ class Prediction:
     model_sha256: str
     task: str
     class_names: list[str]
-    probabilities: dict[str, float]
+    probabilities: dict[str, float]  # calibrated (temperature-scaled): what the answer reports
     finding: str  # the predicted class, or positive labels joined by "|" for multi-label
     confidence: float  # probability of the finding (top class)
     uncertainty: float
@@ -41,6 +41,7 @@ class Prediction:
     abstain: bool
     abstain_reason: str | None
     source: SourceInfo
+    raw_probabilities: dict[str, float] = field(default_factory=dict)  # the model's own, as predictions_*.csv
     heatmap: np.ndarray | None = None  # spatial map in [0,1], shape of the model input (no channel)
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
     created: str = field(default_factory=lambda: dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))

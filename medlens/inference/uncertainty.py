@@ -194,7 +194,7 @@ class AbstentionRule:
 
     def decide(self, uncertainty: float, confidence: float) -> tuple[bool, str | None]:
         """(abstain, reason naming the rule that fired, or None)."""
-        if self.validated:
+        if self.threshold is not None:
             if uncertainty > self.threshold:
                 risk = f" for a target risk of {self.target_risk:g}" if self.target_risk is not None else ""
                 return True, (

@@ -1,0 +1,1 @@
+"""The model bundle: card, loading, preprocessing, probabilities, decisions, uncertainty, explanations."""

@@ -1,0 +1,376 @@
+"""The model bundle: ``models/MODEL/`` of a run plus its ``manifest.json``, loaded and verified.
+
+:class:`Bundle` is the one inference path. Training writes ``predictions_{val,test}.csv``
+through it, the evaluation stage calibrates and decides with its rules, and the service, the
+command line, the Python API and the benchmarks predict with it:
+
+* :meth:`Bundle.load` verifies every file of the bundle against the manifest (a changed,
+  missing or unlisted file is refused), reads the card (:mod:`medlens.inference.card`), and
+  loads ``model.safetensors`` (never ``torch.load``) or a hash-checked ``model.joblib``;
+* :meth:`Bundle.preprocess` turns one stored image into the model input exactly as training did;
+* :meth:`Bundle.raw_proba` gives the model's own probabilities (what predictions_*.csv holds),
+  :meth:`Bundle.predict_proba` the calibrated ones (:func:`medlens.evaluation.calibration.calibrate`
+  with the card's temperature: the function the evaluation stage applies to the CSV);
+* :meth:`Bundle.decide` is the one threshold rule (:func:`medlens.evaluation.metrics.predict`,
+  the rule comparison.json's metrics count), :meth:`Bundle.finding` names it;
+* :meth:`Bundle.uncertainty` scores doubt and applies the card's abstention rule;
+* :meth:`Bundle.explain` gives Grad-CAM (deep, at the card's ``cam_layer``) or occlusion maps.
+
+Concurrency: the network stays in eval mode and runs under ``torch.no_grad``; MC dropout uses a
+private copy, Grad-CAM a per-call copy, so concurrent callers never see each other's state.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medlens.errors import ChecksumError, MedlensError
+from medlens.inference import uncertainty as unc
+from medlens.inference.card import ModelCard, read_card
+from medlens.runs import RunDir, read_json
+
+OCCLUSION_GRID = 8
+"""Occlusion hides one cell of an 8 x 8 (x 8) grid at a time (no overlap)."""
+
+
+@dataclass(frozen=True)
+class Doubt:
+    """How sure the model is about one input, and whether it refers the case to a person."""
+
+    uncertainty: float
+    method: str
+    abstain: bool
+    reason: str | None
+
+
+class Bundle:
+    """A loaded model: its card, its network or estimator, and the rules to answer with them."""
+
+    def __init__(
+        self,
+        card: ModelCard,
+        *,
+        name: str | None = None,
+        net: Any = None,
+        estimator: Any = None,
+        weights_sha256: str = "",
+        uncertainty: str | None = None,
+    ):
+        if (net is None) == (estimator is None):
+            raise ValueError("a bundle holds either a network or an estimator")
+        self.card = card
+        self.name = name or card.name
+        self.net = net
+        self.estimator = estimator
+        self.weights_sha256 = weights_sha256
+        self.abstention = _abstention_rule(card, uncertainty)
+        self._mc = None
+        if net is not None:
+            net.eval()
+            for p in net.parameters():
+                p.requires_grad_(False)
+            if unc.needs_samples(self.abstention.method) and unc.has_dropout(net):
+                self._mc = unc.MCDropout(net, self._example_input())
+
+    # -- loading ---------------------------------------------------------------------------------
+    @classmethod
+    def load(cls, run_dir: str | Path, model: str | None = None, *, uncertainty: str | None = None) -> "Bundle":
+        """Load model ``model`` of the run ``run_dir`` (default: the only one, or the best by
+        validation AUC in comparison.json) after verifying its files against manifest.json.
+
+        ``uncertainty`` overrides the uncertainty method (e.g. ``"max_prob"``: one forward pass);
+        it must agree with the card's validated abstention rule when there is one.
+        """
+        run = RunDir(run_dir)
+        if not run.root.is_dir():
+            raise MedlensError("no such run directory", run.root)
+        name = choose_model(run, model)
+        verify_bundle(run, name)
+        model_dir = run.model(name)
+        card = read_card(model_dir.info)
+        weights = model_dir.root / card.weights_file
+        if not weights.is_file():
+            raise MedlensError(f"{card.kind} model without its weights file {card.weights_file}", model_dir.root)
+        sha = read_json(run.manifest)["files"][weights.relative_to(run.root).as_posix()]["sha256"]
+        if card.kind == "deep":
+            return cls(card, name=name, net=build_network(card, weights), weights_sha256=sha, uncertainty=uncertainty)
+        from medlens.models.classical.persistence import load_estimator
+
+        return cls(card, name=name, estimator=load_estimator(weights, sha), weights_sha256=sha, uncertainty=uncertainty)
+
+    @property
+    def kind(self) -> str:
+        return self.card.kind
+
+    @property
+    def task(self) -> str:
+        return self.card.task
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.card.class_names)
+
+    # -- input -----------------------------------------------------------------------------------
+    def preprocess(self, image: np.ndarray, *, name: str = "input") -> np.ndarray:
+        """One stored image (C, ...) in native units -> the model input, exactly as in training
+        (:func:`medlens.data.arrays.load_arrays` with the card's size, channels and steps).
+        A blank image, or one that preprocessing makes constant, is refused naming the step."""
+        from medlens.data.arrays import load_arrays
+        from medlens.inference.preprocess import OneImage, check_image
+
+        c = self.card
+        one = OneImage(image, c.dims, c.task, len(c.class_names), c.modality)
+        x, _ = load_arrays(
+            one, size=c.img_size, channels=c.in_channels, preprocessing=c.preprocessing, show_progress=False
+        )
+        check_image(x[0], image, c.preprocessing, c.dims, name)
+        return x[0]
+
+    def preprocess_dataset(self, dataset: Any, ids: list[str]) -> np.ndarray:
+        """Model inputs (N, C, ...) for samples ``ids`` of ``dataset`` (training's loader and checks)."""
+        from medlens.inference.preprocess import load_inputs
+
+        c = self.card
+        x, _ = load_inputs(dataset, ids, size=c.img_size, channels=c.in_channels, preprocessing=c.preprocessing)
+        return x
+
+    # -- output ----------------------------------------------------------------------------------
+    def raw_proba(self, x: np.ndarray, *, batch_size: int = 256) -> np.ndarray:
+        """The model's own probabilities (N, K) for model inputs ``x`` (N, C, ...): float64,
+        softmax (sigmoid per label for multi-label) of the logits, or the estimator's columns in
+        class-index order. predictions_*.csv holds these."""
+        x = np.asarray(x, dtype=np.float32)
+        if self.estimator is not None:
+            from medlens.models.classical.predict import predict_proba_classical
+
+            return np.asarray(
+                predict_proba_classical(self.estimator, x, self.task, n_classes=self.card.n_classes), dtype=np.float64
+            )
+        import torch
+
+        parts = []
+        with torch.no_grad():
+            for i in range(0, len(x), batch_size):
+                logits = self.net(torch.from_numpy(np.ascontiguousarray(x[i : i + batch_size])))
+                parts.append(logits_to_probs(logits, self.task))
+        return np.concatenate(parts) if parts else np.zeros((0, self.card.num_outputs))
+
+    def calibrate(self, probs: np.ndarray) -> np.ndarray:
+        """Temperature-scaled probabilities (the card's temperature, chosen on validation)."""
+        from medlens.evaluation.calibration import calibrate
+
+        return calibrate(probs, self.card.temperature, self.task)
+
+    def predict_proba(self, x: np.ndarray) -> np.ndarray:
+        """Calibrated probabilities (N, K): what every answer of medlens reports."""
+        return self.calibrate(self.raw_proba(x))
+
+    def decide(self, probs: np.ndarray) -> np.ndarray:
+        """Decisions for calibrated ``probs`` (N, K): binary ``p1 > threshold`` (the card's
+        threshold, else 0.5), multi-label each label ``> threshold``, else argmax."""
+        from medlens.evaluation.metrics import predict
+
+        return predict(probs, self.task, self.card.decision_threshold)
+
+    def finding(self, probs: np.ndarray) -> tuple[str, int, float]:
+        """(finding, class index to explain, confidence) for one row of calibrated probabilities.
+
+        Single-label: the decided class and its probability. Multi-label: the positive labels
+        joined by "|" ("none" if none), the most probable label to explain, and the least sure
+        label's max(p, 1 - p) as confidence.
+        """
+        probs = np.asarray(probs, dtype=np.float64)
+        decided = self.decide(probs[None])[0]
+        if self.task == "multilabel":
+            finding = "|".join(c for c, d in zip(self.class_names, decided) if d) or "none"
+            return finding, int(np.argmax(probs)), float(np.min(np.maximum(probs, 1 - probs)))
+        index = int(decided)
+        return self.class_names[index], index, float(probs[index])
+
+    def uncertainty(self, x: np.ndarray, probs: np.ndarray, confidence: float) -> Doubt:
+        """Uncertainty of one model input ``x`` (C, ...) with calibrated ``probs`` (K,), and the
+        abstention rule's verdict (MC dropout or test-time augmentation draws when the method needs them)."""
+        samples = None
+        if self.net is not None and unc.needs_samples(self.abstention.method):
+            import torch
+
+            xt = torch.from_numpy(np.ascontiguousarray(x[None], dtype=np.float32))
+            logits = self._mc.logits(xt, seed=self.card.seed) if self._mc is not None else unc.tta_logits(self.net, xt)
+            samples = np.stack([self.calibrate(logits_to_probs(z, self.task)) for z in logits])
+        multilabel = self.task == "multilabel"
+        u = float(unc.score(probs[None], self.abstention.method, samples=samples, multilabel=multilabel)[0])
+        abstain, reason = self.abstention.decide(u, confidence)
+        return Doubt(u, self.abstention.method, abstain, reason)
+
+    def explain(self, x: np.ndarray, classes: np.ndarray | int) -> np.ndarray:
+        """Heatmaps in [0, 1] with the inputs' spatial shape for a batch ``x`` (N, C, ...):
+        Grad-CAM at the card's ``cam_layer`` (deep), else occlusion of an 8-cell grid per axis."""
+        x = np.asarray(x, dtype=np.float32)
+        classes = np.broadcast_to(np.asarray(classes), (len(x),))
+        if self.net is not None and self.card.cam_layer:
+            import torch
+
+            from medlens.explain.cam import grad_cam
+
+            net = copy.deepcopy(self.net)  # MONAI leaves hooks on the module: never on the shared one
+            for p in net.parameters():
+                p.requires_grad_(True)
+            maps = grad_cam(
+                net, torch.from_numpy(np.ascontiguousarray(x)), target_layer=self.card.cam_layer, class_index=classes
+            )
+        else:
+            from medlens.explain.cam import occlusion_sensitivity
+
+            patch = max(2, min(x.shape[2:]) // OCCLUSION_GRID)
+            maps = occlusion_sensitivity(self.raw_proba, x, class_index=classes, patch=patch, stride=patch)
+        return np.stack([_fit_shape(m, x.shape[2:]) for m in maps])
+
+    @property
+    def explanation_method(self) -> str:
+        return "grad-cam" if self.net is not None and self.card.cam_layer else "occlusion"
+
+    def _example_input(self) -> Any:
+        import torch
+
+        size = self.card.img_size or 32
+        spatial = [int(v) for v in size] if isinstance(size, list) else [int(size)] * self.card.dims
+        return torch.zeros(1, self.card.in_channels, *spatial)
+
+
+# -- helpers shared by every stage -------------------------------------------------------------------
+def probabilities(logits: Any, task: str) -> Any:
+    """Logits to probabilities (torch, float64 so rows sum to 1 within rounding; float32 on MPS):
+    sigmoid per label for multi-label, softmax otherwise. Training's validation uses it too."""
+    import torch
+
+    z = logits.double() if logits.device.type != "mps" else logits.float()
+    return torch.sigmoid(z) if task == "multilabel" else torch.softmax(z, dim=1)
+
+
+def logits_to_probs(logits: Any, task: str) -> np.ndarray:
+    """:func:`probabilities` as a float64 numpy array."""
+    return probabilities(logits.detach().cpu(), task).double().numpy()
+
+
+def build_network(card: ModelCard, weights: Path | None = None) -> Any:
+    """The card's network from the registry, with ``weights`` (safetensors) loaded strictly."""
+    from medlens.models.deep.weights import load_weights
+    from medlens.models.registry import get_model
+
+    spec = get_model(card.model)
+    if spec.kind != "deep":
+        raise MedlensError(f"the card says deep but '{spec.name}' is a {spec.kind} model")
+    net = spec.build(
+        in_channels=card.in_channels, num_outputs=card.num_outputs, spatial_dims=card.dims, img_size=card.img_size
+    )
+    if weights is not None:
+        load_weights(net, weights, strict=True)
+    return net.eval()
+
+
+def display_image(x: np.ndarray) -> np.ndarray:
+    """A (C, H, W) model input as a 2D grey image in [0, 1] (channel mean, 0.5-99.5 percentile
+    range): the one display rule of the service, the report's gallery and the PNG outputs."""
+    grey = np.asarray(x, dtype=np.float32).mean(axis=0)
+    lo, hi = np.percentile(grey, [0.5, 99.5])
+    if hi <= lo:
+        return np.zeros_like(grey)
+    return np.clip((grey - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
+
+
+def heatmap_slice(x: np.ndarray, heat: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
+    """(display image, heatmap) as matching 2D arrays for a model input (C, ...): for 3D the slice
+    where the heatmap peaks (the middle slice without a heatmap)."""
+    if x.ndim == 3:
+        return display_image(x), heat
+    if heat is None:
+        return display_image(x[:, x.shape[1] // 2]), None
+    k = int(np.argmax(heat.reshape(heat.shape[0], -1).max(axis=1)))
+    return display_image(x[:, k]), heat[k]
+
+
+def _fit_shape(heat: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    heat = np.asarray(heat, dtype=np.float32)
+    if heat.shape == tuple(shape):
+        return heat
+    from scipy.ndimage import zoom
+
+    out = zoom(heat, [s / h for s, h in zip(shape, heat.shape)], order=1)
+    return np.clip(out, 0.0, 1.0).astype(np.float32)
+
+
+def _abstention_rule(card: ModelCard, uncertainty: str | None) -> unc.AbstentionRule:
+    default_method = "predictive_entropy" if card.kind == "deep" else "entropy"
+    rule = unc.AbstentionRule.from_model_info(card.to_dict(), default_method)
+    if uncertainty is not None and uncertainty != rule.method:
+        if rule.validated:
+            raise MedlensError(
+                f"the model card's abstention threshold was chosen for '{rule.method}', not '{uncertainty}'"
+            )
+        rule = unc.AbstentionRule(method=unc.check_method(uncertainty))
+    return rule
+
+
+# -- choosing and verifying a bundle ---------------------------------------------------------------
+def choose_model(run: RunDir, model: str | None) -> str:
+    """The model to load: ``model``, the only one, or comparison.json's best (by validation AUC)."""
+    names = run.model_names()
+    if not names:
+        raise MedlensError("no trained model in the run (models/*/model.json)", run.root)
+    if model is not None:
+        if model not in names:
+            raise MedlensError(f"no model '{model}' in the run (models: {', '.join(names)})", run.root)
+        return model
+    if len(names) == 1:
+        return names[0]
+    if run.comparison.is_file():
+        try:
+            comparison = read_json(run.comparison)
+        except (OSError, ValueError):
+            raise MedlensError("comparison.json is not valid JSON", run.comparison) from None
+        best = (comparison.get("best") or {}).get("model") if isinstance(comparison, dict) else None
+        if best not in names and isinstance(comparison, dict):
+            best = best_by_val_auc({n: e for n, e in (comparison.get("models") or {}).items() if n in names})
+        if best in names:
+            return str(best)
+    raise MedlensError(
+        f"the run holds {len(names)} models ({', '.join(names)}) and no comparison.json ranks them: "
+        "choose one with --model",
+        run.root,
+    )
+
+
+def best_by_val_auc(models: dict[str, dict[str, Any]]) -> str | None:
+    """The model with the highest validation AUC among comparison.json entries (ties: the first
+    name in alphabetical order). The evaluation stage records it as ``best``; loading reads that."""
+    scores = {}
+    for name, entry in models.items():
+        v = ((entry or {}).get("metrics") or {}).get("val", {}).get("auc")
+        v = v.get("value") if isinstance(v, dict) else v
+        if isinstance(v, (int, float)) and np.isfinite(v):
+            scores[name] = float(v)
+    return sorted(scores, key=lambda n: (-scores[n], n))[0] if scores else None
+
+
+def verify_bundle(run: RunDir, model: str) -> None:
+    """Refuse a bundle whose files differ from manifest.json: changed, missing, or unknown files."""
+    from medlens.manifest import artifact_files, verify_manifest
+
+    if not run.manifest.is_file():
+        raise ChecksumError("no manifest.json: refusing to load a model whose files cannot be verified", run.root)
+    try:
+        listed = read_json(run.manifest).get("files", {})
+    except (OSError, ValueError):
+        raise ChecksumError("manifest.json is not valid JSON", run.manifest) from None
+    prefix = f"models/{model}/"
+    on_disk = {f for f in artifact_files(run.root) if f.startswith(prefix)}
+    in_manifest = {f for f in listed if f.startswith(prefix)}
+    problems = verify_manifest(run.root, sorted(on_disk | in_manifest))
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise ChecksumError(f"{problems[0]}{more}; refusing to load the model bundle")
