@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install clean bench
+.PHONY: demo test lint install clean bench
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,7 +17,14 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/medlens demo
 
-test: $(STAMP)
+# the house rules first (seconds): lint and format, the layers of DESIGN.md, types of the inference core
+lint: $(STAMP)
+	$(BIN)/ruff check medlens tests benchmarks
+	$(BIN)/ruff format --check medlens tests benchmarks
+	$(BIN)/lint-imports
+	$(BIN)/mypy
+
+test: lint
 	$(BIN)/python -m pytest -q
 
 clean:
