@@ -224,6 +224,9 @@ def key_findings(arts) -> list[str]:
                 "Caution — " + spanning[0].lower() + spanning[1:] + " Near-identical images on both sides "
                 "of a split can make results look better than they are."
             )
+    for name in names:
+        for warning in (((arts.comparison or {}).get("models") or {}).get(name) or {}).get("warnings") or []:
+            out.append(f"Caution — {name}: {warning}.")
     if n_eval and n_eval < SMALL_TEST_SET:
         out.append(
             f"The {split} set is small ({n_eval} cases): confidence intervals are wide and small differences "

@@ -251,3 +251,12 @@ def test_read_csv_columns(tmp_path):
     log = tmp_path / "training_log.csv"
     log.write_text("epoch,val_auc\n0,0.5\n1,\n")
     assert read_csv_columns(log) == {"epoch": ["0", "1"], "val_auc": ["0.5", ""]}
+
+
+def test_a_model_that_learned_nothing_is_flagged_in_the_key_findings(fake_run):
+    comparison = read_json(fake_run / "comparison.json")
+    comparison["models"]["svm"]["warnings"] = ["its test AUC 0.500 [0.431, 0.569] is indistinguishable from chance"]
+    write_json(fake_run / "comparison.json", comparison)
+    page = build_report(fake_run).read_text()
+    box = re.search(r'<div class="findings" id="findings">(.*?)</div>', page, re.S).group(1)
+    assert "Caution — svm: its test AUC 0.500 [0.431, 0.569] is indistinguishable from chance." in html.unescape(box)
