@@ -194,7 +194,7 @@ def _read_predictions(model_dir: ModelDir, split: str) -> tuple[list[str], np.nd
     if not ids:
         raise MedlensError("the predictions file is empty", path)
     y, p = np.asarray(labels, dtype=np.int64), np.asarray(probs, dtype=np.float64)
-    if y.ndim == 1:  # the CSV keeps 6 significant digits: make each row sum to one again
+    if y.ndim == 1:  # the CSV keeps 9 significant digits: make each row sum to one again
         p = p / np.maximum(p.sum(axis=1, keepdims=True), 1e-12)
     return ids, y, p
 

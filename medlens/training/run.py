@@ -2,17 +2,21 @@
 
 :func:`train` does, in order:
 
-1. open the source; check the model fits its dimensions and task;
+1. open the source (unless the caller passes it); check the model fits its dimensions and task;
 2. splits: reuse ``splits.json`` of the run directory when there is one (several models of one
    run share identical splits), else :func:`assign_splits` and write it;
-3. ``fingerprint.json`` (once per run) and the resolved ``config.yaml``;
-4. load the three splits into memory (:func:`load_arrays`);
+3. ``fingerprint.json`` and the run's ``config.yaml`` (once per run), this model's resolved
+   ``models/MODEL/config.yaml``;
+4. load the three splits into memory with the inference core's loader
+   (:func:`medlens.inference.preprocess.load_inputs`: preprocessing that collapses every image is
+   an error), shared through an :class:`InputCache` when ``compare`` trains several models;
 5. fit: deep networks with Lightning (checkpoints, early stopping, DDP, resume), classical
    models with :func:`fit_classical`; ``--augment gan`` adds GAN-made minority samples to the
    training split only;
-6. write ``models/MODEL/``: weights (``model.safetensors`` or ``model.joblib``), ``model.json``,
-   ``metrics.json``, ``predictions_{val,test}.csv``, ``training_log.csv``;
-7. ``manifest.json`` over every artifact.
+6. write ``models/MODEL/``: weights (``model.safetensors`` or ``model.joblib``), the model card
+   ``model.json``, and ``predictions_{val,test}.csv`` and ``metrics.json`` computed through the
+   bundle the card describes (:class:`medlens.inference.bundle.Bundle`), ``training_log.csv``;
+7. record what this stage wrote in ``manifest.json`` (stage ``train:MODEL``).
 
 Under DDP every rank runs this function; only global rank 0 writes files.
 
