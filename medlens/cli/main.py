@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import sys
 
-import click
 import typer
 
 from medlens import __version__
@@ -55,14 +54,14 @@ def main(argv: list[str] | None = None) -> int:
             f"[bold red]error:[/bold red] {e}", highlight=False, soft_wrap=True
         )  # one line, never wrapped
         return e.exit_code
-    except click.exceptions.Exit as e:
+    except typer.Exit as e:
         return e.exit_code
-    except click.exceptions.Abort:
+    except typer.Abort:
         err_console.print("aborted")
         return 130
-    except click.ClickException as e:
-        e.show()
-        return e.exit_code
+    except typer.TyperException as e:  # typer's own click: a mistyped flag, a missing option, an unknown verb
+        e.show()  # type: ignore[attr-defined]
+        return int(getattr(e, "exit_code", 2))
     except KeyboardInterrupt:
         err_console.print("interrupted")
         return 130
