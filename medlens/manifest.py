@@ -10,6 +10,7 @@ written.
 
 from __future__ import annotations
 
+import os
 import platform
 import subprocess
 import sys
@@ -20,12 +21,8 @@ from typing import Iterable
 
 from medlens.runs import RunDir, read_json, read_yaml, sha256_file, write_json
 
-EXCLUDED_DIRS = {
-    "checkpoints",
-    "logs",
-    "__pycache__",
-    "serve",
-}  # serve/: audit log and prediction store of `medlens serve`
+EXCLUDED_DIRS = {"logs", "__pycache__", "serve"}  # serve/: audit log and prediction store of `medlens serve`
+TRAINING_STATE = "checkpoints"  # recorded here, verified on --resume; not part of a model bundle
 LIBRARIES = ("medlens", "torch", "lightning", "monai", "numpy", "scikit-learn", "scipy", "safetensors", "pydicom")
 
 
@@ -109,6 +106,41 @@ def record_files(run_dir: str | Path, files: Iterable[str | Path], stage: str, *
     }
     write_json(run.manifest, out)
     return out
+
+
+def record_replacement(run_dir: str | Path, new: str | Path, final: str | Path, stage: str) -> None:
+    """Record the file ``new`` as ``final`` and move it there, safe against a kill at any moment.
+
+    The entry of ``final`` gets the new hash and keeps the one it replaces (``replaces``) until
+    the next record; only then is ``new`` renamed over ``final``. A process killed before the
+    rename leaves the old file, after it the new one: both match the entry
+    (:func:`verify_replaced`). Training records each checkpoint this way as it writes it.
+    """
+    run = RunDir(run_dir)
+    rel = Path(final).resolve().relative_to(run.root.resolve()).as_posix()
+    manifest = read_json(run.manifest) if run.manifest.is_file() else {"files": {}}
+    old = manifest.get("files", {}).get(rel, {}).get("sha256")
+    record_files(run.root, [], stage)  # metadata and stage time, then this one entry
+    manifest = read_json(run.manifest)
+    entry = {"sha256": sha256_file(new), "bytes": Path(new).stat().st_size, "stage": stage}
+    if old and old != entry["sha256"]:
+        entry["replaces"] = old
+    manifest["files"][rel] = entry
+    manifest["files"] = dict(sorted(manifest["files"].items()))
+    write_json(run.manifest, manifest)
+    os.replace(new, final)
+
+
+def verify_replaced(run_dir: str | Path, path: str | Path) -> str | None:
+    """None when ``path`` matches its manifest entry (or the file that entry replaces), else why not."""
+    run = RunDir(run_dir)
+    rel = Path(path).resolve().relative_to(run.root.resolve()).as_posix()
+    entry = (read_json(run.manifest).get("files", {}) if run.manifest.is_file() else {}).get(rel)
+    if entry is None:
+        return f"{path}: not listed in the manifest"
+    if sha256_file(path) not in (entry.get("sha256"), entry.get("replaces")):
+        return f"{path}: changed since it was written (sha256 differs from the manifest)"
+    return None
 
 
 def verify_manifest(run_dir: str | Path, files: Iterable[str] | None = None) -> list[str]:

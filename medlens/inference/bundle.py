@@ -359,7 +359,7 @@ def best_by_val_auc(models: dict[str, dict[str, Any]]) -> str | None:
 
 def verify_bundle(run: RunDir, model: str) -> None:
     """Refuse a bundle whose files differ from manifest.json: changed, missing, or unknown files."""
-    from medlens.manifest import artifact_files, verify_manifest
+    from medlens.manifest import TRAINING_STATE, artifact_files, verify_manifest
 
     if not run.manifest.is_file():
         raise ChecksumError("no manifest.json: refusing to load a model whose files cannot be verified", run.root)
@@ -367,9 +367,9 @@ def verify_bundle(run: RunDir, model: str) -> None:
         listed = read_json(run.manifest).get("files", {})
     except (OSError, ValueError):
         raise ChecksumError("manifest.json is not valid JSON", run.manifest) from None
-    prefix = f"models/{model}/"
-    on_disk = {f for f in artifact_files(run.root) if f.startswith(prefix)}
-    in_manifest = {f for f in listed if f.startswith(prefix)}
+    prefix, state = f"models/{model}/", f"models/{model}/{TRAINING_STATE}/"
+    on_disk = {f for f in artifact_files(run.root) if f.startswith(prefix) and not f.startswith(state)}
+    in_manifest = {f for f in listed if f.startswith(prefix) and not f.startswith(state)}
     problems = verify_manifest(run.root, sorted(on_disk | in_manifest))
     if problems:
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""

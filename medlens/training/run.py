@@ -258,7 +258,6 @@ def _load_splits(dataset: Dataset, splits: dict, config: TrainConfig, *, show_pr
 
 # -- deep -----------------------------------------------------------------------------------
 def _fit_deep(config: TrainConfig, spec: Any, dataset: Dataset, arrays: dict, model_dir: ModelDir) -> dict | None:
-    import torch
 
     from medlens.training.datamodule import ArrayDataModule
     from medlens.training.lightning_module import ClassifierModule, class_weights
@@ -304,18 +303,18 @@ def _fit_deep(config: TrainConfig, spec: Any, dataset: Dataset, arrays: dict, mo
     ckpt_path = None
     if config.resume:
         ckpt_path = str(model_dir.last_checkpoint)
-        state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        state = _load_checkpoint(model_dir, model_dir.last_checkpoint)
         resumed_from = {"epoch": int(state.get("epoch", 0)), "global_step": int(state.get("global_step", 0))}
     timer = EpochTimer()
     trainer = build_trainer(config, model_dir, extra_callbacks=[timer])
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     if not trainer.is_global_zero:
         return None
 
     best = best_checkpoint(trainer)
     best_epoch = None
     if best is not None:
-        state = torch.load(best, map_location="cpu", weights_only=False)
+        state = _load_checkpoint(model_dir, best)
         module.load_state_dict(state["state_dict"])
         best_epoch = int(state.get("epoch", 0))
     module.cpu()
@@ -337,6 +336,24 @@ def _fit_deep(config: TrainConfig, spec: Any, dataset: Dataset, arrays: dict, mo
         "timing": timer.summary(),
         "n_train_fit": int(len(arrays["train"][0])),
     }
+
+
+def _load_checkpoint(model_dir: ModelDir, path: Path) -> dict:
+    """A checkpoint this training wrote, verified against the manifest and read as plain tensors
+    (``weights_only=True``: nothing in the file can run code)."""
+    import pickle
+
+    import torch
+
+    from medlens.manifest import verify_replaced
+
+    problem = verify_replaced(model_dir.root.parent.parent, path)
+    if problem:
+        raise MedlensError(f"{problem}; refusing to load it (train again without --resume)")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as e:
+        raise MedlensError(f"not a checkpoint of plain tensors ({e})".splitlines()[0], path) from None
 
 
 def _gan_oversample(config: TrainConfig, dataset: Dataset, arrays: dict, model_dir: ModelDir) -> tuple[dict, dict]:

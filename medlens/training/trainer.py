@@ -25,6 +25,7 @@ import math
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
@@ -38,6 +39,7 @@ from lightning.pytorch.callbacks import (
 from lightning.pytorch.loggers import CSVLogger
 
 from medlens.errors import MedlensError
+from medlens.manifest import record_replacement
 from medlens.progress import lightning_callback
 from medlens.runs import ModelDir, atomic_write_bytes
 from medlens.training.config import TrainConfig
@@ -155,13 +157,36 @@ def check_precision(config: TrainConfig, accelerator: str | None = None) -> None
         raise MedlensError("--precision 16-mixed needs a GPU; use bf16-mixed or 32 on CPU")
 
 
+class RecordedCheckpoint(ModelCheckpoint):
+    """A ModelCheckpoint that records each file in the run's manifest as it writes it.
+
+    Lightning writes the checkpoint beside its final name; :func:`medlens.manifest.record_replacement`
+    records its hash (keeping the hash it replaces) and then renames it into place, so a kill at
+    any moment leaves a checkpoint that ``--resume`` accepts, and any other change is refused.
+    """
+
+    def __init__(self, *args: Any, run_root: Path, stage: str, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.run_root, self.stage = Path(run_root), stage
+
+    def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
+        final = Path(filepath)
+        partial = final.with_name(f".{final.name}.partial")
+        super()._save_checkpoint(trainer, str(partial))
+        if trainer.is_global_zero:
+            record_replacement(self.run_root, partial, final, self.stage)
+        self._last_checkpoint_saved = str(final)
+
+
 def build_trainer(
     config: TrainConfig, model_dir: ModelDir, *, extra_callbacks: list[Callback] | None = None
 ) -> L.Trainer:
     """A Trainer writing checkpoints to ``model_dir/checkpoints`` and CSV logs to ``model_dir/logs``."""
     L.seed_everything(config.seed, workers=True, verbose=False)
     monitor, mode = monitor_key(config)
-    best = ModelCheckpoint(
+    recorded = {"run_root": model_dir.root.parent.parent, "stage": f"train:{model_dir.name}"}
+    best = RecordedCheckpoint(
+        **recorded,
         dirpath=model_dir.checkpoints,
         filename="best",
         monitor=monitor,
@@ -171,7 +196,8 @@ def build_trainer(
         enable_version_counter=False,
         auto_insert_metric_name=False,
     )
-    steps = ModelCheckpoint(
+    steps = RecordedCheckpoint(
+        **recorded,
         dirpath=model_dir.checkpoints,
         monitor=None,
         save_top_k=0,

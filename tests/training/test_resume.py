@@ -78,3 +78,45 @@ def test_sigkill_mid_epoch_then_resume(tmp_path):
     assert [int(r["epoch"]) for r in rows] == list(range(EPOCHS))
     assert all(r["session"] == "1" for r in rows)  # every epoch's record comes from the resumed session
     assert verify_manifest(out) == [] and model.weights.is_file()
+
+
+class _Payload:
+    """Unpickling this runs code (it touches a marker file): what a planted checkpoint would do."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_a_planted_checkpoint_never_runs_code(tmp_path):
+    """last.ckpt is in the manifest and loads as plain tensors: a changed file is refused by its hash,
+    and a payload whose hash was written into the manifest too is refused by weights_only."""
+    import pickle
+
+    import torch
+
+    from medlens.manifest import record_files
+
+    out = tmp_path / "run"
+    args = ("train", "synthetic:chest2d@32", "--model", "cnn-small", "--epochs", "1", "--max-samples", "32")
+    first = run_medlens(*args, "--out", out, "--no-progress", timeout=240, env=ONE_THREAD)
+    assert first.returncode == 0, first.stderr[-2000:]
+    model = RunDir(out).model("cnn-small")
+    stages = {k: v["stage"] for k, v in read_json(RunDir(out).manifest)["files"].items() if k.endswith(".ckpt")}
+    assert stages == {f"models/cnn-small/checkpoints/{n}.ckpt": "train:cnn-small" for n in ("best", "last")}
+
+    marker = tmp_path / "pwned"
+    state = torch.load(model.last_checkpoint, weights_only=True)
+    state["payload"] = _Payload(marker)
+    with open(model.last_checkpoint, "wb") as f:
+        pickle.dump(state, f)
+    resumed = run_medlens(*args[:5], "2", *args[6:], "--out", out, "--resume", timeout=240, env=ONE_THREAD)
+    assert resumed.returncode == 2 and "changed since it was written" in resumed.stderr
+    assert not marker.exists()
+
+    record_files(out, [model.last_checkpoint], "train:cnn-small")  # the manifest "agrees" now
+    resumed = run_medlens(*args[:5], "2", *args[6:], "--out", out, "--resume", timeout=240, env=ONE_THREAD)
+    assert resumed.returncode == 2 and "not a checkpoint of plain tensors" in resumed.stderr
+    assert "Traceback" not in resumed.stderr and not marker.exists()

@@ -66,7 +66,9 @@ def test_run_directory_is_complete_and_manifest_verifies(run, model, weights):
     manifest = read_json(rd.manifest)
     listed = manifest["files"]
     assert f"models/{model}/{weights}" in listed and "splits.json" in listed
-    assert not any(k.startswith(f"models/{model}/checkpoints") for k in listed)
+    checkpoints = {k: v["stage"] for k, v in listed.items() if k.startswith(f"models/{model}/checkpoints/")}
+    expected = {"best.ckpt", "last.ckpt"} if weights.endswith(".safetensors") else set()
+    assert checkpoints == {f"models/{model}/checkpoints/{n}": f"train:{model}" for n in expected}
     assert verify_manifest(rd.root) == []
     assert manifest["seed"] == 0 and "torch" in manifest["libraries"]
 
