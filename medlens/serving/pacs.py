@@ -4,7 +4,8 @@
 Failures are :class:`PacsError` (a :class:`~medlens.errors.MedlensError`) with one clear line:
 association refused or unreachable, or the SOP instances the PACS did not accept with their
 status codes. Sending is retried a bounded number of times (``retries``, with a fixed delay);
-on a retry only the instances that were not yet stored are sent again.
+on a retry only the instances that were not yet stored are sent again. :meth:`PacsTarget.send` is
+one attempt without retries (the DICOM node's outbox retries on its own schedule).
 """
 
 from __future__ import annotations
@@ -78,7 +79,7 @@ class PacsTarget:
             if attempt:
                 time.sleep(self.retry_delay)
             try:
-                pending = self._store_once(pending)
+                pending = self.send(pending)
             except PacsError as e:
                 last = e
                 log.warning("store to %s failed (attempt %d of %d): %s", self, attempt + 1, self.retries + 1, e)
@@ -95,8 +96,11 @@ class PacsTarget:
             )
         raise last or PacsError(f"PACS {self}: store failed")
 
-    def _store_once(self, datasets: Sequence[Dataset]) -> list[Dataset]:
-        """One association; returns the datasets that were not stored (status not Success/Warning)."""
+    def send(self, datasets: Sequence[Dataset]) -> list[Dataset]:
+        """C-STORE in one association, no retry; returns the datasets not stored (status not Success/Warning).
+
+        Raises :class:`PacsError` when no association could be established.
+        """
         ae = self._ae()
         for sop_class in dict.fromkeys(str(ds.SOPClassUID) for ds in datasets):
             syntaxes = [ExplicitVRLittleEndian, ImplicitVRLittleEndian]

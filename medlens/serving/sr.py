@@ -47,8 +47,12 @@ def structured_report(
     *,
     series_number: int = 9901,
     device_uid: str | None = None,
+    previous_versions: Sequence[pydicom.Dataset] | None = None,
 ) -> Comprehensive3DSR:
-    """Build the SR; ``sources`` are the DICOM instances the prediction was computed from."""
+    """Build the SR; ``sources`` are the DICOM instances the prediction was computed from.
+
+    ``previous_versions``: earlier SRs this one supersedes (Predecessor Documents Sequence).
+    """
     if not sources:
         raise MedlensError("a DICOM SR needs DICOM input (the prediction has no source DICOM instances)")
     observer = ObserverContext(
@@ -89,5 +93,6 @@ def structured_report(
         manufacturer="medlens",
         software_versions=__version__,
         is_complete=True,
+        previous_versions=previous_versions,
         series_description="medlens AI result",
     )
