@@ -118,7 +118,7 @@ def serve(
     host: str = typer.Option(
         "127.0.0.1",
         "--host",
-        help="Address to bind. The default answers this machine only; bind wider only behind TLS and with --api-keys.",
+        help="Address to bind. The default answers this machine only; any other address needs --api-keys (bind wider only behind TLS).",
     ),
     port: int = typer.Option(8000, "--port", help="TCP port."),
     api_keys: Path = typer.Option(
@@ -157,17 +157,21 @@ def serve(
     quiet_seconds: float = typer.Option(
         5.0, "--series-quiet-seconds", help="A series counts as complete when no instance arrived for this long."
     ),
+    insecure_no_keys: bool = typer.Option(
+        False,
+        "--insecure-no-keys",
+        help="Serve beyond loopback without API keys (anyone who reaches the port can use the model). Refused otherwise.",
+    ),
 ) -> None:
     """Serve the model: REST API (/docs), web page (/), audit log, and optionally a DICOM node. Stop with Ctrl-C.
 
     Logs name predictions by id and patients by pseudonym only; set $MEDLENS_PSEUDONYM_KEY to keep
     pseudonyms and hashed audit identifiers stable across restarts.
     """
-    import logging
-
     import uvicorn
 
     from medlens.serving.app import create_app
+    from medlens.serving.logsafe import configure_logging
     from medlens.serving.settings import ServeSettings
 
     settings = ServeSettings(
@@ -182,10 +186,12 @@ def serve(
         cors_origins=list(cors_origin or []),
         store_dir=store_dir,
     )
-    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # Library warnings quote header values (pydicom: "Invalid value for VR UI: '1.2.826...'"): kept out of the log.
-    logging.captureWarnings(True)
-    logging.getLogger("py.warnings").setLevel(logging.ERROR)
+    if not (settings.key_hashes() or insecure_no_keys or _is_loopback(host)):
+        raise MedlensError(
+            f"--host {host} reaches beyond this machine: give --api-keys (or --insecure-no-keys to serve it open)"
+        )
+    # One handler for medlens and uvicorn alike: UIDs redacted, control characters escaped, library warnings dropped.
+    configure_logging(log_level)
     application = create_app(settings)
     keys = "API keys required" if settings.key_hashes() else "no API keys (open to anyone who can reach the port)"
     err_console.print(
@@ -198,10 +204,24 @@ def serve(
         application.state.service, settings, dicom_port, dicom_aet, allow_aet, pacs_dicom, quiet_seconds
     )
     try:
-        uvicorn.run(application, host=host, port=port, log_level=log_level.lower(), server_header=False)
+        uvicorn.run(
+            application, host=host, port=port, log_level=log_level.lower(), log_config=None, server_header=False
+        )
     finally:
         if node is not None:
             node.stop()
+
+
+def _is_loopback(host: str) -> bool:
+    """Whether ``host`` binds to this machine only (127.0.0.0/8, ::1, localhost)."""
+    import ipaddress
+
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to any interface
 
 
 def _parse_pacs(text: str):

@@ -44,19 +44,20 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from medlens import __version__
 from medlens.errors import MedlensError
 from medlens.serving.audit import AuditLog, hash_identifier
-from medlens.serving.settings import ServeSettings, match_key
+from medlens.serving.docs import add_docs
+from medlens.serving.guard import GuardMiddleware, SecurityHeaders, json_error
+from medlens.serving.logsafe import printable
+from medlens.serving.settings import ServeSettings
 from medlens.serving.store import PredictionStore, StoredPrediction
 
 log = logging.getLogger("medlens.serve")
 
 STATIC_DIR = Path(__file__).parent / "static"
-OPEN_PATHS = {"/healthz", "/", "/favicon.ico"}
-OPEN_PREFIXES = ("/static/",)
 RAW_TYPES = ("application/dicom", "application/octet-stream", "image/", "application/gzip", "application/x-gzip")
 # Libraries whose INFO/DEBUG lines name DICOM UIDs or URLs holding them (highdicom: "copy attributes of
 # dataset UID"; httpx: the WADO-RS URL): quieted to WARNING so that logs hold pseudonyms only.
 CHATTY_LOGGERS = ("highdicom", "pydicom", "httpx", "httpcore", "PIL", "multipart", "python_multipart")
-DRAIN_CAP = 512 * 1024 * 1024  # an oversized body is read and discarded up to this much, then the connection closes
+JSON_LIMIT = 64 * 1024  # a PACS study request is a few UIDs: a bigger JSON body is refused before parsing
 
 
 class ApiError(Exception):
@@ -68,102 +69,6 @@ class ApiError(Exception):
 
     def response(self) -> JSONResponse:
         return JSONResponse({"error": self.code, "detail": self.detail, **self.extra}, status_code=self.status)
-
-
-def _json_error(status: int, code: str, detail: str, headers: dict | None = None) -> JSONResponse:
-    return JSONResponse({"error": code, "detail": detail}, status_code=status, headers=headers)
-
-
-# ------------------------------------------------------------------------------------------------
-# ASGI middleware: API keys and the upload size limit, before any routing or parsing
-# ------------------------------------------------------------------------------------------------
-class GuardMiddleware:
-    """Checks the API key (when keys are configured) and refuses bodies over ``max_bytes`` (413)."""
-
-    def __init__(self, app, *, key_hashes: dict[str, str], max_bytes: int):
-        self.app = app
-        self.key_hashes = key_hashes
-        self.max_bytes = max_bytes
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
-        state = scope.setdefault("state", {})
-        state["key_id"] = None
-        path = scope.get("path", "")
-        if self.key_hashes and path not in OPEN_PATHS and not path.startswith(OPEN_PREFIXES):
-            presented = headers.get("x-api-key") or ""
-            auth = headers.get("authorization", "")
-            if not presented and auth[:7].lower() == "bearer ":
-                presented = auth[7:].strip()
-            key_id = match_key(presented, self.key_hashes) if presented else None
-            if key_id is None:
-                await self._drain(receive)
-                detail = (
-                    "invalid API key"
-                    if presented
-                    else "an API key is required (header X-API-Key or Authorization: Bearer)"
-                )
-                return await _json_error(401, "unauthorized", detail, {"WWW-Authenticate": "Bearer"})(
-                    scope, receive, send
-                )
-            state["key_id"] = key_id
-        if scope.get("method") in ("POST", "PUT", "PATCH"):
-            length = headers.get("content-length")
-            if length is not None:
-                if not length.isdigit():
-                    return await _json_error(400, "bad_request", "invalid Content-Length")(scope, receive, send)
-                if int(length) > self.max_bytes:
-                    await self._drain(receive)
-                    return await self._too_large(scope, receive, send)
-            else:  # chunked: read up to the limit, then replay what was read
-                chunks, size, more = [], 0, True
-                while more:
-                    message = await receive()
-                    if message["type"] != "http.request":
-                        return
-                    chunks.append(message.get("body", b""))
-                    size += len(chunks[-1])
-                    more = message.get("more_body", False)
-                    if size > self.max_bytes:
-                        if more:
-                            await self._drain(receive)
-                        return await self._too_large(scope, receive, send)
-                body = b"".join(chunks)
-                receive = _replay(body, receive)
-        return await self.app(scope, receive, send)
-
-    async def _too_large(self, scope, receive, send):
-        mb = self.max_bytes / 1024 / 1024
-        return await _json_error(413, "too_large", f"the upload is larger than the limit of {mb:.3g} MB")(
-            scope, receive, send
-        )
-
-    @staticmethod
-    async def _drain(receive) -> None:
-        """Read and discard the request body (bounded), so the client gets our answer, not a reset."""
-        size = 0
-        while size < DRAIN_CAP:
-            message = await receive()
-            if message["type"] != "http.request":
-                return
-            size += len(message.get("body", b""))
-            if not message.get("more_body", False):
-                return
-
-
-def _replay(body: bytes, receive):
-    sent = False
-
-    async def replay():
-        nonlocal sent
-        if not sent:
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        return await receive()
-
-    return replay
 
 
 # ------------------------------------------------------------------------------------------------
@@ -200,9 +105,9 @@ class Service:
         try:
             result = self.predictor.predict_bytes(data, filename, explain=explain)
         except UnsupportedMediaError as e:
-            raise ApiError(415, "unsupported_media", e.problem, file=filename) from None
+            raise ApiError(415, "unsupported_media", printable(e.problem, None), file=filename) from None
         except MedlensError as e:
-            raise ApiError(422, "bad_input", e.problem, file=filename) from None
+            raise ApiError(422, "bad_input", printable(e.problem, None), file=filename) from None
         except Exception as e:  # noqa: BLE001
             # Corrupt content that the readers (pydicom, nibabel, Pillow) did not turn into a MedlensError,
             # e.g. pydicom's BytesLengthException or nibabel's HeaderDataError: the input's fault, a 4xx.
@@ -283,7 +188,9 @@ class Service:
     def entry(self, prediction_id: str) -> StoredPrediction:
         entry = self.store.get(prediction_id)
         if entry is None:
-            raise ApiError(404, "not_found", f"no prediction '{prediction_id}' (unknown, or no longer kept)")
+            raise ApiError(
+                404, "not_found", f"no prediction '{printable(prediction_id, 64)}' (unknown, or no longer kept)"
+            )
         return entry
 
     def ready(self) -> dict:
@@ -478,7 +385,10 @@ def create_app(settings: ServeSettings, *, predictor=None) -> FastAPI:
         title="medlens",
         version=__version__,
         description="AI findings on medical images, with heatmap, uncertainty, DICOM SR and FHIR. AI results are to be confirmed by a clinician.",
+        docs_url=None,
+        redoc_url=None,
     )
+    docs_csp = add_docs(app, "medlens")
     app.state.service = service
     app.state.settings = settings
 
@@ -488,18 +398,13 @@ def create_app(settings: ServeSettings, *, predictor=None) -> FastAPI:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_request, exc: StarletteHTTPException):
-        return _json_error(exc.status_code, "http_error", str(exc.detail), getattr(exc, "headers", None))
+        return json_error(exc.status_code, "http_error", str(exc.detail), getattr(exc, "headers", None))
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_request, exc: RequestValidationError):
         first = exc.errors()[0] if exc.errors() else {}
         where = ".".join(str(x) for x in first.get("loc", ()))
-        return _json_error(422, "invalid_request", f"{where}: {first.get('msg', 'invalid request')}")
-
-    @app.exception_handler(Exception)
-    async def _unexpected(_request, exc: Exception):
-        log.error("internal error (%s)", type(exc).__name__, exc_info=log.isEnabledFor(logging.DEBUG))
-        return _json_error(500, "internal", "internal error")
+        return json_error(422, "invalid_request", f"{where}: {first.get('msg', 'invalid request')}")
 
     # -- health ------------------------------------------------------------------------------------
     @app.get("/healthz", tags=["health"], summary="Liveness (no key needed)")
@@ -549,15 +454,18 @@ def create_app(settings: ServeSettings, *, predictor=None) -> FastAPI:
             if not isinstance(upload, UploadFile):
                 raise ApiError(400, "no_file", "a multipart upload needs a file in the field 'file'")
             data = await upload.read()
-            filename = upload.filename or "upload"
+            filename = printable(upload.filename or "upload")
             explain = explain or _truthy(form.get("explain", ""))
             await form.close()
             return await run_in_threadpool(service.predict_bytes, data, filename, explain, key_id, client)
         if ctype.startswith("application/json"):
+            raw = await request.body()
+            if len(raw) > JSON_LIMIT:
+                raise ApiError(413, "too_large", f"a JSON request is at most {JSON_LIMIT // 1024} KB")
             try:
-                body = json.loads(await request.body())
-            except ValueError:
-                raise ApiError(400, "bad_json", "the body is not valid JSON") from None
+                body = json.loads(raw)
+            except (ValueError, RecursionError):  # RecursionError: nested too deeply
+                raise ApiError(400, "bad_json", "the body is not valid JSON (or nested too deeply)") from None
             uid = body.get("study_instance_uid") if isinstance(body, dict) else None
             if (
                 not isinstance(uid, str)
@@ -569,18 +477,20 @@ def create_app(settings: ServeSettings, *, predictor=None) -> FastAPI:
                     422, "bad_request", "JSON body needs 'study_instance_uid': a DICOM UID (digits and dots)"
                 )
             series = body.get("series_instance_uid")
-            if series is not None and (not isinstance(series, str) or not all(c.isdigit() or c == "." for c in series)):
+            if series is not None and (
+                not isinstance(series, str) or len(series) > 64 or not all(c.isdigit() or c == "." for c in series)
+            ):
                 raise ApiError(422, "bad_request", "'series_instance_uid' must be a DICOM UID")
             explain = explain or bool(body.get("explain"))
             return await run_in_threadpool(service.predict_study, uid.strip(), series, explain, key_id, client)
         if ctype.startswith(RAW_TYPES) or not ctype:
             data = await request.body()
-            filename = request.headers.get("x-filename", "upload")[:200]
+            filename = printable(request.headers.get("x-filename", "upload"))
             return await run_in_threadpool(service.predict_bytes, data, filename, explain, key_id, client)
         raise ApiError(
             415,
             "unsupported_media",
-            f"unsupported Content-Type '{ctype.split(';')[0]}': send multipart/form-data, "
+            f"unsupported Content-Type '{printable(ctype.split(';')[0], 100)}': send multipart/form-data, "
             "application/json (PACS study) or the image bytes",
         )
 
@@ -694,4 +604,5 @@ def create_app(settings: ServeSettings, *, predictor=None) -> FastAPI:
             allow_methods=["GET", "POST"],
             allow_headers=["X-API-Key", "Authorization", "Content-Type"],
         )
+    app.add_middleware(SecurityHeaders, csp={"/docs": docs_csp})  # outermost: on every answer, early refusals too
     return app
