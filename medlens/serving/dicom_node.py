@@ -521,7 +521,7 @@ class DicomNode:
             self.outbox.mark_generated(self._pseudo(str(obj.SeriesInstanceUID)))
         result.sr_sop_instance_uid, result.sc_sop_instance_uid = str(sr.SOPInstanceUID), str(sc.SOPInstanceUID)
 
-        out = _private_dir(self.storage_dir / "results" / series)
+        out = _private_dir(_private_dir(self.storage_dir / "results") / series)
         outputs = {}
         for name, obj in (("sr", sr), ("sc", sc)):
             path = out / f"{pred.id}-{name}.dcm"

@@ -19,7 +19,7 @@ from pydicom.uid import UID_dictionary
 from medlens.data.deid import pseudonym
 
 # A DICOM UID: numeric components joined by dots; five or more so that IPv4 addresses stay.
-_UID = re.compile(r"(?<![\w.])[0-2](?:\.(?:0|[1-9][0-9]*)){4,}(?![\w.])")
+_UID = re.compile(r"(?<![\w.])[0-2](?:\.\d+){4,}(?!\d)")
 LOGGER_PREFIXES = ("pynetdicom", "pydicom", "highdicom", "medlens.dicom_node", "medlens.pacs", "py.warnings")
 
 

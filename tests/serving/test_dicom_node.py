@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import threading
 import time
@@ -16,7 +17,14 @@ from medlens.inference.prediction import Prediction, SourceInfo
 from medlens.serving.audit import AuditLog
 from medlens.serving.dicom_node import DicomNode
 from medlens.serving.pacs import PacsError, PacsTarget
-from tests.serving.orthanc_fixture import PATIENT_ID, PATIENT_NAME, CollectingSCP, free_port, synthetic_ct_series
+from tests.serving.orthanc_fixture import (
+    PATIENT_ID,
+    PATIENT_NAME,
+    CollectingSCP,
+    free_port,
+    synthetic_ct_series,
+    to_bytes,
+)
 
 QUIET = 1.0  # seconds of silence that complete a series in these tests
 
@@ -287,3 +295,207 @@ def predictor_class_names(run) -> list[str]:
     (model_json,) = list(run.glob("models/*/model.json"))
     info = json.loads(model_json.read_text())
     return list(info.get("class_names") or info.get("classes") or [])
+
+
+# --------------------------------------------------------------------------------------------
+# hardening (issue 10): each test failed before the fix
+# --------------------------------------------------------------------------------------------
+def _statuses(node: DicomNode, items, calling="MODALITY", contexts=(CTImageStorage,)) -> list[int]:
+    assoc = _associate(node, calling, contexts)
+    assert assoc.is_established
+    try:
+        return [assoc.send_c_store(item).Status for item in items]
+    finally:
+        assoc.release()
+
+
+def test_a_corrupt_instance_is_refused_and_never_replaces_the_good_copy(make_node, pacs, tmp_path, caplog):
+    caplog.set_level(logging.INFO)
+    analyzer = FakeAnalyzer()
+    node = make_node(analyzer, pacs)
+    series = synthetic_ct_series(4, seed=11)
+    _send(node, series)
+    (first,) = node.wait_for_results(1, timeout=30)
+    stored = sorted((tmp_path / "node" / first.series).glob("*.dcm"))
+    before = {p.name: p.read_bytes() for p in stored}
+
+    short = copy.deepcopy(series[0])
+    short.PixelData = short.PixelData[: len(short.PixelData) // 2]  # same SOP Instance UID, half the pixels
+    cut = tmp_path / "cut.dcm"
+    cut.write_bytes(to_bytes(series[1])[:-700])  # a truncated file
+    assert _statuses(node, [short, cut]) == [0xC000, 0xC000]
+    assert {p.name: p.read_bytes() for p in stored} == before  # the good copies are untouched
+    time.sleep(QUIET * 2)
+    assert len(analyzer.calls) == 1  # nothing new to answer: the stored series did not change
+
+    # a series with one bad instance among good ones: the good ones are analyzed, the refusal is reported
+    other = synthetic_ct_series(4, seed=12)
+    bad = copy.deepcopy(other[2])
+    bad.PixelData = bad.PixelData[:100]
+    assert _statuses(node, [other[0], other[1], bad, other[3]]) == [0, 0, 0xC000, 0]
+    second = node.wait_for_results(2, timeout=30)[1]
+    assert second.error is None and second.stored and second.instances == 3 and second.refused == 1
+    assert len(analyzer.calls[1][1]) == 3
+    assert "1 refused as corrupt" in caplog.text
+
+
+def test_compressed_transfer_syntaxes_are_accepted_and_decoded(make_node):
+    from pydicom.uid import JPEG2000Lossless, JPEGLSLossless, RLELossless
+
+    from medlens.serving.dicom_node import COMPRESSED_TRANSFER_SYNTAXES
+
+    analyzer = FakeAnalyzer()
+    node = make_node(analyzer)
+    for syntax in COMPRESSED_TRANSFER_SYNTAXES:
+        ae = AE(ae_title="MODALITY")
+        ae.add_requested_context(CTImageStorage, [syntax])
+        assoc = ae.associate("127.0.0.1", node.port, ae_title="MEDLENS")
+        assert assoc.is_established and len(assoc.accepted_contexts) == 1, syntax.name
+        assoc.release()
+    series = synthetic_ct_series(3, seed=13)
+    for ds, syntax in zip(series, (RLELossless, JPEGLSLossless, JPEG2000Lossless)):
+        ds.compress(syntax)
+    ae = AE(ae_title="MODALITY")
+    for syntax in (RLELossless, JPEGLSLossless, JPEG2000Lossless):
+        ae.add_requested_context(CTImageStorage, [syntax])
+    assoc = ae.associate("127.0.0.1", node.port, ae_title="MEDLENS")
+    assert [assoc.send_c_store(ds).Status for ds in series] == [0, 0, 0]
+    assoc.release()
+    (result,) = node.wait_for_results(1, timeout=30)
+    assert result.error is None and result.instances == 3
+
+
+def test_a_series_is_answered_once_per_complete_state_and_a_grown_series_supersedes(make_node, pacs, caplog):
+    caplog.set_level(logging.INFO)
+    analyzer = FakeAnalyzer()
+    node = make_node(analyzer, pacs)
+    series = synthetic_ct_series(6, seed=14)
+
+    # a sender that pauses longer than the quiet period inside its association: no partial answer
+    assoc = _associate(node, "MODALITY", [CTImageStorage])
+    assert [assoc.send_c_store(ds).Status for ds in series[:2]] == [0, 0]
+    time.sleep(QUIET * 2.5)
+    assert analyzer.calls == []
+    assert [assoc.send_c_store(ds).Status for ds in series[2:4]] == [0, 0]
+    assoc.release()
+    (first,) = node.wait_for_results(1, timeout=30)
+    assert first.instances == 4 and not first.supersedes
+
+    _send(node, series[4:])  # the series grows after its answer: one new, superseding answer
+    second = node.wait_for_results(2, timeout=30)[1]
+    assert second.instances == 6 and second.supersedes and second.stored
+    _send(node, series)  # the same complete state again: not answered again
+    time.sleep(QUIET * 3)
+    assert len(node.results) == 2 and len(analyzer.calls) == 2
+    received = pacs.wait_for(4, timeout=30)
+    srs = [d for d in received if d.Modality == "SR"]
+    assert len(received) == 4 and len(srs) == 2
+    later = next(d for d in srs if d.SOPInstanceUID == second.sr_sop_instance_uid)
+    predecessor = later.PredecessorDocumentsSequence[0].ReferencedSeriesSequence[0].ReferencedSOPSequence[0]
+    assert predecessor.ReferencedSOPInstanceUID == first.sr_sop_instance_uid
+    assert "supersedes" in later.SeriesDescription and "supersedes the earlier result" in caplog.text
+    assert "not sent again" in caplog.text
+
+
+def test_the_outbox_retries_until_the_pacs_acknowledges_across_a_restart(make_node, tmp_path):
+    port = free_port()
+    analyzer = FakeAnalyzer()
+    node = DicomNode(
+        "MEDLENS",
+        "127.0.0.1",
+        0,
+        None,
+        analyzer,
+        PacsTarget("PACS", "127.0.0.1", port, timeout=2),
+        tmp_path / "node",
+        quiet_period=QUIET,
+        pseudonym_key="test-key",
+        retry_initial=0.2,
+        retry_max=0.5,
+    ).start()
+    try:
+        _send(node, synthetic_ct_series(2, seed=15))
+        (result,) = node.wait_for_results(1, timeout=30)
+        assert result.error is None and not result.stored  # the PACS is down: queued
+        assert node.outbox.unsent() == 2
+    finally:
+        node.stop()
+    late = CollectingSCP(ae_title="PACS", port=port).start()
+    try:
+        node = make_node(analyzer, late, retry_initial=0.2, retry_max=0.5)  # a restart on the same storage
+        assert len(late.wait_for(2, timeout=30)) == 2
+        time.sleep(2)
+        assert len(late.received) == 2 and node.outbox.unsent() == 0  # none twice
+        assert len(analyzer.calls) == 1  # the answered series is not analyzed again
+    finally:
+        late.stop()
+
+
+def test_a_series_received_before_a_restart_is_answered_after_it(make_node, pacs, tmp_path):
+    analyzer = FakeAnalyzer()
+    node = DicomNode(
+        "MEDLENS", "127.0.0.1", 0, None, analyzer, None, tmp_path / "node", quiet_period=60, pseudonym_key="test-key"
+    ).start()
+    series = synthetic_ct_series(3, seed=16)
+    _send(node, series)
+    node.stop()  # before its quiet period ended
+    assert analyzer.calls == []
+    node = make_node(analyzer, pacs)
+    (result,) = node.wait_for_results(1, timeout=30)
+    assert result.instances == 3 and result.stored
+
+
+def test_association_limit_and_called_ae_title_are_logged_truthfully(make_node, caplog):
+    caplog.set_level(logging.INFO)
+    node = make_node(FakeAnalyzer(), maximum_associations=1)
+    held = _associate(node, "MODALITY", [Verification])
+    assert held.is_established
+    extra = _associate(node, "MODALITY", [Verification])
+    assert extra.is_rejected
+    held.release()
+    assert "local limit exceeded" in caplog.text and "not on the allow-list" not in caplog.text
+
+    ae = AE(ae_title="MODALITY")
+    ae.add_requested_context(Verification)
+    assert ae.associate("127.0.0.1", node.port, ae_title="OTHERNODE").is_rejected
+    assert "called AE title is not this node's" in caplog.text
+    assert _associate(node, "INTRUDER", [Verification]).is_rejected
+    assert "calling AE title not on the allow-list" in caplog.text
+
+
+def test_received_data_is_private_and_deleted_after_the_retention_period(make_node, pacs, tmp_path):
+    node = make_node(FakeAnalyzer(), pacs, retention_hours=1.5 / 3600)
+    _send(node, synthetic_ct_series(2, seed=17))
+    (result,) = node.wait_for_results(1, timeout=30)
+    root = tmp_path / "node"
+    folders = [root, root / result.series, root / "results", root / "results" / result.series]
+    files = [*(root / result.series).glob("*.dcm"), *result.outputs, root / "node.sqlite"]
+    assert all(p.stat().st_mode & 0o777 == 0o700 for p in folders)
+    assert all(p.stat().st_mode & 0o777 == 0o600 for p in files)
+    deadline = time.monotonic() + 20
+    while (root / result.series).exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not (root / result.series).exists() and not (root / "results" / result.series).exists()
+
+
+def test_library_log_lines_name_pseudonyms_not_uids(make_node, pacs, caplog):
+    import warnings
+
+    from pydicom import config
+    from pydicom.valuerep import validate_value
+
+    caplog.set_level(logging.DEBUG)
+    node = make_node(FakeAnalyzer(), pacs)
+    logging.getLogger("pynetdicom").setLevel(logging.DEBUG)  # its DEBUG lines quote SOP Instance UIDs
+    try:
+        series = synthetic_ct_series(2, seed=18)
+        _send(node, series)
+        node.wait_for_results(1, timeout=30)
+        with warnings.catch_warnings():
+            warnings.simplefilter("always")
+            validate_value("UI", series[0].SeriesInstanceUID + ".x", config.WARN)  # pydicom warns with the value
+    finally:
+        logging.getLogger("pynetdicom").setLevel(logging.INFO)
+    assert "Affected SOP Instance UID" in caplog.text and "uid:" in caplog.text
+    for uid in [series[0].StudyInstanceUID, series[0].SeriesInstanceUID, *(d.SOPInstanceUID for d in series)]:
+        assert uid not in caplog.text
