@@ -37,6 +37,7 @@ import numpy as np
 import pydicom
 from pydicom.errors import BytesLengthException, InvalidDicomError
 
+from medlens.data.limits import check_size
 from medlens.data.sample import ImageData, Problem
 from medlens.errors import BadInputError
 
@@ -253,7 +254,16 @@ def read_file(path: str | Path, *, pixels: bool = True, full: bool = False) -> p
             ds = pydicom.dcmread(
                 path, defer_size=None if pixels else _DEFER_BYTES, specific_tags=None if full else READ_TAGS
             )
-            _check_image(ds, path)  # pydicom converts values lazily: corrupt ones fail here, not in dcmread
+            _convert_all(ds, path)  # pydicom converts values lazily: corrupt ones fail here, not later
+            _check_transfer_syntax(ds, path)
+            _check_image(ds, path)
+            check_size(
+                path,
+                rows=int(ds.Rows),
+                cols=int(ds.Columns),
+                frames=int(_number(ds.get("NumberOfFrames"), 1)),
+                channels=int(_number(ds.get("SamplesPerPixel"), 1)),
+            )
     except InvalidDicomError:
         raise BadInputError("not a DICOM file (no 'DICM' marker after the 128-byte preamble)", path) from None
     except IsADirectoryError:
@@ -270,11 +280,62 @@ def read_file(path: str | Path, *, pixels: bool = True, full: bool = False) -> p
         OSError,
         NotImplementedError,
         BytesLengthException,
+        OverflowError,
+        IndexError,
+        StopIteration,
+        RecursionError,
+        MemoryError,
     ) as e:
         raise BadInputError(
             f"truncated or corrupt DICOM file ({type(e).__name__}: {e})".splitlines()[0][:300], path
         ) from None
     return ds
+
+
+_PIXEL_TAGS = {_PIXEL_DATA, 0x7FE00008, 0x7FE00009}
+_NUMERIC_TEXT = {"IS", "DS"}
+
+
+def _convert_all(ds: pydicom.Dataset, path: Path) -> None:
+    """Convert every parsed element now (pixel data excepted), so that an unknown VR or an IS/DS value
+    such as '12345J' fails inside :func:`read_file`, not later in whoever reads the attribute."""
+    for tag in list(ds.keys()):
+        if tag in _PIXEL_TAGS:
+            continue
+        elem = ds[tag]
+        if elem.VR == "SQ":
+            for item in elem.value or ():
+                _convert_all(item, path)
+        elif elem.VR in _NUMERIC_TEXT and elem.value not in (None, ""):
+            values = elem.value if isinstance(elem.value, pydicom.multival.MultiValue) else [elem.value]
+            for v in values:
+                try:
+                    float(v)  # '12345J': pydicom only warns when it parses the element
+                except (TypeError, ValueError):
+                    name = elem.keyword or str(elem.tag)
+                    raise BadInputError(
+                        f"corrupt DICOM header: {elem.VR} value {str(v)[:40]!r} in {name}", path
+                    ) from None
+
+
+def _check_transfer_syntax(ds: pydicom.Dataset, path: Path) -> None:
+    """A file meta without TransferSyntaxUID: the encoding pydicom found while reading, for native
+    pixel data; encapsulated (compressed) pixel data cannot be decoded without it."""
+    meta = getattr(ds, "file_meta", None)
+    if meta is not None and "TransferSyntaxUID" in meta:
+        return
+    raw = ds.get_item(_PIXEL_DATA)
+    length = getattr(raw, "length", 0)
+    implicit, little = getattr(ds, "original_encoding", (None, None))
+    if implicit is None or length == 0xFFFFFFFF:
+        raise BadInputError("DICOM file meta has no TransferSyntaxUID (cannot tell how the pixels are encoded)", path)
+    from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+    if meta is None:
+        ds.file_meta = meta = pydicom.dataset.FileMetaDataset()
+    meta.TransferSyntaxUID = (
+        ImplicitVRLittleEndian if implicit else (ExplicitVRLittleEndian if little else ExplicitVRBigEndian)
+    )
 
 
 def _check_image(ds: pydicom.Dataset, path: Path) -> None:
@@ -524,7 +585,20 @@ def stored_pixels(ds, path: str | Path) -> np.ndarray:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             arr = ds.pixel_array
-    except (ValueError, RuntimeError, NotImplementedError, AttributeError, TypeError, OSError) as e:
+    except MemoryError:
+        raise BadInputError("pixel data too large to decode in the memory available", path) from None
+    except (
+        ValueError,
+        RuntimeError,
+        NotImplementedError,
+        AttributeError,
+        TypeError,
+        OSError,
+        StopIteration,  # pydicom's frame generator: fewer fragments than NumberOfFrames
+        IndexError,
+        KeyError,
+        struct.error,
+    ) as e:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise BadInputError(f"cannot decode pixel data ({ds.file_meta.TransferSyntaxUID.name}): {msg}", path) from None
     frames = int(_number(ds.get("NumberOfFrames"), 1))
@@ -634,6 +708,7 @@ def _assemble(members: Sequence[tuple[str, Any]], *, pixels: bool, source: str):
         rows, cols = rows // m, cols // m
     array = None
     if pixels:
+        check_size(source, rows=rows, cols=cols, frames=n_d, channels=n_t)
         array = np.empty((n_t, n_d, rows, cols), dtype=np.float32)
         cache: dict[int, np.ndarray] = {}
         for t in range(n_t):
@@ -674,7 +749,7 @@ def _info_fields(members, frames, layout, dims, key: str) -> dict:
         series_uid=str(ds0.get("SeriesInstanceUID", "")),
         modality=str(ds0.get("Modality", "") or "OT"),
         series_description=str(ds0.get("SeriesDescription", "") or ""),
-        series_number=int(sn) if sn not in (None, "") else None,
+        series_number=int(_number(sn, 0)) if sn not in (None, "") else None,
         patient_id=str(ds0.get("PatientID", "") or ""),
         shape=shape,
         spacing=tuple(float(s) for s in layout.spacing),

@@ -24,11 +24,14 @@ an image but cannot be decoded raises ``BadInputError("corrupt image (...)")``.
 
 from __future__ import annotations
 
+import struct
+import warnings
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
+from medlens.data.limits import check_size
 from medlens.data.sample import ImageData
 from medlens.errors import BadInputError, MedlensError
 
@@ -108,16 +111,33 @@ def _read_raster(path: Path) -> ImageData:
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as im:
-            fmt = im.format
-            n_frames = getattr(im, "n_frames", 1) if fmt == "TIFF" else 1
-            frames = []
-            for i in range(n_frames):
-                im.seek(i)
-                frames.append(_pil_to_array(im))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limits decide
+            with Image.open(path) as im:
+                fmt = im.format
+                n_frames = getattr(im, "n_frames", 1) if fmt == "TIFF" else 1
+                check_size(path, rows=im.height, cols=im.width, frames=n_frames, channels=len(im.getbands()))
+                frames = []
+                for i in range(n_frames):
+                    im.seek(i)
+                    frames.append(_pil_to_array(im))
     except UnidentifiedImageError:
         raise BadInputError("not an image (no PNG, JPEG, TIFF or BMP content)", path) from None
-    except (OSError, SyntaxError, ValueError, EOFError) as e:
+    except Image.DecompressionBombError as e:
+        raise BadInputError(f"too large: {_reason(e)}", path) from None
+    except MemoryError:
+        raise BadInputError("too large to decode in the memory available", path) from None
+    except (
+        OSError,
+        SyntaxError,
+        ValueError,
+        EOFError,
+        struct.error,
+        IndexError,
+        KeyError,
+        TypeError,
+        ZeroDivisionError,
+    ) as e:
         raise BadInputError(f"corrupt image ({_reason(e)})", path) from None
     if len(frames) > 1:
         if len({f.shape for f in frames}) > 1:
@@ -178,10 +198,13 @@ def _read_nifti(path: Path) -> ImageData:
 
     try:
         img = nib.load(str(path))
+        _check_nifti_size(img, path)
         data = np.asarray(img.get_fdata(dtype=np.float32))
     except nib.filebasedimages.ImageFileError as e:
         raise BadInputError(f"not an image (not NIfTI: {_reason(e)})", path) from None
-    except (OSError, EOFError, ValueError, zlib.error) as e:
+    except MemoryError:
+        raise BadInputError("too large to decode in the memory available", path) from None
+    except (OSError, EOFError, ValueError, zlib.error, TypeError, OverflowError, struct.error) as e:
         raise BadInputError(f"corrupt image ({_reason(e)})", path) from None
     zooms = tuple(float(str(np.float32(z))) for z in img.header.get_zooms())  # 0.7, not 0.69999998
     while data.ndim > 4 and data.shape[-1] == 1:
@@ -197,6 +220,17 @@ def _read_nifti(path: Path) -> ImageData:
         raise BadInputError(f"unsupported NIfTI with {data.ndim} dimensions {data.shape}", path)
     affine = np.asarray(img.affine, dtype=np.float64) @ _NIFTI_PERM
     return ImageData(np.ascontiguousarray(arr), spacing=zooms[:3][::-1], affine=affine, meta=meta)
+
+
+def _check_nifti_size(img, path: Path) -> None:
+    """Refuse a NIfTI whose header declares too much, or more data than an uncompressed file holds."""
+    shape = [int(s) for s in img.shape] + [1, 1]
+    check_size(path, rows=shape[1], cols=shape[0], frames=shape[2], channels=int(np.prod(shape[3:])))
+    if not str(path).lower().endswith(".gz"):
+        needed = int(img.header.get_data_offset()) + int(np.prod(img.shape)) * img.get_data_dtype().itemsize
+        size = path.stat().st_size
+        if size < needed:
+            raise BadInputError(f"truncated NIfTI: the header declares {needed} bytes, the file holds {size}", path)
 
 
 # -- DICOM --------------------------------------------------------------------------------------
@@ -226,7 +260,7 @@ def _read_dicom(path: Path) -> ImageData:
         return read_series_folder(path)
     except BadInputError as e:
         text = e.problem
-        if text.startswith(("not an image", "corrupt image")):
+        if text.startswith(("not an image", "corrupt image", "too large")):
             raise
         kind = (
             "not an image" if ("not a DICOM" in text or "no image" in text or "no DICOM" in text) else "corrupt image"

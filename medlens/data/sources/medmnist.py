@@ -28,6 +28,7 @@ import re
 import shutil
 import tempfile
 import zipfile
+import zlib
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from medlens.data.download import cache_dir, download
+from medlens.data.limits import check_bytes, check_size
 from medlens.data.sample import SPLITS, Dataset, Record, Sample, Task
 from medlens.errors import BadInputError, MedlensError
 
@@ -153,6 +155,11 @@ class MedMNISTDataset(Dataset):
                 raise BadInputError(f"{s}: {n_img} images but {n_lab} labels", path)
         self.splits = splits
         image_shape = shapes[f"{splits[0]}_images"]
+        if len(image_shape) < 3:
+            raise BadInputError(f"not a MedMNIST npz: images of shape {image_shape}", path)
+        frames = image_shape[1] if len(image_shape) == 5 or (len(image_shape) == 4 and image_shape[-1] != 3) else 1
+        rows, cols = (image_shape[-3], image_shape[-2]) if image_shape[-1] == 3 else (image_shape[-2], image_shape[-1])
+        check_size(path, rows=rows, cols=cols, frames=frames)
         self.dims, self.rgb = _layout(image_shape, entry)
 
         labels = {s: self._read_labels(s) for s in splits}
@@ -259,10 +266,16 @@ def _member_shapes(path: Path) -> dict[str, tuple[int, ...]]:
                         if version == (1, 0)
                         else np.lib.format.read_array_header_2_0
                     )
-                    shape, _, _ = read_header(f)
+                    shape, _, dtype = read_header(f)
+                    data_bytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+                    if data_bytes > info.file_size:
+                        raise BadInputError(
+                            f"corrupt npz: member {info.filename} declares {data_bytes} bytes but holds {info.file_size}",
+                            path,
+                        )
                 shapes[info.filename[:-4]] = tuple(shape)
             return shapes
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError, zlib.error, NotImplementedError, RuntimeError) as e:
         raise BadInputError(f"corrupt or unreadable npz ({e})", path) from None
 
 
@@ -274,9 +287,15 @@ def _read_member(path: Path, key: str) -> np.ndarray:
                 return np.load(_extract_member(path, key), mmap_mode="r", allow_pickle=False)
             except OSError:
                 pass  # cache not writable: fall back to reading into memory
+        with zipfile.ZipFile(path) as zf:  # read into memory: the member's declared size is the cost
+            check_bytes(path, zf.getinfo(f"{key}.npy").file_size, f"npz member {key}")
         with np.load(path, allow_pickle=False) as z:
             return z[key]
-    except (zipfile.BadZipFile, ValueError, EOFError, OSError) as e:
+    except KeyError:
+        raise BadInputError(f"npz has no member {key}", path) from None
+    except MemoryError:
+        raise BadInputError(f"npz member {key} too large for the memory available", path) from None
+    except (zipfile.BadZipFile, ValueError, EOFError, OSError, zlib.error, NotImplementedError, RuntimeError) as e:
         raise BadInputError(f"corrupt npz member {key} ({e})", path) from None
 
 
