@@ -37,15 +37,25 @@ def predict(
 ) -> None:
     """Predict the finding, its probability and uncertainty for each input (one per DICOM series).
 
-    Inputs that fail are named on stderr, one line each; the others are still predicted and the command exits with code 2.
+    Inputs that fail are named on stderr, one line each, as they fail (with a count at the end of a batch);
+    the others are still predicted. Exit code 2 when any input failed (1 when one failed by a fault of medlens).
     """
+    from medlens.errors import printable
     from medlens.serving.predictor import Predictor, find_inputs
 
     if fmt not in FORMATS:
         raise MedlensError(f"--format must be one of {', '.join(FORMATS)}, not '{fmt}'")
     predictor = Predictor.from_run(run, model)
-    items, failures = find_inputs(inputs)
-    documents = []
+    items, found = find_inputs(inputs)
+    failures: list[str] = []
+
+    def fail(text: str) -> None:
+        failures.append(printable(text))
+        err_console.print(f"error: {failures[-1]}", highlight=False, markup=False, soft_wrap=True)
+
+    for problem in found:
+        fail(problem)
+    documents, internal, done = [], False, 0
     for item in items:
         try:
             if item.files:
@@ -54,18 +64,23 @@ def predict(
                 result = predictor.predict_path(item.path, explain=explain)
             document, written = _render(result, item.name, fmt=fmt, out=out, explain=explain)
         except MedlensError as e:
-            failures.append(str(e) if e.path else f"{item.label}: {e}")
+            fail(str(e) if e.path else f"{item.label}: {e}")
             continue
+        except Exception as e:  # noqa: BLE001 - a batch goes on past any one input, and names it
+            internal = True
+            fail(f"{item.label}: unexpected {type(e).__name__} ({str(e).splitlines()[0][:200] if str(e) else ''})")
+            continue
+        done += 1
         if document is not None:
             documents.append(document)
         for path in written:
-            err_console.print(f"wrote {path}", highlight=False, markup=False, soft_wrap=True)
+            err_console.print(f"wrote {printable(str(path))}", highlight=False, markup=False, soft_wrap=True)
     if documents:
         print_json(documents[0] if len(documents) == 1 else documents)
-    for failure in failures:
-        err_console.print(f"[bold red]error:[/bold red] {failure}", highlight=False, soft_wrap=True)
     if failures:
-        raise typer.Exit(2)
+        if done + len(failures) > 1:
+            err_console.print(f"{len(failures)} input(s) failed, {done} predicted", highlight=False, markup=False)
+        raise typer.Exit(1 if internal else 2)
 
 
 def _render(result, name: str, *, fmt: str, out: Path | None, explain: bool) -> tuple[dict | None, list[Path]]:

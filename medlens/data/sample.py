@@ -14,6 +14,8 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
+from medlens.errors import printable
+
 SPLITS = ("train", "val", "test")
 
 
@@ -95,7 +97,7 @@ class Problem:
     problem: str
 
     def __str__(self) -> str:
-        return f"{self.path}: {self.problem}"
+        return printable(f"{self.path}: {self.problem}")
 
 
 class Dataset:

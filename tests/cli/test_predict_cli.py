@@ -76,3 +76,45 @@ def test_no_traceback_in_a_real_process(tiny_run, serving_inputs):
     res = run_medlens("predict", tiny_run, serving_inputs["text"])
     assert res.returncode == 2
     assert "Traceback" not in res.stderr and "notes.txt" in res.stderr
+
+
+def test_a_batch_goes_past_every_bad_input_and_lists_them_all(cli, tiny_classical_run, serving_inputs, tmp_path):
+    """Issue 10: predict stopped after 3 of many inputs (a corrupt DICOM header raised ValueError) and never
+    printed the errors it had collected."""
+    from tests.fuzz import hostile
+
+    bad = [
+        hostile.dicom_with_is(tmp_path / "bad_is.dcm"),
+        hostile.png_bomb(tmp_path / "bomb.png", side=12500),
+        hostile.dicom_with_vr(tmp_path / "bad_vr.dcm"),
+        tmp_path / "missing.png",
+    ]
+    odd = tmp_path / "odd\x1bname.png"
+    odd.write_bytes(b"not a png")
+    good = [serving_inputs["png"], serving_inputs["jpeg"], serving_inputs["nifti"]]
+    inputs = [good[0], *bad[:2], good[1], bad[2], odd, bad[3], good[2]]
+    out = tmp_path / "out"
+    code, stdout, err = cli("predict", tiny_classical_run, *inputs, "--out", out)
+    assert code == 2, err
+    assert len(list(out.glob("*.json"))) == len(good)
+    for path in (*bad, "odd\\x1bname.png"):
+        assert str(getattr(path, "name", path)) in err
+    assert "\x1b" not in err and "Traceback" not in err
+    assert "5 input(s) failed, 3 predicted" in err
+
+
+def test_a_fault_of_medlens_in_one_input_does_not_stop_the_batch(cli, tiny_classical_run, serving_inputs, monkeypatch):
+    from medlens.serving.predictor import Predictor
+
+    real = Predictor.predict_path
+
+    def flaky(self, path, **kwargs):
+        if str(path).endswith(".jpg"):
+            raise ZeroDivisionError("boom")
+        return real(self, path, **kwargs)
+
+    monkeypatch.setattr(Predictor, "predict_path", flaky)
+    code, stdout, err = cli("predict", tiny_classical_run, serving_inputs["jpeg"], serving_inputs["png"])
+    assert code == 1
+    assert json.loads(stdout)["source"]["kind"] == "png"
+    assert "chest.jpg: unexpected ZeroDivisionError (boom)" in err
