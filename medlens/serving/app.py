@@ -1,6 +1,6 @@
 """The REST API and web page of `medlens serve`: :func:`create_app` builds the FastAPI app.
 
-Endpoints (OpenAPI schema at ``/openapi.json``, docs at ``/docs``):
+Endpoints (OpenAPI schema at ``/openapi.json``, docs at ``/docs``, no ``/redoc``):
 
 * ``POST /v1/predictions`` — multipart upload (field ``file``: DICOM, NIfTI, PNG or JPEG), a raw
   body (``Content-Type: application/dicom``, ``image/png`` ...), or JSON
@@ -13,10 +13,15 @@ Endpoints (OpenAPI schema at ``/openapi.json``, docs at ``/docs``):
   ``GET /healthz`` (liveness, never needs a key), ``GET /readyz`` (model, audit log and store usable).
 * ``/`` and ``/static/*``: the web page (plain HTML + JS; it holds no data and asks for the key).
 
-Safety: API keys checked (sha256, constant time) on every endpoint but ``/healthz`` and the static
-page when keys are configured; request bodies over the limit get 413 before they are parsed;
-content is sniffed (not an image: 415); every error is JSON ``{"error": CODE, "detail": TEXT}``
-and never a 5xx for bad input. Every prediction is written to the audit log (durable commit)
+Safety (:mod:`medlens.serving.guard`): API keys checked (sha256, constant time) on every endpoint
+but ``/healthz`` and the static page when keys are configured, before the body is read; a body over
+the limit gets 413 from its Content-Length, or once a streamed body passes it, and is not read
+further; JSON bodies are at most 64 KB and may not nest too deeply (400); content is sniffed (not an
+image: 415); every error is JSON ``{"error": CODE, "detail": TEXT}`` and never a 5xx for bad input.
+Every answer carries security headers (CSP, nosniff, DENY, no-referrer) and, except static files,
+``Cache-Control: no-store``; ``/docs`` is served from the installed package (no CDN). Client-chosen
+names (file names, ids) are escaped (:func:`~medlens.serving.logsafe.printable`) before they reach a
+log or an answer. Every prediction is written to the audit log (durable commit)
 before its response is sent; if that fails the prediction is not returned (503). Logs name
 predictions by id, inputs by hash prefix and patients by pseudonym only.
 """

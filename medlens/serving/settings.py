@@ -1,7 +1,8 @@
 """Settings of the REST service (`medlens serve`), and the API key file.
 
 Safe defaults: bound to 127.0.0.1, CORS off (no origin allowed), uploads up to 64 MB, no API
-keys (open, for a single-user workstation). With a key file every endpoint but ``/healthz``
+keys (open, for a single-user workstation; `medlens serve` refuses a host beyond loopback without
+keys unless told ``--insecure-no-keys``). With a key file every endpoint but ``/healthz``
 needs a key (``X-API-Key: KEY`` or ``Authorization: Bearer KEY``).
 
 Key file: one key per line, ``KEY_ID:SHA256_HEX`` (lines starting with ``#`` are comments).
