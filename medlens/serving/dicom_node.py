@@ -188,8 +188,10 @@ def _private_dir(path: Path) -> Path:
 
 def _write_private(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` (mode 0600), durable once this returns (fsync, atomic rename)."""
-    tmp = path.with_suffix(".part")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    tmp = path.with_name(
+        f".{path.name}.{secrets.token_hex(4)}.part"
+    )  # one per writer: the same instance may arrive twice at once
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         os.write(fd, data)
         os.fsync(fd)
