@@ -50,6 +50,7 @@ def browser(tmp_path):
     for flag in FLAGS:
         options.add_argument(flag)
     options.add_argument(f"--user-data-dir={tmp_path / 'chrome-profile'}")
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # to read CSP violations from the console
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
     driver.set_page_load_timeout(60)
     yield driver
@@ -111,6 +112,8 @@ def test_upload_in_the_browser_shows_finding_heatmap_and_recent_list(browser, ke
     wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#recent tbody tr")) >= 1)
     assert api["finding"] in browser.find_element(By.CSS_SELECTOR, "#recent tbody tr").text
 
+    assert not csp_violations(browser)
+
     shot = tmp_path / "page.png"
     assert browser.save_screenshot(str(shot))
     page = np.asarray(Image.open(shot).convert("RGB")).astype(np.int32)
@@ -121,3 +124,22 @@ def test_upload_in_the_browser_shows_finding_heatmap_and_recent_list(browser, ke
     ).astype(np.int32)
     red_minus_blue = np.abs(viewer[..., 0] - viewer[..., 2])
     assert viewer.std() > 10 and red_minus_blue.max() > 60  # the colour heatmap is over the grey image
+
+
+def csp_violations(driver) -> list[str]:
+    """Console messages about Content-Security-Policy refusals (the page must need none)."""
+    return [e["message"] for e in driver.get_log("browser") if "Content Security Policy" in e["message"]]
+
+
+def test_api_docs_render_from_local_assets_under_their_csp(browser, tiny_run, tmp_path):
+    server = start_server(tiny_run, tmp_path / "srv")
+    try:
+        browser.get(server.url + "/docs")
+        WebDriverWait(browser, 60).until(lambda d: d.find_elements(By.CSS_SELECTOR, ".opblock-summary-path"))
+        paths = [e.text for e in browser.find_elements(By.CSS_SELECTOR, ".opblock-summary-path")]
+        assert "/v1/predictions" in paths
+        assert not csp_violations(browser)
+        hosts = browser.execute_script("return performance.getEntriesByType('resource').map(r => new URL(r.name).host)")
+        assert set(hosts) <= {server.url.split("//")[1]}, hosts
+    finally:
+        server.stop()
