@@ -414,9 +414,10 @@ def _number(value, default: float) -> float:
     if isinstance(value, pydicom.multival.MultiValue) or isinstance(value, (list, tuple)):
         value = value[0] if len(value) else None
     try:
-        return float(value) if value not in (None, "") else default
+        number = float(value) if value not in (None, "") else default
     except (TypeError, ValueError):
         return default
+    return number if np.isfinite(number) else default
 
 
 def _mosaic_geometry(ds) -> tuple[int, np.ndarray, np.ndarray] | None:

@@ -202,6 +202,8 @@ def _read_nifti(path: Path) -> ImageData:
         data = np.asarray(img.get_fdata(dtype=np.float32))
     except nib.filebasedimages.ImageFileError as e:
         raise BadInputError(f"not an image (not NIfTI: {_reason(e)})", path) from None
+    except (nib.spatialimages.HeaderDataError, nib.spatialimages.ImageDataError) as e:
+        raise BadInputError(f"corrupt NIfTI header ({_reason(e)})", path) from None
     except MemoryError:
         raise BadInputError("too large to decode in the memory available", path) from None
     except (OSError, EOFError, ValueError, zlib.error, TypeError, OverflowError, struct.error) as e:
@@ -209,7 +211,7 @@ def _read_nifti(path: Path) -> ImageData:
     zooms = tuple(float(str(np.float32(z))) for z in img.header.get_zooms())  # 0.7, not 0.69999998
     while data.ndim > 4 and data.shape[-1] == 1:
         data = data[..., 0]
-    meta = {"format": "NIfTI", "axcodes": "".join(nib.aff2axcodes(img.affine)), "axis_order": "zyx"}
+    meta = {"format": "NIfTI", "axcodes": "".join(c or "?" for c in nib.aff2axcodes(img.affine)), "axis_order": "zyx"}
     if data.ndim == 2:
         return ImageData(np.ascontiguousarray(data.T[None]), spacing=zooms[:2][::-1], meta=meta)
     if data.ndim == 3:
