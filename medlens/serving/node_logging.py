@@ -5,7 +5,8 @@ pydicom warns with the offending value (``Invalid value for VR UI: '1.2.826...'`
 logs UIDs at INFO. :func:`redact_uids` attaches :class:`UidRedactor` to those loggers (each of
 their child loggers: a filter on a parent does not see its children's records), to medlens'
 own loggers and to ``py.warnings``, and routes :mod:`warnings` into logging, so that such lines
-read ``uid:<pseudonym>`` instead. Well-known UIDs (SOP classes, transfer syntaxes) are kept:
+read ``uid:<pseudonym>`` instead, and values quoted in their warnings
+(highdicom quotes patient names) read ``<value>``. Well-known UIDs (SOP classes, transfer syntaxes) are kept:
 they name no patient.
 """
 
@@ -20,6 +21,9 @@ from medlens.data.deid import pseudonym
 
 # A DICOM UID: numeric components joined by dots; five or more so that IPv4 addresses stay.
 _UID = re.compile(r"(?<![\w.])[0-2](?:\.\d+){4,}(?!\d)")
+# A quoted value in a library's warning ('Invalid value ...: 'X'', highdicom's 'The string "NAME" ...').
+_QUOTED = re.compile(r"""(["'])[^"'\n]{1,64}\1""")
+_QUOTING_LOGGERS = ("py.warnings", "pydicom", "highdicom")
 LOGGER_PREFIXES = ("pynetdicom", "pydicom", "highdicom", "medlens.dicom_node", "medlens.pacs", "py.warnings")
 
 
@@ -36,6 +40,8 @@ class UidRedactor(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
         redacted = self.redact(message)
+        if record.name.startswith(_QUOTING_LOGGERS):  # values quoted by libraries may be names
+            redacted = _QUOTED.sub(r"\1<value>\1", redacted)
         if redacted != message:
             record.msg, record.args = redacted, None
         return True

@@ -496,6 +496,6 @@ def test_library_log_lines_name_pseudonyms_not_uids(make_node, pacs, caplog):
             validate_value("UI", series[0].SeriesInstanceUID + ".x", config.WARN)  # pydicom warns with the value
     finally:
         logging.getLogger("pynetdicom").setLevel(logging.INFO)
-    assert "Affected SOP Instance UID" in caplog.text and "uid:" in caplog.text
+    assert "Affected SOP Instance UID" in caplog.text and "uid:" in caplog.text and "<value>" in caplog.text
     for uid in [series[0].StudyInstanceUID, series[0].SeriesInstanceUID, *(d.SOPInstanceUID for d in series)]:
         assert uid not in caplog.text
