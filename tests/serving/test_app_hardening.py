@@ -48,7 +48,9 @@ def make_app(tiny_run, tmp_path, predictor, **kw):
 def live(app):
     """uvicorn serving ``app`` on a free loopback port, in a thread; yields the port."""
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", log_config=None, lifespan="off")
+    )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 20
@@ -313,7 +315,7 @@ def test_the_serve_log_handler_redacts_uids_and_escapes_control_characters(capsy
     try:
         configure_logging("info")
         logging.getLogger("pynetdicom.events").info("stored 1.2.826.0.1.3680043.8.498.12345 from 10.0.0.1")
-        logging.getLogger("uvicorn.error").warning("name %s", "a\x1b[2J\nINFO forged")
+        logging.getLogger("medlens.serve").warning("name %s", "a\x1b[2J\nINFO forged")
         logging.getLogger("medlens.serve").info("model %s", "1.6.1")
     finally:
         root.handlers[:] = handlers
