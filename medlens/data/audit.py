@@ -52,7 +52,7 @@ import numpy as np
 
 from medlens import progress
 from medlens.data.sample import Dataset, Problem, Task
-from medlens.errors import MedlensError
+from medlens.errors import MedlensError, printable
 
 IMBALANCE_WARNING = 3.0
 HASH_BITS = 64
@@ -400,9 +400,7 @@ def render_audit(report: dict[str, Any], console, *, max_groups: int = 10) -> No
         if key == "near_duplicates":
             table.add_column("max bits", justify="right")
         for g in groups[:max_groups]:
-            members = "\n".join(
-                "/".join(str(v) for v in (m["split"], m["label"], m["id"]) if v is not None) for m in g["members"][:6]
-            )
+            members = "\n".join(_member_text(m) for m in g["members"][:6])
             if len(g["members"]) > 6:
                 members += f"\n... {len(g['members']) - 6} more"
             row = [members, "yes" if g["cross_split"] else "", "yes" if g["conflicting_labels"] else ""]
@@ -415,7 +413,7 @@ def render_audit(report: dict[str, Any], console, *, max_groups: int = 10) -> No
         if report[key]:
             console.print(f"[yellow]{title}:[/yellow]")
             for p in report[key]:
-                console.print(f"  {p['path']}: {p['problem']}", markup=False, highlight=False)
+                console.print(printable(f"  {p['path']}: {p['problem']}"), markup=False, highlight=False)
     leaks = report["patient_leakage"]["patients"]
     if leaks:
         console.print("[yellow]Patients in more than one split:[/yellow]")
@@ -425,3 +423,11 @@ def render_audit(report: dict[str, Any], console, *, max_groups: int = 10) -> No
                 markup=False,
                 highlight=False,
             )
+
+
+def _member_text(member: dict[str, Any]) -> str:
+    """split/label/id, without repeating a split or label the id already names (folder ids are split/class/file)."""
+    sample_id = str(member["id"])
+    parts = [str(v) for v in (member["split"], member["label"]) if v is not None and v != ""]
+    shown = [v for v in parts if f"/{v}/" not in f"/{sample_id}"]
+    return printable("/".join([*shown, sample_id]))

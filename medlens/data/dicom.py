@@ -64,9 +64,15 @@ SIDECAR_ENDINGS = (
     ".sh",
     ".yaml",
     ".yml",
+    ".jpg",
+    ".jpeg",
+    ".png",
+    ".gif",
+    ".bmp",
 )
-"""Endings of files that are never DICOM images: skipped inside DICOM folders without complaint
-(so is a DICOMDIR, which indexes the folder but holds no image)."""
+"""Endings of files that are never DICOM images (sidecars, READMEs, thumbnails): passed over inside
+DICOM folders and listed as side files (so is a DICOMDIR, which indexes the folder but holds no image).
+A file of any other name that has no DICM marker and does not parse as DICOM is a side file too."""
 
 _DEFER_BYTES = 4096  # header-only reads skip values longer than this (pixel data)
 _PIXEL_DATA = 0x7FE00010
@@ -769,17 +775,30 @@ def _keys(groups: list[list]) -> list[str]:
     return keys
 
 
-def scan(paths: Iterable[str | Path], *, skip_bad: bool = False, problems: list | None = None) -> list[SeriesInfo]:
+def _is_side_file(path: Path) -> bool:
+    """Not DICOM and not claiming to be: no DICM marker and no DICOM ending (.dcm, .dicom, .ima)."""
+    return not path.name.lower().endswith((".dcm", ".dicom", ".ima")) and not has_dicm_marker(path)
+
+
+def scan(
+    paths: Iterable[str | Path], *, skip_bad: bool = False, problems: list | None = None, side_files: bool = False
+) -> list[SeriesInfo]:
     """Group DICOM files into series from their headers only (no pixel data read).
 
     Unreadable files raise :class:`BadInputError`, or with ``skip_bad`` are appended to
-    ``problems`` as :class:`~medlens.data.sample.Problem`.
+    ``problems`` as :class:`~medlens.data.sample.Problem`. With ``side_files`` (the files of a folder), a
+    file that is not DICOM and does not claim to be (no DICM marker, no DICOM ending, no DICOM content:
+    a README, a thumbnail) is passed over and listed in ``problems`` even without ``skip_bad``.
     """
     headers = []
     for p in paths:
         try:
             headers.append((str(p), read_file(p, pixels=False)))
         except BadInputError as e:
+            if side_files and e.problem.startswith("not a DICOM file") and _is_side_file(Path(p)):
+                if problems is not None:  # a README or a thumbnail: listed, passed over
+                    problems.append(Problem(str(p), "side file, not DICOM; not used"))
+                continue
             if not skip_bad:
                 raise
             if problems is not None:

@@ -10,8 +10,9 @@ Keys (``schema`` = ``"medlens.fingerprint/1"``):
     The SOURCE string the dataset was opened from and its short name.
 ``task``, ``dims``, ``modality``, ``class_names``
     As declared by the reader (``task`` is a :class:`~medlens.data.sample.Task` value).
-``n_samples``, ``n_patients``
-    Number of records and of distinct patient ids.
+``n_samples``, ``n_unreadable``, ``n_patients``
+    Readable samples (with ``skip_bad``, those that failed to load are ``n_unreadable``, listed in
+    ``problems`` and left out of every count), and their patients.
 ``splits``
     ``{split: {"n": int, "classes": {class_name: count}}}`` using the source's own splits
     (``Record.split``); a source without splits has the single key ``"unsplit"``. ``classes``
@@ -104,6 +105,7 @@ def compute_fingerprint(
     n_masks = 0
     listing: list[dict[str, Any]] = []
     problems = [_problem_dict(p) for p in dataset.problems]
+    unreadable: set[int] = set()
 
     with progress.bar(len(indices), desc=f"reading {dataset.name}", disable=not show_progress) as bar:
         if raw_shapes is not None and not want_listing and _raw_stats(dataset, indices, stats, bar):
@@ -115,6 +117,7 @@ def compute_fingerprint(
             except MedlensError as e:
                 if not skip_bad:
                     raise
+                unreadable.add(int(i))
                 problem = Problem(record.origin, getattr(e, "problem", str(e)))
                 problems.append(_problem_dict(problem))
                 if all(p.path != problem.path for p in dataset.problems):
@@ -134,6 +137,8 @@ def compute_fingerprint(
                 listing.append(_listing_entry(record, sample))
             bar.update()
 
+    if unreadable:  # counts are of the samples that can be used: unreadable ones are listed as problems
+        splits, class_counts, balance, ratio = _counts(dataset, skip=unreadable)
     shape_source = "sample"
     if raw_shapes is not None:
         shapes, shape_source = raw_shapes, "all"
@@ -149,8 +154,9 @@ def compute_fingerprint(
         "dims": dataset.dims,
         "modality": dataset.modality,
         "class_names": list(dataset.class_names),
-        "n_samples": n,
-        "n_patients": len({r.patient_id for r in dataset.records}),
+        "n_samples": n - len(unreadable),
+        "n_unreadable": len(unreadable),
+        "n_patients": len({r.patient_id for k, r in enumerate(dataset.records) if k not in unreadable}),
         "splits": splits,
         "class_counts": class_counts,
         "class_balance": balance,
@@ -179,12 +185,15 @@ def _class_name(dataset: Dataset, label: int) -> str:
     return str(label)
 
 
-def _counts(dataset: Dataset) -> tuple[dict, dict | None, dict | None, float | None]:
-    """Per split and class counts from the records; overall counts, fractions and imbalance ratio."""
+def _counts(dataset: Dataset, skip: set[int] = frozenset()) -> tuple[dict, dict | None, dict | None, float | None]:
+    """Per split and class counts from the records (but those in ``skip``); overall counts, fractions and
+    imbalance ratio."""
     labelled = dataset.task not in (Task.SEGMENTATION, Task.NONE)
     splits: dict[str, dict[str, Any]] = {}
     overall: Counter = Counter()
-    for r in dataset.records:
+    for k, r in enumerate(dataset.records):
+        if k in skip:
+            continue
         entry = splits.setdefault(r.split or UNSPLIT, {"n": 0, "classes": {}})
         entry["n"] += 1
         if not labelled:
@@ -205,7 +214,7 @@ def _counts(dataset: Dataset) -> tuple[dict, dict | None, dict | None, float | N
     for entry in splits.values():
         entry["classes"] = {c: entry["classes"].get(c, 0) for c in ordered}
     class_counts = {c: overall.get(c, 0) for c in ordered}
-    n = max(len(dataset), 1)
+    n = max(len(dataset) - len(skip), 1)
     balance = {c: round(v / n, 6) for c, v in class_counts.items()}
     real = [class_counts[c] for c in dataset.class_names]
     ratio = round(max(real) / min(real), 4) if real and min(real) > 0 else None

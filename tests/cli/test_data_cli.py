@@ -133,3 +133,11 @@ def test_bad_inputs_give_one_line_and_exit_2(tmp_path):
         lines = [line for line in proc.stderr.splitlines() if line.strip()]
         assert len(lines) == 1 and lines[0].startswith("error:"), proc.stderr
         assert "Traceback" not in proc.stderr + proc.stdout
+
+
+def test_audit_names_each_member_once(cli, tiny_folder):
+    """Issue 10: the audit printed folder member ids twice over (test/a/test/a/...)."""
+    code, out, _ = cli("data", "audit", tiny_folder)
+    assert code == 0
+    assert "Training/a/Training/a" not in out and "Testing/b/Testing/b" not in out
+    assert "Testing/b/copy" in out.replace("\n", "")

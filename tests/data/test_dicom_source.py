@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -150,3 +151,23 @@ def test_open_source_dispatches_dicom_folder_and_file(tmp_path, study):
     single = next((study / "a").glob("*.dcm"))
     shutil.copy(single, tmp_path / "noext")
     assert open_source(str(tmp_path / "noext")).load(0).image.shape == (1, 8, 6)
+
+
+def test_side_files_are_passed_over_and_listed(study):
+    """Issue 10: a DICOM folder with thumbnails or a README beside the images failed unless --skip-bad."""
+    from PIL import Image
+
+    Image.new("L", (8, 8)).save(study / "a" / "thumb.jpg")
+    (study / "README").write_text("scanned on the old console\n")
+    (study / "b" / "preview").write_bytes((study / "a" / "thumb.jpg").read_bytes())
+    ds = open_dicom(study, skip_bad=False)
+    assert len(ds) == 2
+    listed = sorted(Path(p.path).name for p in ds.problems)
+    assert listed == ["README", "preview"] and all("side file" in p.problem for p in ds.problems)
+
+
+def test_a_corrupt_dicom_file_is_still_an_error(study):
+    victim = sorted((study / "a").glob("*.dcm"))[0]
+    victim.write_bytes(victim.read_bytes()[:300])
+    with pytest.raises(BadInputError):
+        open_dicom(study, skip_bad=False)

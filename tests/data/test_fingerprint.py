@@ -67,6 +67,15 @@ def test_unreadable_raises_unless_skip_bad():
     assert fp["intensity"]["n_samples"] == 5
 
 
+def test_skip_bad_leaves_unreadable_files_out_of_the_counts():
+    """Issue 10: `data info --skip-bad` counted unreadable files in the class counts."""
+    ds = make_classification((3, 3), bad=["c0_001"])
+    fp = compute_fingerprint(ds, skip_bad=True, show_progress=False)
+    assert fp["n_samples"] == 5 and fp["n_unreadable"] == 1
+    assert list(fp["class_counts"].values()) == [2, 3]
+    assert sum(sum(s["classes"].values()) for s in fp["splits"].values()) == 5
+
+
 def test_reader_problems_and_volume_listing():
     images = {f"s{i}": np.random.default_rng(i).normal(size=(1, 6, 8, 8)) for i in range(3)}
     records = [Record(f"s{i}", None, "p1", f"/dicom/s{i}", None) for i in range(3)]

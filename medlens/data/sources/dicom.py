@@ -9,8 +9,11 @@ Opening reads headers only; pixels are read when a sample is loaded. Samples:
   (the NIfTI reader's convention; the DICOM LPS affine is in ``meta["affine_lps"]``);
 * ``Task.NONE``, no class names; ``patient_id`` is the PatientID; ``origin`` the SeriesInstanceUID.
 
-Sidecar files (.json, .txt, .md, .nii ...) inside the folder are skipped by their ending; any
-other file that is not readable DICOM is an error, or a :class:`Problem` with ``skip_bad``.
+Side files are never an error. Files with a sidecar ending (.json, .txt, .md, .nii, thumbnails
+.jpg/.png ..., see :data:`medlens.data.dicom.SIDECAR_ENDINGS`) are passed over by that rule; any other
+file with neither the DICM marker, a DICOM ending (.dcm, .dicom, .ima) nor DICOM content (a README, a
+thumbnail without an ending) is passed over and listed in ``dataset.problems``. A file that is DICOM but unreadable is an error, or a
+:class:`Problem` with ``skip_bad``.
 """
 
 from __future__ import annotations
@@ -83,7 +86,7 @@ def open_dicom(path: Path, *, skip_bad: bool) -> Dataset:
             raise BadInputError("no DICOM files in folder", path)
     else:
         files = [path]
-    series = dicom.scan(files, skip_bad=skip_bad, problems=problems)
+    series = dicom.scan(files, skip_bad=skip_bad, problems=problems, side_files=path.is_dir())
     if not series:
         raise BadInputError(
             "no readable DICOM series"
