@@ -1,6 +1,9 @@
 """Convert any source (e.g. a DICOM study) to NIfTI volumes, one npz archive, or PNG images.
 
-``nifti``  one ``.nii.gz`` per sample (a DICOM study: one per series). ``Sample.affine`` maps
+``nifti``  one ``.nii.gz`` per sample (a DICOM study: one per series, named like dcm2niix by
+           series number and description, ``004_T1post.nii.gz``, with a BIDS-style JSON sidecar
+           ``004_T1post.json``: modality, manufacturer, series, voxel size, slice thickness,
+           rescale, conversion software; no patient identifiers and no UIDs). ``Sample.affine`` maps
            voxel (d, h, w) to RAS; NIfTI stores (x, y, z) = (w, h, d) with a voxel -> RAS affine,
            so arrays are transposed and affine columns permuted (DICOM's LPS is already turned into
            RAS by the DICOM reader). Integer data is stored as uint8/int16 when it fits, else
@@ -51,10 +54,14 @@ def convert_dataset(dataset: Dataset, out: str | Path, to: str, *, show_progress
     labelled = dataset.task not in (Task.NONE, Task.SEGMENTATION) and bool(dataset.class_names)
     written: list[Path] = []
     rows: list[dict[str, str]] = []
+    used: set[str] = set()
     for s in samples:
         fid = _file_id(s.id)
         if to == "nifti":
+            fid = _series_name(s, used) or fid
             files = _to_nifti(s, out, fid)
+            if s.meta.get("format") == "DICOM":
+                files.append(_write_sidecar(s, files[0].with_name(f"{fid}.json")))
         else:
             files = _to_png(s, out, fid)
         written.extend(files)
@@ -119,6 +126,51 @@ def _to_nifti(s: Sample, out: Path, fid: str) -> list[Path]:
     nib.save(img, path)
     nib.save(nifti_image(s.mask, s.affine, s.spacing, _int_dtype(s.mask)), mpath)
     return [path, mpath]
+
+
+def _series_name(s: Sample, used: set[str]) -> str | None:
+    """``NNN_description`` for a DICOM series (dcm2niix's naming), unique among ``used``; else None."""
+    number, description = s.meta.get("series_number"), str(s.meta.get("series_description") or "")
+    if s.meta.get("format") != "DICOM" or (number is None and not description):
+        return None
+    stem = "_".join(p for p in (f"{int(number):03d}" if number is not None else "", _file_id(description)) if p)
+    name, k = stem, 1
+    while name in used:
+        k += 1
+        name = f"{stem}_{k}"
+    used.add(name)
+    return name
+
+
+SIDECAR_FIELDS = {  # BIDS key: the PHI-free summary key of the DICOM reader
+    "Modality": "modality",
+    "Manufacturer": "manufacturer",
+    "BodyPartExamined": "body_part",
+    "SliceThickness": "slice_thickness",
+    "RescaleSlope": "rescale_slope",
+    "RescaleIntercept": "rescale_intercept",
+}
+
+
+def _write_sidecar(s: Sample, path: Path) -> Path:
+    """A BIDS-style JSON sidecar of a converted DICOM series (no identifiers, no UIDs)."""
+    import json
+
+    from medlens import __version__
+
+    meta = s.meta
+    sidecar = {key: meta.get(field) for key, field in SIDECAR_FIELDS.items() if meta.get(field) is not None}
+    if meta.get("series_number") is not None:
+        sidecar["SeriesNumber"] = int(meta["series_number"])
+    if meta.get("series_description"):
+        sidecar["SeriesDescription"] = str(meta["series_description"])
+    if s.spacing is not None:
+        sidecar["VoxelSize"] = [float(v) for v in s.spacing[::-1]]  # NIfTI order (x, y, z)
+    sidecar["ImageShape"] = [int(v) for v in s.image.shape[1:][::-1]]
+    sidecar["ConversionSoftware"] = "medlens"
+    sidecar["ConversionSoftwareVersion"] = __version__
+    path.write_text(json.dumps(sidecar, indent=2) + "\n", encoding="utf-8")
+    return path
 
 
 # -- png ---------------------------------------------------------------------------------------

@@ -91,3 +91,25 @@ def test_tcia_series_to_nifti_keeps_shape_and_spacing(shared_data, tmp_path):
     read = open_source(str(files[0])).load(0)
     np.testing.assert_allclose(read.affine, first.affine, atol=1e-3)
     np.testing.assert_array_equal(read.image, first.image)
+
+
+def test_dicom_series_are_named_like_dcm2niix_with_a_bids_sidecar(shared_data, tmp_path):
+    import json
+
+    study = need(shared_data / "dicom" / "tcia_brain_mr_study")
+    ds = open_source(str(study))
+    files = convert_dataset(ds, tmp_path / "n", "nifti", show_progress=False)
+    volumes = sorted(f.name for f in files if f.name.endswith(".nii.gz"))
+    sidecars = sorted(f.name for f in files if f.suffix == ".json")
+    assert len(volumes) == len(ds) == len(sidecars)
+    assert "011_T1post.nii.gz" in volumes and "HippoCrop.nii.gz" in volumes  # a series without a number
+    assert [v.replace(".nii.gz", "") for v in volumes] == [s.replace(".json", "") for s in sidecars]
+    for name in sidecars:
+        side = json.loads((tmp_path / "n" / name).read_text())
+        assert side["Modality"] == "MR" and side["ConversionSoftware"] == "medlens"
+        expected = "_".join(
+            p for p in (f"{side['SeriesNumber']:03d}" if "SeriesNumber" in side else "", side["SeriesDescription"]) if p
+        )
+        assert name == f"{expected}.json" and len(side["VoxelSize"]) == 3
+        assert not any("UID" in key or "Patient" in key for key in side)
+        assert ds.records[0].id not in json.dumps(side)  # no series UID

@@ -56,6 +56,7 @@ class DicomDataset(Dataset):
             spacing, affine = vol.spacing, dicom.sample_affine(vol)
         meta = dict(vol.meta)
         meta.update(
+            format="DICOM",
             series_description=vol.series_description,
             series_number=record.extra.get("series_number"),
             window=list(vol.window) if vol.window else None,
