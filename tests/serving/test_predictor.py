@@ -275,3 +275,23 @@ def test_find_inputs_expands_studies_and_reports_problems(serving_inputs, tmp_pa
     assert len(series) == 3 and len({i.name for i in items}) == len(items)
     assert any(i.path == serving_inputs["png"] for i in items)
     assert any("broken.dcm" in p for p in problems) and any("missing.png: file not found" in p for p in problems)
+
+
+def test_a_2_5d_bundle_explains_a_dicom_series(serving_inputs, tmp_path):
+    """cnn-2.5d reads slices as channels: its Grad-CAM (a 2D map) used to fail every series the
+    DICOM node received; it now covers every slice of the volume."""
+    from medlens.training.config import TrainConfig
+    from medlens.training.run import train
+
+    out = tmp_path / "run25d"
+    config = TrainConfig(
+        source="synthetic:nodule3d@16", model="cnn-2.5d", out=str(out), epochs=1, max_samples=12, progress=False
+    )
+    train(config)
+    predictor = Predictor.from_run(out, uncertainty="max_prob")
+    files = sorted(serving_inputs["ct_series"].glob("*.dcm"))
+    result = predictor.predict_files(files, explain=True)
+    heat = result.prediction.heatmap
+    assert heat is not None and heat.shape == (16, 16, 16) and 0 <= heat.min() <= heat.max() <= 1
+    image, plane = result.heatmap_slice()
+    assert image.shape == plane.shape == (16, 16)
