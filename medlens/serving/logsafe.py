@@ -10,18 +10,19 @@ from __future__ import annotations
 import logging
 import re
 
+from medlens.errors import printable as escape
+
 # A UID has at least 5 numeric components here: an IPv4 address (4) or a version number is left alone.
-UID = re.compile(r"(?<![\w.])[0-2](?:\.\d+){4,}(?![\w.])")
+UID = re.compile(r"(?<![\w.])[0-2](?:\.\d+){4,}(?!\d)")  # a UID ending a sentence ("...6.") counts too
+"""A DICOM-UID-shaped token (the DICOM node's log filter uses it too)."""
 REDACTED = "<uid>"
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 def printable(text: str, limit: int | None = 200) -> str:
-    """``text`` cut to ``limit`` characters, with each non-printable character escaped (``\\x1b``, ``\\n``)."""
-    text = text if limit is None else text[:limit]
-    if text.isprintable():
-        return text
-    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+    """``text`` cut to ``limit`` characters, each non-printable character escaped
+    (:func:`medlens.errors.printable`)."""
+    return escape(text if limit is None else text[:limit])
 
 
 def redact_uids(text: str) -> str:

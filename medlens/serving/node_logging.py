@@ -18,9 +18,8 @@ import re
 from pydicom.uid import UID_dictionary
 
 from medlens.data.deid import pseudonym
+from medlens.serving.logsafe import UID
 
-# A DICOM UID: numeric components joined by dots; five or more so that IPv4 addresses stay.
-_UID = re.compile(r"(?<![\w.])[0-2](?:\.\d+){4,}(?!\d)")
 # A quoted value in a library's warning ('Invalid value ...: 'X'', highdicom's 'The string "NAME" ...').
 _QUOTED = re.compile(r"""(["'])[^"'\n]{1,64}\1""")
 _QUOTING_LOGGERS = ("py.warnings", "pydicom", "highdicom")
@@ -35,7 +34,7 @@ class UidRedactor(logging.Filter):
         self.key = key
 
     def redact(self, text: str) -> str:
-        return _UID.sub(lambda m: m[0] if m[0] in UID_dictionary else f"uid:{pseudonym(m[0], self.key)}", text)
+        return UID.sub(lambda m: m[0] if m[0] in UID_dictionary else f"uid:{pseudonym(m[0], self.key)}", text)
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()

@@ -324,3 +324,10 @@ def test_the_serve_log_handler_redacts_uids_and_escapes_control_characters(capsy
     assert "1.2.826.0.1.3680043.8.498.12345" not in err and "stored <uid> from 10.0.0.1" in err
     assert "\x1b" not in err and "a\\x1b[2J\\nINFO forged" in err and "model 1.6.1" in err
     assert len(err.strip().splitlines()) == 3
+
+
+def test_a_uid_at_the_end_of_a_sentence_is_redacted_too():
+    from medlens.serving.logsafe import redact_uids
+
+    assert redact_uids("series 1.2.840.113619.2.55.3 failed.") == "series <uid> failed."
+    assert redact_uids("listening on 127.0.0.1:8000, medlens 0.1.0") == "listening on 127.0.0.1:8000, medlens 0.1.0"
