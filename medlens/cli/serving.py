@@ -172,6 +172,14 @@ def serve(
     quiet_seconds: float = typer.Option(
         5.0, "--series-quiet-seconds", help="A series counts as complete when no instance arrived for this long."
     ),
+    max_associations: int = typer.Option(
+        64, "--max-associations", help="DICOM associations open at once; one more is rejected (logged as such)."
+    ),
+    retention_hours: float = typer.Option(
+        24.0,
+        "--retention-hours",
+        help="Delete received DICOM this long after its series was answered and the results acknowledged.",
+    ),
     insecure_no_keys: bool = typer.Option(
         False,
         "--insecure-no-keys",
@@ -216,7 +224,15 @@ def serve(
         soft_wrap=True,
     )
     node = _start_dicom_node(
-        application.state.service, settings, dicom_port, dicom_aet, allow_aet, pacs_dicom, quiet_seconds
+        application.state.service,
+        settings,
+        dicom_port,
+        dicom_aet,
+        allow_aet,
+        pacs_dicom,
+        quiet=quiet_seconds,
+        max_associations=max_associations,
+        retention_hours=retention_hours,
     )
     try:
         uvicorn.run(
@@ -250,7 +266,18 @@ def _parse_pacs(text: str):
     return PacsTarget(aet, host, int(port))
 
 
-def _start_dicom_node(service, settings, port: int, aet: str, allow: list[str] | None, pacs: str | None, quiet: float):
+def _start_dicom_node(
+    service,
+    settings,
+    port: int,
+    aet: str,
+    allow: list[str] | None,
+    pacs: str | None,
+    *,
+    quiet: float,
+    max_associations: int,
+    retention_hours: float,
+):
     """The DICOM node shares the REST service's predictor and audit log; None when --dicom-port is 0."""
     if not port:
         if pacs:
@@ -270,6 +297,8 @@ def _start_dicom_node(service, settings, port: int, aet: str, allow: list[str] |
         storage_dir=storage,
         audit=service.audit,
         quiet_period=quiet,
+        maximum_associations=max_associations,
+        retention_hours=retention_hours,
     )
     node.start()
     err_console.print(

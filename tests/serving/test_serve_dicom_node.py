@@ -27,6 +27,10 @@ def test_serve_runs_the_dicom_node_with_the_shared_audit_log(tiny_run, tmp_path)
         f"PACS@127.0.0.1:{pacs.port}",
         "--series-quiet-seconds",
         "1",
+        "--max-associations",
+        "1",
+        "--retention-hours",
+        "0.5",
     )
     try:
         dx = synthetic_dx_instance(open_synthetic("chest2d@32").load(0).image[0])
@@ -36,6 +40,8 @@ def test_serve_runs_the_dicom_node_with_the_shared_audit_log(tiny_run, tmp_path)
         ae.add_requested_context("1.2.840.10008.1.1")
         assoc = ae.associate("127.0.0.1", dicom_port, ae_title="MEDLENS")
         assert assoc.is_established, server.log()[-2000:]
+        second = ae.associate("127.0.0.1", dicom_port, ae_title="MEDLENS")  # over --max-associations 1
+        assert second.is_rejected
         assert assoc.send_c_echo().Status == 0x0000
         assert assoc.send_c_store(dx).Status == 0x0000
         assoc.release()
