@@ -25,6 +25,7 @@ from pydicom.dataset import Dataset
 from medlens import __version__
 from medlens.errors import MedlensError
 from medlens.inference.prediction import Prediction
+from medlens.serving.headers import complete_source
 
 SC_SERIES_DESCRIPTION = "medlens overlay"
 
@@ -139,6 +140,7 @@ def secondary_capture(
         raise MedlensError(f"secondary capture needs a uint8 (H, W, 3) image, got {rgb.dtype} {rgb.shape}")
     if label:
         rgb = burn_in_label(rgb, label_text(pred))
+    source_ds = complete_source(source_ds)
     spacing = source_ds.get("PixelSpacing")
     pixel_spacing = None
     if spacing is not None and len(spacing) == 2 and "Rows" in source_ds and "Columns" in source_ds:

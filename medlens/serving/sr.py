@@ -29,6 +29,7 @@ from pydicom.sr.codedict import codes
 from medlens import __version__
 from medlens.errors import MedlensError
 from medlens.inference.prediction import Prediction
+from medlens.serving.headers import complete_source
 
 FINDING = CodedConcept("121071", "DCM", "Finding")
 PROBABILITY = CodedConcept("PROB", "99MEDLENS", "Probability of finding")
@@ -55,6 +56,7 @@ def structured_report(
     """
     if not sources:
         raise MedlensError("a DICOM SR needs DICOM input (the prediction has no source DICOM instances)")
+    sources = [complete_source(ds) for ds in sources]
     observer = ObserverContext(
         observer_type=codes.DCM.Device,
         observer_identifying_attributes=DeviceObserverIdentifyingAttributes(

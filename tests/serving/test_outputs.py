@@ -63,3 +63,56 @@ def test_sr_references_sources_and_codes_the_finding(tmp_path):
 def test_sr_needs_dicom_sources():
     with pytest.raises(MedlensError):
         structured_report(_prediction(), [])
+
+
+STRIPPABLE = (
+    "PatientBirthDate",
+    "PatientSex",
+    "AccessionNumber",
+    "ReferringPhysicianName",
+    "StudyID",
+    "PatientName",
+    "PatientID",
+    "StudyDate",
+    "StudyTime",
+)
+
+
+def _dciodvfy_errors(path) -> list[str]:
+    import shutil
+    import subprocess
+
+    if not shutil.which("dciodvfy"):
+        return []
+    report = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=60)
+    return [line for line in (report.stdout + report.stderr).splitlines() if line.startswith("Error")]
+
+
+@pytest.mark.parametrize("stripped", [*[(kw,) for kw in STRIPPABLE], STRIPPABLE], ids=[*STRIPPABLE, "all"])
+def test_outputs_from_a_source_without_optional_headers(stripped, tmp_path):
+    """De-identified sources lack birth date, sex, accession number...: SR, SC and FHIR are still
+    built and valid (before: an AttributeError, and a 422 from the API)."""
+    from medlens.serving.overlay import secondary_capture
+
+    source = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    for kw in stripped:
+        if kw in source:
+            delattr(source, kw)
+    kept = set(source.dir())
+    sr = structured_report(_prediction(), [source])
+    sr.save_as(tmp_path / "sr.dcm")
+    sc = secondary_capture(np.zeros((64, 64, 3), np.uint8), _prediction(), source)
+    sc.save_as(tmp_path / "sc.dcm", enforce_file_format=True)
+    assert _dciodvfy_errors(tmp_path / "sr.dcm") == [] and _dciodvfy_errors(tmp_path / "sc.dcm") == []
+    for out in (pydicom.dcmread(tmp_path / "sr.dcm"), pydicom.dcmread(tmp_path / "sc.dcm")):
+        assert out.StudyInstanceUID == source.StudyInstanceUID
+        assert all(kw in out and not out.get(kw) for kw in stripped)  # present and empty: "unknown"
+    assert set(source.dir()) == kept  # the caller's dataset is not changed
+    assert diagnostic_report(_prediction())["resourceType"] == "DiagnosticReport"  # fhir.resources-validated
+
+
+def test_a_source_without_its_uids_is_a_one_line_error():
+    source = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    del source.StudyInstanceUID
+    with pytest.raises(MedlensError, match="no StudyInstanceUID"):
+        structured_report(_prediction(), [source])
