@@ -118,6 +118,8 @@ def _summary(run) -> None:
     ips = (metrics.get("timing") or {}).get("images_per_second")
     if ips:
         console.print(f"training throughput: {ips:.0f} images/s")
+    for warning in metrics.get("warnings") or []:
+        err_console.print(f"[bold yellow]warning:[/bold yellow] {warning}", highlight=False, soft_wrap=True)
     console.print(f"run: {run.root}")
 
 
@@ -131,12 +133,20 @@ def plan(
     out: Path = typer.Option(Path("plan.json"), "--out", "-o", help="Where to write the plan."),
     model: str = typer.Option(None, "--model", "-m", help="Use this model instead of choosing one."),
     seed: int = typer.Option(0, "--seed", help="Seed of the splits the plan assumes."),
+    max_samples: int = typer.Option(None, "--max-samples", help="Plan for at most N samples per split (as train)."),
     as_json: bool = typer.Option(False, "--json", help="Print the plan as JSON."),
 ) -> None:
     """Choose input size, normalization, augmentation, model, batch size and epochs for a time budget."""
     from medlens.training.plan import make_plan, render_plan, write_plan
 
-    result = make_plan(source, budget_minutes=budget_minutes, model=model, seed=seed, show_progress=not as_json)
+    result = make_plan(
+        source,
+        budget_minutes=budget_minutes,
+        model=model,
+        seed=seed,
+        show_progress=not as_json,
+        max_samples=max_samples,
+    )
     write_plan(out, result)
     if as_json:
         print_json(result)

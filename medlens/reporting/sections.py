@@ -152,8 +152,18 @@ def key_findings(arts) -> list[str]:
     fp = arts.fingerprint or {}
     if fp:
         classes = ", ".join(fp.get("class_names") or [])
-        text = f"{len(names)} model(s) were trained on {fp.get('n_samples', '?')} {fp.get('modality') or ''} images"
-        text += f" from {arts.source} ({fp.get('task', '')}: {classes})." if classes else f" from {arts.source}."
+        used = images_used(arts)
+        total = fp.get("n_samples")
+        if used and total and sum(used.values()) < total:
+            count = (
+                f"{used.get('train', 0)} training and {used.get('val', 0)} validation images "
+                f"(a capped subset of the {total} {fp.get('modality') or ''} images"
+            )
+            text = f"{len(names)} model(s) were trained on {count}"
+            text += f" in {arts.source}; {fp.get('task', '')}: {classes})." if classes else f" in {arts.source})."
+        else:
+            text = f"{len(names)} model(s) were trained on {total or '?'} {fp.get('modality') or ''} images"
+            text += f" from {arts.source} ({fp.get('task', '')}: {classes})." if classes else f" from {arts.source}."
         if n_eval:
             text = text[:-1] + f"; all results below are on {n_eval} held-out {split} cases."
         out.append(" ".join(text.split()))
@@ -227,6 +237,15 @@ def key_findings(arts) -> list[str]:
     for name in names:
         for warning in (((arts.comparison or {}).get("models") or {}).get(name) or {}).get("warnings") or []:
             out.append(f"Caution — {name}: {warning}.")
+    outcomes = (((arts.comparison or {}).get("suite") or {}).get("outcomes")) or {}
+    for name, outcome in outcomes.items():
+        status = outcome.get("status")
+        if status == "failed":
+            out.append(
+                f"Caution — {name} is missing from this comparison: its training failed ({outcome.get('error')})."
+            )
+        elif status in ("interrupted", "not started"):
+            out.append(f"Caution — {name} is missing from this comparison: its training was {status}.")
     if n_eval and n_eval < SMALL_TEST_SET:
         out.append(
             f"The {split} set is small ({n_eval} cases): confidence intervals are wide and small differences "
@@ -237,6 +256,16 @@ def key_findings(arts) -> list[str]:
             "These results are on generated (synthetic) images: they check the pipeline, not clinical performance."
         )
     return out
+
+
+def images_used(arts) -> dict[str, int]:
+    """Images each split actually used (the largest count over the models: ``--max-samples`` caps them)."""
+    used: dict[str, int] = {}
+    for metrics in arts.metrics.values():
+        for split, n in ((metrics or {}).get("n") or {}).items():
+            if isinstance(n, int):
+                used[split] = max(used.get(split, 0), n)
+    return used
 
 
 def eval_size(arts) -> int | None:

@@ -6,8 +6,9 @@ the suite's models for its dimensions and task (and, with a budget, estimates tr
 trains each model with :func:`medlens.training.run.train` into the same run directory — the
 first model writes ``splits.json`` and every later one reuses it, so all models see the same
 train / val / test ids; models with the same preprocessing share one preprocessed copy of the
-splits (:class:`medlens.training.run.InputCache`) — records the suite and per-model wall times
-in ``study.json``, and runs :func:`medlens.study.evaluate.evaluate` (comparison.json, model card
+splits (:class:`medlens.training.run.InputCache`) — records the suite, per-model wall times
+and each model's outcome (trained, failed with its error, interrupted) in ``study.json``; a model
+that fails does not stop the others, and runs :func:`medlens.study.evaluate.evaluate` (comparison.json, model card
 updates, figures, report).
 
 Models already in the run directory from an earlier call are evaluated with the new ones.
@@ -19,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from medlens.errors import MedlensError
 from medlens.runs import RunDir, read_json, write_json
 from medlens.study.suites import SuiteEntry, fit_budget, suite_entries
 
@@ -80,31 +82,53 @@ def compare(
         "status": "training",
     }
     write_json(run.study, study)
+    outcomes = study["outcomes"] = {e.model: {"status": "not started"} for e in entries}
     for k, entry in enumerate(entries, 1):
         say(
             f"[{k}/{len(entries)}] training {entry.model}"
             + (f" ({entry.settings['epochs']} epochs)" if entry.settings.get("epochs") else "")
         )
         t0 = time.perf_counter()
-        _train_one(
-            source,
-            dataset,
-            inputs,
-            entry,
-            run,
-            seed=seed,
-            max_samples=max_samples,
-            show_progress=show_progress,
-            threads=threads,
-        )
+        try:
+            _train_one(
+                source,
+                dataset,
+                inputs,
+                entry,
+                run,
+                seed=seed,
+                max_samples=max_samples,
+                show_progress=show_progress,
+                threads=threads,
+            )
+        except KeyboardInterrupt:
+            outcomes[entry.model] = {"status": "interrupted", "seconds": round(time.perf_counter() - t0, 2)}
+            study["status"] = "interrupted"
+            write_json(run.study, study)
+            raise
+        except (MedlensError, RuntimeError, ValueError, MemoryError) as e:  # the next model still trains
+            error = str(e) if isinstance(e, MedlensError) else f"{type(e).__name__}: {e}"
+            outcomes[entry.model] = {"status": "failed", "error": " ".join(error.split())[:500]}
+            say(f"[{k}/{len(entries)}] {entry.model} failed: {outcomes[entry.model]['error']}")
+            write_json(run.study, study)
+            continue
         seconds = time.perf_counter() - t0
         study["timings"][entry.model] = round(seconds, 2)
+        outcomes[entry.model] = {"status": "trained", "seconds": round(seconds, 2)}
         test_auc = (read_json(run.model(entry.model).metrics).get("test") or {}).get("auc")
         say(
             f"[{k}/{len(entries)}] {entry.model} done in {seconds:.1f} s"
             + (f" (test AUC {test_auc:.3f})" if isinstance(test_auc, (int, float)) else "")
         )
         write_json(run.study, study)
+    if not any(o["status"] == "trained" for o in outcomes.values()):
+        study["status"] = "failed"
+        write_json(run.study, study)
+        raise MedlensError(
+            "no model of the suite could be trained: "
+            + "; ".join(f"{m}: {o.get('error', o['status'])}" for m, o in outcomes.items()),
+            run.study,
+        )
     study["timings"]["training_total"] = round(time.perf_counter() - started, 2)
     study["status"] = "trained"
     write_json(run.study, study)  # evaluate copies study.json into comparison.json

@@ -223,13 +223,18 @@ def model_statistics(
     }
 
 
-def signal_warnings(entry: dict[str, Any], split: str) -> list[str]:
-    """Plain-language warnings for a model that learned nothing: constant scores on the split, or
-    an AUC whose confidence interval includes 0.5 (indistinguishable from chance)."""
+def signal_warnings(entry: dict[str, Any], split: str, task: str) -> list[str]:
+    """Plain-language warnings for a model that learned nothing: constant scores on the split, one
+    decision for every case (single-label tasks), or an AUC whose confidence interval includes 0.5."""
     out = []
     scores = np.asarray(entry["_calibrated"], dtype=np.float64)
     if len(scores) > 1 and np.all(np.ptp(scores, axis=0) < 1e-9):
         out.append(f"its scores are the same for every {split} case: it learned nothing from the images")
+    elif task != "multilabel" and len(scores) > 1:
+        decided = decisions(scores, task, entry.get("decision_threshold"))
+        if len(np.unique(decided)) == 1:
+            name = entry["class_names"][int(decided[0])] if entry.get("class_names") else str(int(decided[0]))
+            out.append(f"it calls every {split} case '{name}' at its decision threshold")
     auc = ((entry.get("metrics") or {}).get(split) or {}).get("auc") or {}
     low, high = auc.get("low"), auc.get("high")
     if isinstance(low, (int, float)) and isinstance(high, (int, float)) and low <= 0.5 <= high:

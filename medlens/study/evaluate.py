@@ -121,7 +121,8 @@ def evaluate(
             "timing": (read_json(model_dir.metrics).get("timing") if model_dir.metrics.is_file() else None),
             "localization": None,
         }
-        entry["warnings"] = C.signal_warnings(entry, split)
+        trained = read_json(model_dir.metrics).get("warnings", []) if model_dir.metrics.is_file() else []
+        entry["warnings"] = [*trained, *C.signal_warnings(entry, split, task)]
         for w in entry["warnings"]:
             say(f"warning: {name}: {w}")
         models[name] = entry

@@ -9,6 +9,7 @@ spells out every setting that was used.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -184,3 +185,20 @@ def _int_if_digits(value: int | str) -> int | str:
     if isinstance(value, str) and value.isdigit():
         return int(value)
     return value
+
+
+MIN_OPTIMISER_STEPS = 50
+"""Fewer optimiser steps than this rarely train a network from scratch: the plan and the training warn."""
+
+
+def optimiser_steps_warning(epochs: int, n_train: int, batch_size: int) -> str | None:
+    """A plain-language warning when ``epochs`` over ``n_train`` images in batches of ``batch_size``
+    give fewer than :data:`MIN_OPTIMISER_STEPS` optimiser steps, else None."""
+    steps = int(epochs) * math.ceil(max(int(n_train), 0) / max(int(batch_size), 1))
+    if steps >= MIN_OPTIMISER_STEPS:
+        return None
+    return (
+        f"only {steps} optimiser steps ({epochs} epoch(s) x {math.ceil(n_train / max(batch_size, 1))} batches of "
+        f"{batch_size} from {n_train} training images): fewer than {MIN_OPTIMISER_STEPS}, the network may not learn; "
+        "use more epochs, more images or a smaller batch"
+    )

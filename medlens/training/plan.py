@@ -102,8 +102,13 @@ def make_plan(
     seed: int = 0,
     show_progress: bool = True,
     fingerprint: dict | None = None,
+    max_samples: int | None = None,
 ) -> dict[str, Any]:
-    """Plan a training of ``source`` that fits ``budget_minutes`` on this machine."""
+    """Plan a training of ``source`` that fits ``budget_minutes`` on this machine.
+
+    ``max_samples`` caps each split as ``train --max-samples`` does; the plan warns when its
+    epochs give too few optimiser steps (:func:`medlens.training.config.optimiser_steps_warning`).
+    """
     from medlens.data.fingerprint import compute_fingerprint
     from medlens.data.sources import open_source
     from medlens.data.transforms import default_preprocessing, looks_label_like, looks_like_hounsfield
@@ -117,6 +122,8 @@ def make_plan(
     if dims not in SIZE_CAP:
         raise MedlensError(f"cannot plan a classifier for {dims}D data", source)
     counts = _n_splits(dataset, seed)
+    if max_samples:
+        counts = {k: min(v, int(max_samples)) for k, v in counts.items()}
     n_train, n_val = counts["train"], counts["val"]
     first = dataset.load(0).image
     shape = first.shape
@@ -208,6 +215,9 @@ def make_plan(
         f"(intensities {intensity.get('min', '?')}..{intensity.get('max', '?')})"
     )
     patience = max(3, epochs // 4)
+    from medlens.training.config import optimiser_steps_warning
+
+    warnings = [w for w in [optimiser_steps_warning(epochs, n_train, chosen["batch_size"])] if w]
     config = {
         "model": chosen["model"],
         "img_size": chosen["img_size"],
@@ -239,6 +249,8 @@ def make_plan(
         "estimate_minutes": round(epochs * chosen["epoch_seconds"] / 60, 2),
         "config": config,
         "reasoning": reasons,
+        "warnings": warnings,
+        "max_samples": max_samples,
     }
 
 
@@ -275,3 +287,5 @@ def render_plan(plan: dict, console: Any) -> None:
     console.print(table)
     for line in plan["reasoning"]:
         console.print(f"- {line}", highlight=False, markup=False)
+    for line in plan.get("warnings") or []:
+        console.print(f"[bold yellow]warning:[/bold yellow] {line}", highlight=False, soft_wrap=True)

@@ -142,6 +142,11 @@ def train(
     if fitted is None:  # a DDP rank other than 0
         return run
     fitted.setdefault("timing", {})["total_seconds"] = round(time.perf_counter() - started, 3)
+    if spec.kind == "deep":
+        from medlens.training.config import optimiser_steps_warning
+
+        steps = optimiser_steps_warning(config.epochs, len(arrays["train"][0]), config.batch_size)
+        fitted["warnings"] = [steps] if steps else []
     _write_model_artifacts(config, spec, dataset, splits, arrays, model_dir, fitted)
     from medlens.manifest import artifact_files, record_files
 
@@ -479,6 +484,7 @@ def _write_model_artifacts(
     metrics["n"] = {k: len(v) for k, v in splits.items()}
     metrics["n_train_fit"] = fitted.get("n_train_fit")
     metrics["timing"] = fitted.get("timing", {})
+    metrics["warnings"] = fitted.get("warnings") or []
     write_json(model_dir.metrics, metrics)
     if threshold is not None:
         card = card.model_copy(update={"thresholds": {"decision": threshold}, "thresholds_chosen_on": "val (T = 1)"})

@@ -94,5 +94,6 @@ def test_binary_mr_volumes_are_learnable(model, tmp_path):
     comparison = evaluate(out, n_resamples=200, n_localization=0, report=False, dataset=data)
     auc = comparison["models"][model]["metrics"]["test"]["auc"]
     assert auc["low"] > 0.5 and auc["value"] >= 0.8, auc
-    assert comparison["models"][model]["warnings"] == []
+    learned_nothing = ("chance", "same for every", "calls every")
+    assert not [w for w in comparison["models"][model]["warnings"] if any(k in w for k in learned_nothing)]
     assert read_json(out / "models" / model / "metrics.json")["test"]["auc"] >= 0.8

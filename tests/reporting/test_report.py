@@ -260,3 +260,16 @@ def test_a_model_that_learned_nothing_is_flagged_in_the_key_findings(fake_run):
     page = build_report(fake_run).read_text()
     box = re.search(r'<div class="findings" id="findings">(.*?)</div>', page, re.S).group(1)
     assert "Caution — svm: its test AUC 0.500 [0.431, 0.569] is indistinguishable from chance." in html.unescape(box)
+
+
+def test_the_report_says_how_many_images_were_actually_used(fake_run):
+    """--max-samples caps the splits: the report must not claim the whole source was used."""
+    for name in ("svm", "cnn-small"):
+        path = fake_run / "models" / name / "metrics.json"
+        metrics = read_json(path)
+        metrics["n"] = {"train": 100, "val": 40, "test": 60}
+        write_json(path, metrics)
+    page = build_report(fake_run).read_text()
+    box = html.unescape(re.search(r'<div class="findings" id="findings">(.*?)</div>', page, re.S).group(1))
+    assert "trained on 100 training and 40 validation images (a capped subset of the 400 DX images" in box
+    assert "trained on 400" not in box

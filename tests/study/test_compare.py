@@ -121,3 +121,34 @@ def test_compare_opens_the_source_once_and_preprocesses_once(binary_npz, tmp_pat
     assert files["models/elm/model.joblib"]["stage"] == "train:elm"
     assert files["comparison.json"]["stage"] == "evaluate" and files["study.json"]["stage"] == "compare"
     assert read_json(run.model("elm").info)["updates"][-1]["stage"] == "evaluate"
+
+
+def test_a_failing_suite_model_is_recorded_and_reported_not_dropped(binary_npz, tmp_path, monkeypatch):
+    """One model of the suite fails: the others are still trained and compared, study.json keeps
+    the failure with its error, and the report's key findings say which model is missing and why."""
+    import medlens.training.run as run_module
+    from medlens.errors import MedlensError
+    from medlens.study.compare import compare
+    from medlens.study.suites import SuiteEntry
+
+    real = run_module.train
+
+    def failing(config, **kwargs):
+        if config.model == "logistic-regression":
+            raise MedlensError("the GPU caught fire", config.source)
+        return real(config, **kwargs)
+
+    monkeypatch.setattr(run_module, "train", failing)
+    out = tmp_path / "run"
+    suite = [SuiteEntry("elm"), SuiteEntry("logistic-regression")]
+    compare(str(binary_npz), suite, out, seed=0, max_samples=40, show_progress=False, n_resamples=100)
+    run = RunDir(out)
+    outcomes = read_json(run.study)["outcomes"]
+    assert outcomes["elm"]["status"] == "trained"
+    assert (
+        outcomes["logistic-regression"]["status"] == "failed"
+        and "GPU caught fire" in outcomes["logistic-regression"]["error"]
+    )
+    assert read_json(run.comparison)["order"] == ["elm"]
+    page = run.report.read_text()
+    assert "logistic-regression is missing from this comparison: its training failed" in page

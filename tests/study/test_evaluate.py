@@ -120,3 +120,16 @@ def test_temperature_and_thresholds_come_from_validation(tmp_path):
 def test_evaluate_refuses_an_empty_run(tmp_path):
     with pytest.raises(MedlensError, match="no trained model"):
         evaluate(tmp_path, report=False)
+
+
+def test_a_model_that_calls_every_case_one_class_is_warned(tmp_path):
+    rng = np.random.default_rng(1)
+    run = RunDir(tmp_path / "run").create()
+    val = _cases(rng, 200, confidence=0.9, accuracy=0.85, prefix="v")
+    n = 120
+    test = ([f"t{i}" for i in range(n)], rng.integers(0, 2, n), 0.95 + rng.uniform(0, 0.04, n))  # all "pos"
+    _write_model(run, "a", val, test)
+    record_files(run.root, artifact_files(run.root), "test")
+    c = evaluate(run.root, n_resamples=200, seed=0, report=False)
+    warnings = c["models"]["a"]["warnings"]
+    assert any("calls every test case 'pos'" in w for w in warnings), warnings

@@ -94,3 +94,27 @@ def test_plan_cli_then_train_follows_the_plan(cli, tmp_path):
         assert cfg[key] == plan["config"][key], key
     assert cfg["epochs"] == 1  # an option given on the command line wins over the plan
     assert cfg["plan"] == str(plan_path)
+
+
+def test_the_plan_follows_max_samples_and_warns_about_too_few_steps(monkeypatch):
+    """`plan --max-samples` plans for the capped splits; a plan whose epochs give fewer than 100
+    optimiser steps says so (before: it ignored the cap and produced a one-class model silently)."""
+    from medlens.training.config import MIN_OPTIMISER_STEPS, optimiser_steps_warning
+
+    monkeypatch.setattr(planning, "measure_throughput", fixed_rate(1.0))  # a slow machine: few epochs fit
+    plan = planning.make_plan(
+        "synthetic:chest2d@32", budget_minutes=0.5, fingerprint=FP, show_progress=False, max_samples=40
+    )
+    assert plan["data"]["n_train"] == 40 and plan["max_samples"] == 40
+    assert any(f"fewer than {MIN_OPTIMISER_STEPS}" in w for w in plan["warnings"]), plan["warnings"]
+    assert optimiser_steps_warning(10, 640, 32) is None  # 200 steps
+    assert "only 20 optimiser steps" in optimiser_steps_warning(1, 640, 32)
+
+
+def test_training_with_too_few_steps_warns(cli, tmp_path):
+    code, _, err = cli(
+        "train", "synthetic:chest2d@32", "--model", "cnn-small", "--epochs", "1", "--max-samples", "40",
+        "--out", tmp_path / "run", "--no-progress",
+    )  # fmt: skip
+    assert code == 0 and "optimiser steps" in err
+    assert "optimiser steps" in read_json(RunDir(tmp_path / "run").model("cnn-small").metrics)["warnings"][0]
