@@ -10,6 +10,7 @@ written.
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import subprocess
@@ -26,6 +27,7 @@ TRAINING_STATE = "checkpoints"  # recorded here, verified on --resume; not part 
 LIBRARIES = ("medlens", "torch", "lightning", "monai", "numpy", "scikit-learn", "scipy", "safetensors", "pydicom")
 
 
+@functools.cache
 def library_versions() -> dict[str, str]:
     """Installed versions of the libraries that shape results."""
     out = {"python": platform.python_version()}
@@ -37,6 +39,7 @@ def library_versions() -> dict[str, str]:
     return out
 
 
+@functools.cache
 def git_commit() -> str | None:
     """The commit of the medlens source tree, when it is a git checkout (else None)."""
     here = Path(__file__).resolve().parent
@@ -88,6 +91,11 @@ def record_files(run_dir: str | Path, files: Iterable[str | Path], stage: str, *
             entries[rel] = {"sha256": sha256_file(path), "bytes": path.stat().st_size, "stage": stage}
         else:
             entries.pop(rel, None)
+    return _write(run, manifest, entries, stage)
+
+
+def _write(run: RunDir, manifest: dict, entries: dict[str, dict], stage: str) -> dict:
+    """Write ``entries`` with the run's metadata and ``stage``'s time and command; returns the manifest."""
     seed = manifest.get("seed")
     if run.config.is_file():
         seed = (read_yaml(run.config) or {}).get("seed", seed)
@@ -99,7 +107,7 @@ def record_files(run_dir: str | Path, files: Iterable[str | Path], stage: str, *
         "updated": now,
         "seed": seed,
         "git_commit": git_commit(),
-        "libraries": library_versions(),
+        "libraries": dict(library_versions()),
         "platform": f"{platform.system()} {platform.machine()}",
         "stages": stages,
         "files": dict(sorted(entries.items())),
@@ -118,16 +126,14 @@ def record_replacement(run_dir: str | Path, new: str | Path, final: str | Path, 
     """
     run = RunDir(run_dir)
     rel = Path(final).resolve().relative_to(run.root.resolve()).as_posix()
-    manifest = read_json(run.manifest) if run.manifest.is_file() else {"files": {}}
-    old = manifest.get("files", {}).get(rel, {}).get("sha256")
-    record_files(run.root, [], stage)  # metadata and stage time, then this one entry
-    manifest = read_json(run.manifest)
+    manifest = read_json(run.manifest) if run.manifest.is_file() else {}
+    entries: dict[str, dict] = dict(manifest.get("files", {}))
+    old = entries.get(rel, {}).get("sha256")
     entry = {"sha256": sha256_file(new), "bytes": Path(new).stat().st_size, "stage": stage}
     if old and old != entry["sha256"]:
         entry["replaces"] = old
-    manifest["files"][rel] = entry
-    manifest["files"] = dict(sorted(manifest["files"].items()))
-    write_json(run.manifest, manifest)
+    entries[rel] = entry
+    _write(run, manifest, entries, stage)
     os.replace(new, final)
 
 

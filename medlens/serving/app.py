@@ -432,13 +432,13 @@ def create_app(settings: ServeSettings, *, predictor=None) -> FastAPI:
             {
                 "id": p.model_id,
                 "sha256": p.model_sha256,
-                "kind": p.kind,
-                "task": p.task,
-                "class_names": p.class_names,
-                "dims": p.dims,
+                "kind": p.card.kind,
+                "task": p.card.task,
+                "class_names": list(p.card.class_names),
+                "dims": p.card.dims,
                 "img_size": p.card.img_size,
-                "modality": p.modality,
-                "uncertainty_method": p.abstention.method,
+                "modality": p.card.modality,
+                "uncertainty_method": p.bundle.abstention.method,
             }
         ]
 

@@ -21,7 +21,7 @@ import tempfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 import pydicom
@@ -118,30 +118,6 @@ class Predictor:
     def model_sha256(self) -> str:
         """sha256 of the weights file (model.safetensors or model.joblib), as in the manifest."""
         return self.bundle.weights_sha256
-
-    @property
-    def kind(self) -> str:
-        return self.card.kind
-
-    @property
-    def task(self) -> str:
-        return self.card.task
-
-    @property
-    def class_names(self) -> list[str]:
-        return list(self.card.class_names)
-
-    @property
-    def dims(self) -> int:
-        return self.card.dims
-
-    @property
-    def modality(self) -> str | None:
-        return self.card.modality
-
-    @property
-    def abstention(self) -> Any:
-        return self.bundle.abstention
 
     # -- public entry points ---------------------------------------------------------------
     def predict(self, item: str | Path | np.ndarray, *, explain: bool = False) -> PredictionResult:
@@ -297,10 +273,10 @@ class Predictor:
         pred = Prediction(
             model=self.model_id,
             model_sha256=self.model_sha256,
-            task=self.task,
-            class_names=self.class_names,
-            probabilities={c: round(float(p), 6) for c, p in zip(self.class_names, probs)},
-            raw_probabilities={c: round(float(p), 6) for c, p in zip(self.class_names, raw)},
+            task=self.card.task,
+            class_names=bundle.class_names,
+            probabilities={c: round(float(p), 6) for c, p in zip(bundle.class_names, probs)},
+            raw_probabilities={c: round(float(p), 6) for c, p in zip(bundle.class_names, raw)},
             finding=finding,
             confidence=float(confidence),
             uncertainty=doubt.uncertainty,

@@ -110,6 +110,7 @@ def evaluate(
             card_threshold=cards[name].decision_threshold,
         )
         model_dir = run.model(name)
+        metrics = read_json(model_dir.metrics) if model_dir.metrics.is_file() else {}
         entry = {
             "name": name,
             "kind": info.get("kind"),
@@ -118,11 +119,10 @@ def evaluate(
             "n": {"val": int(len(y_val)), split: int(len(y_eval))},
             **stats,
             "training": _training_curves(run, model_dir, info.get("kind")),
-            "timing": (read_json(model_dir.metrics).get("timing") if model_dir.metrics.is_file() else None),
+            "timing": metrics.get("timing"),
             "localization": None,
         }
-        trained = read_json(model_dir.metrics).get("warnings", []) if model_dir.metrics.is_file() else []
-        entry["warnings"] = [*trained, *C.signal_warnings(entry, split, task)]
+        entry["warnings"] = [*metrics.get("warnings", []), *C.signal_warnings(entry, split, task)]
         for w in entry["warnings"]:
             say(f"warning: {name}: {w}")
         models[name] = entry

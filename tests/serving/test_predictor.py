@@ -54,7 +54,7 @@ def test_probabilities_match_the_training_predictions(request, fixture, model):
         result = predictor.predict_array(
             dataset.load(row["id"]).image, source=SourceInfo(kind="array", input_sha256="0")
         )
-        expected = [float(row[f"prob_{c}"]) for c in predictor.class_names]
+        expected = [float(row[f"prob_{c}"]) for c in predictor.card.class_names]
         assert list(result.prediction.probabilities.values()) == pytest.approx(expected, abs=1e-4)
 
 
