@@ -835,6 +835,28 @@ def read_series(files: Sequence[str | Path], *, source: str | Path | None = None
     return _volume(members, src)
 
 
+@dataclass(frozen=True)
+class SliceSource:
+    """Where one image of a :class:`Volume` comes from: ``datasets[dataset]``, frame ``frame`` of it."""
+
+    dataset: int
+    frame: int
+    mosaic: bool  # a tile of a Siemens mosaic (one stored frame holds many slices)
+
+
+def slice_sources(datasets: Sequence[pydicom.Dataset], *, source: str = "DICOM sources") -> list[list[SliceSource]]:
+    """``[t][d]``: the source of each image of the volume that :func:`read_series` builds from
+    ``datasets`` (same grouping and slice order; headers only, for outputs that reference the sources)."""
+    members = [(source, ds) for ds in datasets]
+    if not members:
+        raise BadInputError("no DICOM instances", source)
+    groups = _group(members)
+    if len(groups) > 1:
+        raise BadInputError(f"the instances hold {len(groups)} series or image stacks; expected one", source)
+    frames, layout, _, _ = _assemble(members, pixels=False, source=source)
+    return [[SliceSource(frames[k].file, frames[k].frame, bool(frames[k].mosaic)) for k in row] for row in layout.order]
+
+
 def _volume(members, src: str) -> Volume:
     from medlens.data.deid import phi_free_summary
 
