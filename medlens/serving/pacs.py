@@ -29,6 +29,14 @@ class PacsError(MedlensError):
     """The PACS could not be reached, refused the association, or did not store an instance."""
 
 
+class PacsUnreachableError(PacsError):
+    """No association (or HTTP answer) from the PACS: refused, unreachable or timed out."""
+
+
+class NotInPacsError(PacsError):
+    """The PACS holds no study, series or instance that matches."""
+
+
 @dataclass
 class PacsTarget:
     """A remote DICOM node to send results to (the PACS)."""
@@ -44,25 +52,36 @@ class PacsTarget:
     def __str__(self) -> str:
         return f"{self.ae_title}@{self.host}:{self.port}"
 
-    def _ae(self) -> AE:
+    @classmethod
+    def parse(cls, text: str, *, option: str = "--pacs", **kwargs) -> "PacsTarget":
+        """AET@HOST:PORT (``kwargs``: the other fields) or a one-line error naming ``option``."""
+        aet, at, rest = text.partition("@")
+        host, colon, port = rest.rpartition(":")
+        if not (at and colon and aet and host and port.isdigit() and 0 < int(port) < 65536):
+            raise PacsError(f"{option} must look like AET@HOST:PORT, not '{text}'")
+        return cls(aet, host.strip("[]"), int(port), **kwargs)
+
+    def application_entity(self) -> AE:
+        """A pynetdicom AE calling as ``calling_ae_title`` with this target's timeouts (add contexts to it)."""
         ae = AE(ae_title=self.calling_ae_title)
         ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = self.timeout
         ae.connection_timeout = self.timeout
         return ae
 
-    def _associate(self, ae: AE):
-        assoc = ae.associate(self.host, int(self.port), ae_title=self.ae_title)
+    def associate(self, ae: AE, **kwargs):
+        """An established association of ``ae`` with the PACS (``kwargs``: for ``AE.associate``)."""
+        assoc = ae.associate(self.host, int(self.port), ae_title=self.ae_title, **kwargs)
         if assoc.is_established:
             return assoc
         if assoc.is_rejected:
-            raise PacsError(f"PACS {self} rejected the association from {self.calling_ae_title}")
-        raise PacsError(f"PACS {self} cannot be reached (association failed or timed out)")
+            raise PacsUnreachableError(f"PACS {self} rejected the association from {self.calling_ae_title}")
+        raise PacsUnreachableError(f"PACS {self} cannot be reached (association failed or timed out)")
 
     def echo(self) -> None:
         """C-ECHO the PACS; raises :class:`PacsError` unless it answers with status Success."""
-        ae = self._ae()
+        ae = self.application_entity()
         ae.add_requested_context(Verification)
-        assoc = self._associate(ae)
+        assoc = self.associate(ae)
         try:
             status = assoc.send_c_echo()
         finally:
@@ -101,7 +120,7 @@ class PacsTarget:
 
         Raises :class:`PacsError` when no association could be established.
         """
-        ae = self._ae()
+        ae = self.application_entity()
         for sop_class in dict.fromkeys(str(ds.SOPClassUID) for ds in datasets):
             syntaxes = [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
             for ds in datasets:
@@ -109,7 +128,7 @@ class PacsTarget:
                 if str(ds.SOPClassUID) == sop_class and ts and ts not in syntaxes:
                     syntaxes.append(ts)
             ae.add_requested_context(sop_class, syntaxes)
-        assoc = self._associate(ae)
+        assoc = self.associate(ae)
         failed: list[Dataset] = []
         try:
             for i, ds in enumerate(datasets):
