@@ -6,15 +6,16 @@
   highdicom (``SCImage.from_ref_dataset``): same patient and study as the source image, a new
   series ("medlens overlay"), ``BurnedInAnnotation = YES`` (the overlay and the AI label are
   burned into the pixels) and a SourceImageSequence reference to the instance it was made from.
-* :func:`overlay_for_result` picks what to draw for a prediction: the 2D display image, or for a
-  3D heatmap the source slice where the heatmap is largest.
+* :func:`overlay_for_result` draws a prediction's picture: the source image at its own resolution
+  with the heatmap on its pixels (for 3D the source slice where the heatmap peaks), and names the
+  source instance it shows.
 """
 
 from __future__ import annotations
 
 import io
 import warnings
-from typing import Any, Sequence
+from typing import Any
 
 import highdicom as hd
 import numpy as np
@@ -98,6 +99,18 @@ def burn_in_label(rgb: np.ndarray, text: str) -> np.ndarray:
     return np.asarray(img, dtype=np.uint8)
 
 
+def _spacing(source_ds: Dataset, keyword: str, shape: tuple[int, ...]) -> tuple[float, float] | None:
+    """The source's ``keyword`` spacing (row, column) for a picture of ``shape``: the source's own
+    at its resolution, scaled when the picture is reduced (same physical field of view)."""
+    spacing = source_ds.get(keyword)
+    if spacing is None or len(spacing) != 2 or "Rows" not in source_ds or "Columns" not in source_ds:
+        return None
+    return (
+        float(spacing[0]) * int(source_ds.Rows) / shape[0],
+        float(spacing[1]) * int(source_ds.Columns) / shape[1],
+    )
+
+
 def _orientation_letters(vector: np.ndarray) -> str:
     """DICOM patient-orientation letters of a direction in LPS (dominant axes first, at most 2)."""
     letters = []
@@ -133,7 +146,8 @@ def secondary_capture(
     """A DICOM Secondary Capture of the overlay in ``source_ds``'s study, as a new series.
 
     ``label`` burns the finding and probability into the top-left corner. The result references
-    ``source_ds`` in SourceImageSequence and flags ``BurnedInAnnotation = YES``.
+    ``source_ds`` in SourceImageSequence and flags ``BurnedInAnnotation = YES``; its PixelSpacing
+    and ImagerPixelSpacing are the source's (scaled when the picture is smaller than the source).
     """
     rgb = np.asarray(rgb)
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
@@ -141,14 +155,7 @@ def secondary_capture(
     if label:
         rgb = burn_in_label(rgb, label_text(pred))
     source_ds = complete_source(source_ds)
-    spacing = source_ds.get("PixelSpacing")
-    pixel_spacing = None
-    if spacing is not None and len(spacing) == 2 and "Rows" in source_ds and "Columns" in source_ds:
-        # the overlay may be resampled: keep the physical field of view of the source image
-        pixel_spacing = (
-            float(spacing[0]) * int(source_ds.Rows) / rgb.shape[0],
-            float(spacing[1]) * int(source_ds.Columns) / rgb.shape[1],
-        )
+    pixel_spacing = _spacing(source_ds, "PixelSpacing", rgb.shape)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         sc = hd.sc.SCImage.from_ref_dataset(
@@ -166,6 +173,9 @@ def secondary_capture(
             patient_orientation=_patient_orientation(source_ds),
             transfer_syntax_uid=pydicom.uid.ExplicitVRLittleEndian,
         )
+    imager_spacing = _spacing(source_ds, "ImagerPixelSpacing", rgb.shape)
+    if imager_spacing is not None:  # projection X-ray: measurements at the detector stay true
+        sc.ImagerPixelSpacing = [pydicom.valuerep.DSfloat(v, auto_format=True) for v in imager_spacing]
     sc.SeriesDescription = SC_SERIES_DESCRIPTION
     if "Laterality" not in sc:  # type 2C in General Series: present (empty when unknown)
         sc.Laterality = source_ds.get("Laterality", "")
@@ -180,70 +190,11 @@ def secondary_capture(
     return sc
 
 
-# --------------------------------------------------------------------------------------------
-# choosing the picture for a prediction
-# --------------------------------------------------------------------------------------------
-def _slice_position(ds: Dataset) -> float:
-    ipp, iop = ds.get("ImagePositionPatient"), ds.get("ImageOrientationPatient")
-    if ipp is not None and iop is not None and len(ipp) == 3 and len(iop) == 6:
-        v = np.asarray([float(x) for x in iop])
-        return float(np.dot(np.cross(v[:3], v[3:]), [float(x) for x in ipp]))
-    return float(ds.get("InstanceNumber", 0) or 0)
-
-
-def slice_order(sources: Sequence[Dataset]) -> list[Dataset]:
-    """Sources in volume order: by position along the slice normal (InstanceNumber without geometry)."""
-    return sorted(sources, key=_slice_position)
-
-
-def _display(ds: Dataset) -> np.ndarray:
-    """One source image as grey values in [0, 1] (its own window, else the 0.5-99.5 percentiles)."""
-    from medlens.data.dicom import apply_window
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        arr = ds.pixel_array.astype(np.float32)
-    if arr.ndim == 3 and int(ds.get("SamplesPerPixel", 1)) == 3:
-        arr = arr @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
-    elif arr.ndim == 3:  # multi-frame: middle frame
-        arr = arr[arr.shape[0] // 2]
-    arr = arr * float(ds.get("RescaleSlope", 1) or 1) + float(ds.get("RescaleIntercept", 0) or 0)
-    wc, ww = ds.get("WindowCenter"), ds.get("WindowWidth")
-    try:
-        wc = float(wc[0] if isinstance(wc, pydicom.multival.MultiValue) else wc)
-        ww = float(ww[0] if isinstance(ww, pydicom.multival.MultiValue) else ww)
-    except (TypeError, ValueError):
-        wc = ww = None
-    if not ww or ww <= 0:
-        lo, hi = np.percentile(arr, [0.5, 99.5])
-        wc, ww = (lo + hi) / 2, max(hi - lo, 1e-6)
-    return apply_window(arr, wc, ww)
-
-
-def overlay_for_result(result: Any, sources: Sequence[Dataset] | None = None) -> tuple[np.ndarray, Dataset]:
-    """(RGB overlay, the source instance it shows) for a PredictionResult-like object.
-
-    With a 3D heatmap (D, H, W) the slice with the largest heatmap value is chosen, mapped onto the
-    sources in volume order (the heatmap's D may differ from the number of slices), and drawn from
-    that instance's own pixels. With a 2D heatmap (or none) the result's ``display_image`` is
-    used (falling back to the middle source image) and the middle source instance is referenced.
-    """
-    pred: Prediction = result.prediction
-    ordered = slice_order(list(sources if sources is not None else result.sources))
-    if not ordered:
-        raise MedlensError("an overlay needs at least one source DICOM instance")
-    heat = None if pred.heatmap is None else np.asarray(pred.heatmap, dtype=np.float32)
-    if heat is not None:
-        heat = np.squeeze(heat)
-    if heat is not None and heat.ndim == 3:
-        k = int(np.argmax(heat.reshape(heat.shape[0], -1).max(axis=1)))
-        n, d = len(ordered), heat.shape[0]
-        index = int(round(k * (n - 1) / (d - 1))) if d > 1 else n // 2
-        source = ordered[index]
-        return overlay_rgb(_display(source), heat[k]), source
-    if heat is not None and heat.ndim != 2:
-        raise MedlensError(f"heatmap must be 2D or 3D, got shape {heat.shape}")
-    source = ordered[len(ordered) // 2]
-    display = getattr(result, "display_image", None)
-    display = _display(source) if display is None else np.squeeze(np.asarray(display, dtype=np.float32))
-    return overlay_rgb(display, heat), source
+def overlay_for_result(result: Any) -> tuple[np.ndarray, Dataset]:
+    """(RGB overlay, the source instance it shows) for a :class:`~medlens.serving.predictor.PredictionResult`:
+    its picture in the source's geometry (:func:`medlens.inference.geometry.source_view`)."""
+    image, heat = result.heatmap_slice()
+    source = result.shown_source()
+    if image is None or source is None:
+        raise MedlensError("an overlay needs the source image and at least one source DICOM instance")
+    return overlay_rgb(image, heat), source

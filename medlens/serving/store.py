@@ -5,7 +5,7 @@ ones in a folder (mode 0700; it holds DICOM headers of the inputs, so it is as s
 images themselves). Per prediction the folder holds what every rendering is made from:
 
 * ``prediction.json``: :meth:`Prediction.to_json`;
-* ``arrays.npz``: the display image and the heatmap (uint8, 0-255);
+* ``arrays.npz``: the display image and the heatmap (uint8, 0-255, the source's resolution);
 * ``source_NNNN.dcm``: the headers (no pixel data) of the source DICOM instances, the SR's evidence.
 
 Renderings (PNGs, FHIR, SR) are made on first request and cached in memory, so a prediction
@@ -40,8 +40,8 @@ class StoredPrediction:
     """One prediction with what its renderings need, and the renderings made so far."""
 
     prediction: Prediction  # without its heatmap (kept 2D in ``heatmap``)
-    display_image: np.ndarray | None  # 2D float in [0, 1]
-    heatmap: np.ndarray | None = None  # 2D float in [0, 1], the display image's slice
+    display_image: np.ndarray | None  # 2D uint8 (0-255 for [0, 1]): a quarter of float32 at source resolution
+    heatmap: np.ndarray | None = None  # 2D uint8, on the display image's pixels
     sources: list[pydicom.Dataset] = field(default_factory=list)  # headers only
     cache: dict[str, Any] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -51,6 +51,10 @@ class StoredPrediction:
         d = self.prediction.to_json()
         d["has_heatmap"] = self.heatmap is not None
         return d
+
+    def planes(self) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """(display image, heatmap) as float32 in [0, 1]."""
+        return _from_u8(self.display_image), _from_u8(self.heatmap)
 
     def rendered(self, name: str, make):
         """``make()`` once per entry and name; later calls return the cached value (or re-raise its error)."""
@@ -116,11 +120,9 @@ class PredictionStore:
     def put(
         self, prediction: Prediction, display_image: np.ndarray | None, sources=(), *, heatmap: np.ndarray | None = None
     ) -> StoredPrediction:
-        """Keep ``prediction`` with its 2D display image and 2D heatmap slice (default: its own 2D heatmap)."""
-        if heatmap is None and prediction.heatmap is not None and np.ndim(prediction.heatmap) == 2:
-            heatmap = prediction.heatmap
+        """Keep ``prediction`` with its 2D display image and the 2D heatmap on its pixels (floats in [0, 1])."""
         light = dataclasses.replace(prediction, heatmap=None)
-        entry = StoredPrediction(light, display_image, heatmap, [header_only(s) for s in sources])
+        entry = StoredPrediction(light, _to_u8(display_image), _to_u8(heatmap), [header_only(s) for s in sources])
         with self._lock:
             self._memory[prediction.id] = entry
             self._memory.move_to_end(prediction.id)
@@ -135,11 +137,7 @@ class PredictionStore:
         folder = self.root / pred.id
         folder.mkdir(exist_ok=True)
         buf = io.BytesIO()
-        arrays = {
-            k: v
-            for k, v in (("display", _to_u8(entry.display_image)), ("heatmap", _to_u8(entry.heatmap)))
-            if v is not None
-        }
+        arrays = {k: v for k, v in (("display", entry.display_image), ("heatmap", entry.heatmap)) if v is not None}
         np.savez_compressed(buf, **arrays)
         (folder / "arrays.npz").write_bytes(buf.getvalue())
         for i, ds in enumerate(entry.sources):
@@ -177,8 +175,8 @@ class PredictionStore:
         try:
             d = json.loads((folder / "prediction.json").read_text())
             with np.load(folder / "arrays.npz") as z:
-                display = _from_u8(z["display"]) if "display" in z.files else None
-                heatmap = _from_u8(z["heatmap"]) if "heatmap" in z.files else None
+                display = z["display"] if "display" in z.files else None
+                heatmap = z["heatmap"] if "heatmap" in z.files else None
             sources = [pydicom.dcmread(p, force=True) for p in sorted(folder.glob("source_*.dcm"))]
         except (OSError, ValueError, KeyError):
             return None

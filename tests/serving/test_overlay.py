@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import shutil
 import subprocess
-import types
 
 import numpy as np
 import pydicom
@@ -13,9 +12,11 @@ import pytest
 from PIL import Image
 
 from medlens.errors import MedlensError
-from medlens.serving.overlay import overlay_for_result, overlay_png, overlay_rgb, secondary_capture, slice_order
+from medlens.inference.geometry import source_view
+from medlens.serving.overlay import overlay_for_result, overlay_png, overlay_rgb, secondary_capture
+from medlens.serving.predictor import PredictionResult
 from tests.serving.orthanc_fixture import synthetic_ct_series
-from tests.serving.test_dicom_node import fake_prediction
+from tests.serving.test_dicom_node import fake_prediction, fake_result
 
 
 def test_overlay_blends_a_resized_heatmap_over_the_grey_image():
@@ -71,22 +72,22 @@ def test_secondary_capture_is_a_new_series_in_the_source_study(tmp_path):
 def test_3d_heatmap_shows_the_source_slice_where_it_peaks():
     series = synthetic_ct_series(5, blob_slice=4)
     shuffled = [series[i] for i in (3, 0, 4, 2, 1)]
-    assert [d.InstanceNumber for d in slice_order(shuffled)] == [1, 2, 3, 4, 5]
-    pred = fake_prediction(series, heatmap_depth=5)  # peaks at heatmap slice 3
-    result = types.SimpleNamespace(prediction=pred, sources=shuffled, display_image=None)
+    result = fake_result(shuffled, heatmap_depth=5)  # peaks at heatmap slice 3
     rgb, shown = overlay_for_result(result)
     assert shown.InstanceNumber == 4 and rgb.shape == (32, 32, 3)
-    pred.heatmap = np.zeros((5, 8, 8), dtype=np.float32)
-    pred.heatmap[4, 2, 2] = 1.0
+    heat = np.zeros((5, 8, 8), dtype=np.float32)
+    heat[4, 2, 2] = 1.0
+    result = fake_result(shuffled, heatmap=heat)
     _, shown = overlay_for_result(result)
     assert shown.InstanceNumber == 5  # the slice with the blob
 
 
-def test_2d_heatmap_uses_the_display_image():
+def test_2d_overlay_is_the_source_image_with_the_heatmap_on_it():
     series = synthetic_ct_series(1)
     pred = fake_prediction(series)
-    pred.heatmap = np.ones((4, 4), dtype=np.float32)
-    display = np.zeros((16, 16), dtype=np.float32)
-    rgb, shown = overlay_for_result(types.SimpleNamespace(prediction=pred, sources=series, display_image=display))
+    view = source_view(np.zeros((1, 16, 16), dtype=np.float32), np.ones((4, 4), dtype=np.float32))
+    rgb, shown = overlay_for_result(PredictionResult(pred, series, view))
     assert rgb.shape == (16, 16, 3) and shown is series[0]
     assert rgb[8, 8, 0] == round(0.4 * 0.5 * 255) and rgb[8, 8, 2] == 0  # jet(1) = dark red, alpha 0.4, over black
+    with pytest.raises(MedlensError, match="source DICOM instance"):
+        overlay_for_result(PredictionResult(pred, [], view))
