@@ -4,8 +4,9 @@
 runs/NAME/
   config.yaml  fingerprint.json  splits.json  comparison.json  report.html  manifest.json
   study.json  audit.json  figures/ (montage.png, gradcam_*.png)
-  models/MODEL/  model.safetensors | model.joblib, model.json (the card), config.yaml, metrics.json,
-                 predictions_{val,test}.csv, decisions_{val,test}.csv, training_log.csv, checkpoints/
+  models/MODEL/  model.safetensors | model.joblib, model.json (the card), ood.safetensors (the
+                 out-of-distribution guard), config.yaml, metrics.json, predictions_{val,test}.csv,
+                 decisions_{val,test}.csv, training_log.csv, checkpoints/
 ```
 """
 
@@ -19,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+OOD_GUARD_FILE = "ood.safetensors"
 
 
 class RunDir:
@@ -110,6 +113,11 @@ class ModelDir:
     @property
     def info(self) -> Path:
         return self.root / "model.json"
+
+    @property
+    def ood(self) -> Path:
+        """The out-of-distribution guard's numbers (the card's ``ood`` field describes them)."""
+        return self.root / OOD_GUARD_FILE
 
     @property
     def metrics(self) -> Path:

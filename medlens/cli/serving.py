@@ -18,12 +18,16 @@ FORMATS = ("json", "sr", "fhir")
 # ============================================================================================
 def predict(
     run: Path = typer.Argument(..., help="Run directory holding the trained model (models/MODEL/ + manifest.json)."),
-    inputs: list[Path] = typer.Argument(..., help="DICOM files, series or study folders, NIfTI, PNG or JPEG files."),
+    inputs: list[Path] = typer.Argument(
+        None, help="DICOM files, series or study folders, NIfTI, PNG or JPEG files (or none, with --pacs)."
+    ),
     model: str = typer.Option(
         None, "--model", "-m", help="Model of the run (default: the only one, or the best by validation AUC)."
     ),
     explain: bool = typer.Option(
-        False, "--explain", help="Also write DIR/<name>.heatmap.png (Grad-CAM; occlusion for classical models)."
+        False,
+        "--explain",
+        help="Also write DIR/<name>.heatmap.png: the heatmap over the input at its own resolution (Grad-CAM; occlusion for classical models).",
     ),
     fmt: str = typer.Option(
         "json", "--format", "-f", help="json | sr (DICOM SR, DICOM input only) | fhir (FHIR R4 DiagnosticReport)."
@@ -34,19 +38,45 @@ def predict(
         "-o",
         help="Write DIR/<name>.json | .sr.dcm | .fhir.json (default: json and fhir to stdout; SR files and heatmaps to the current folder).",
     ),
+    pacs: str = typer.Option(
+        None,
+        "--pacs",
+        help="Predict on studies in this PACS instead of INPUT: AET@HOST:PORT (DICOM C-FIND + C-GET) or a DICOMweb root URL.",
+    ),
+    patient_id: str = typer.Option(None, "--patient-id", help="With --pacs: the studies of this patient (exact ID)."),
+    accession: str = typer.Option(None, "--accession", help="With --pacs: the study with this accession number."),
+    study_uid: str = typer.Option(None, "--study-uid", help="With --pacs: the study with this Study Instance UID."),
+    send_back: bool = typer.Option(
+        False, "--send-back", help="With --pacs: store each prediction's DICOM SR in the PACS (C-STORE or STOW-RS)."
+    ),
+    aet: str = typer.Option(
+        "MEDLENS", "--aet", help="With a DICOM --pacs: our AE title (calling, and C-MOVE destination)."
+    ),
+    move_port: int = typer.Option(
+        0,
+        "--move-port",
+        help="With a DICOM --pacs: retrieve by C-MOVE to a temporary Storage SCP on this port (the PACS must know --aet at this host and port); default C-GET.",
+    ),
 ) -> None:
     """Predict the finding, its probability and uncertainty for each input (one per DICOM series).
 
     Inputs that fail are named on stderr, one line each, as they fail (with a count at the end of a batch);
     the others are still predicted. Exit code 2 when any input failed (1 when one failed by a fault of medlens).
+
+    With --pacs and --patient-id, --accession or --study-uid: finds the studies in the PACS, retrieves and
+    predicts each series the model can read (the others are named on stderr as skipped, with the reason), and
+    with --send-back stores each DICOM SR into the same study in the PACS.
     """
     from medlens.errors import printable
     from medlens.serving.predictor import Predictor, find_inputs
 
     if fmt not in FORMATS:
         raise MedlensError(f"--format must be one of {', '.join(FORMATS)}, not '{fmt}'")
+    source = _pacs_source(inputs, pacs, patient_id, accession, study_uid, send_back, aet, move_port)
     predictor = Predictor.from_run(run, model)
-    items, found = find_inputs(inputs)
+    items, found = (
+        find_inputs(inputs) if source is None else _pacs_series(source, predictor, patient_id, accession, study_uid)
+    )
     failures: list[str] = []
 
     def fail(text: str) -> None:
@@ -58,7 +88,9 @@ def predict(
     documents, internal, done = [], False, 0
     for item in items:
         try:
-            if item.files:
+            if source is not None:
+                result = predictor.predict_dicom(source.retrieve(item), explain=explain)
+            elif item.files:
                 result = predictor.predict_files(item.files, explain=explain)
             else:
                 result = predictor.predict_path(item.path, explain=explain)
@@ -71,16 +103,84 @@ def predict(
             fail(f"{item.label}: unexpected {type(e).__name__} ({str(e).splitlines()[0][:200] if str(e) else ''})")
             continue
         done += 1
+        if result.prediction.out_of_scope:
+            notice = f"referred {item.label}: {result.prediction.abstain_reason}"
+            err_console.print(f"warning: {printable(notice)}", highlight=False, markup=False, soft_wrap=True)
         if document is not None:
             documents.append(document)
         for path in written:
             err_console.print(f"wrote {printable(str(path))}", highlight=False, markup=False, soft_wrap=True)
+        if send_back:
+            try:
+                _send_back(source, result, item.label)
+            except Exception as e:  # noqa: BLE001 - the prediction stands; the missing SR is a failure
+                fail(
+                    f"{item.label}: SR not stored in the PACS: {e if isinstance(e, MedlensError) else type(e).__name__}"
+                )
     if documents:
         print_json(documents[0] if len(documents) == 1 else documents)
     if failures:
         if done + len(failures) > 1:
             err_console.print(f"{len(failures)} input(s) failed, {done} predicted", highlight=False, markup=False)
         raise typer.Exit(1 if internal else 2)
+
+
+def _pacs_source(inputs, pacs, patient_id, accession, study_uid, send_back, aet, move_port):
+    """The PACS of `predict --pacs` (None for INPUT paths), after checking that the options go together."""
+    from medlens.serving.retrieve import open_pacs
+
+    pacs_options = {
+        "--patient-id": patient_id,
+        "--accession": accession,
+        "--study-uid": study_uid,
+        "--send-back": send_back,
+        "--move-port": move_port,
+    }
+    if pacs is None:
+        if not inputs:
+            raise MedlensError("give INPUT files or folders, or --pacs with --patient-id, --accession or --study-uid")
+        given = [flag for flag, value in pacs_options.items() if value]
+        if given:
+            raise MedlensError(f"{given[0]} needs --pacs")
+        return None
+    if inputs:
+        raise MedlensError("give INPUT files or --pacs, not both")
+    if not (patient_id or accession or study_uid):
+        raise MedlensError("--pacs needs --patient-id, --accession or --study-uid")
+    return open_pacs(pacs, calling_ae_title=aet, move_port=move_port)
+
+
+def _pacs_series(source, predictor, patient_id, accession, study_uid):
+    """(series to predict, []) from the PACS; names the studies found and each skipped series on stderr."""
+    from medlens.serving.retrieve import find_series_to_predict
+
+    studies, chosen, skipped = find_series_to_predict(
+        source, predictor.accepts_modality, patient_id=patient_id, accession=accession, study_uid=study_uid
+    )
+    for study in studies:
+        _say(
+            f"found study {study.study_uid} ({study.date or 'no date'}, {' '.join(study.modalities) or 'no modalities'}) in PACS {source}"
+        )
+    for reason in skipped:
+        _say(f"skipped {reason}")
+    if not chosen:
+        raise MedlensError(f"no series of the {len(studies)} study(ies) found can go to model '{predictor.model_id}'")
+    return chosen, []
+
+
+def _send_back(source, result, label: str) -> None:
+    """Store the DICOM SR of one prediction in the PACS it came from."""
+    from medlens.serving.sr import structured_report
+
+    source.store([structured_report(result.prediction, result.sources)])
+    _say(f"stored the SR for {label} in PACS {source}")
+
+
+def _say(text: str) -> None:
+    """One progress line on stderr, control characters escaped."""
+    from medlens.errors import printable
+
+    err_console.print(printable(text), highlight=False, markup=False, soft_wrap=True)
 
 
 def _render(result, name: str, *, fmt: str, out: Path | None, explain: bool) -> tuple[dict | None, list[Path]]:
@@ -259,11 +359,7 @@ def _parse_pacs(text: str):
     """AET@HOST:PORT -> PacsTarget, with a one-line error for anything else."""
     from medlens.serving.pacs import PacsTarget
 
-    aet, at, rest = text.partition("@")
-    host, colon, port = rest.rpartition(":")
-    if not (at and colon and aet and host and port.isdigit()):
-        raise MedlensError(f"--pacs-dicom must look like AET@HOST:PORT, not '{text}'")
-    return PacsTarget(aet, host, int(port))
+    return PacsTarget.parse(text, option="--pacs-dicom")
 
 
 def _start_dicom_node(

@@ -32,6 +32,11 @@ def train(
         "--ema",
         help="Validate, checkpoint and export an exponential moving average of the weights with this decay per step (e.g. 0.99; default 0: off).",
     ),
+    ood_accept: float = typer.Option(
+        None,
+        "--ood-accept",
+        help="Share of in-distribution validation images the out-of-distribution guard accepts (default 0.99).",
+    ),
     seed: int = typer.Option(
         None, "--seed", help="The one seed for splits, initialisation and augmentation (default 0)."
     ),
@@ -53,11 +58,18 @@ def train(
         None, "--checkpoint-every", help="Also write last.ckpt every N optimizer steps (default 50)."
     ),
     weights: Path = typer.Option(None, "--weights", help="Start from these local .safetensors weights."),
+    codes: Path = typer.Option(
+        None,
+        "--codes",
+        help='JSON file {"class": {"scheme": "SCT", "code": "...", "meaning": "..."}}: standard codes of the classes '
+        "in SR and FHIR, instead of medlens's table.",
+    ),
     resume: bool = typer.Option(False, "--resume", help="Continue from models/MODEL/checkpoints/last.ckpt."),
     plan: Path = typer.Option(None, "--plan", help="Follow a plan.json from `medlens plan` (options given here win)."),
     no_progress: bool = typer.Option(False, "--no-progress", help="No progress bars."),
 ) -> None:
     """Train one model on SOURCE and write a complete run directory."""
+    from medlens.inference.codes import read_overrides
     from medlens.training.config import TrainConfig
     from medlens.training.run import is_global_zero
     from medlens.training.run import train as run_train
@@ -77,6 +89,7 @@ def train(
         "augment": augment,
         "gan_epochs": gan_epochs,
         "ema": ema,
+        "ood_accept": ood_accept,
         "seed": seed,
         "max_samples": max_samples,
         "accelerator": accelerator,
@@ -88,6 +101,7 @@ def train(
         "threads": threads,
         "checkpoint_every_n_steps": checkpoint_every,
         "weights": str(weights) if weights else None,
+        "codes": read_overrides(codes) if codes else None,
     }
     explicit = {k for k, v in given.items() if v is not None}
     config = TrainConfig(source=source, out=str(out)).updated(

@@ -14,6 +14,9 @@ command line, the Python API and the benchmarks predict with it:
 * :meth:`Bundle.decide` is the one threshold rule (:func:`medlens.evaluation.metrics.predict`,
   the rule comparison.json's metrics count), :meth:`Bundle.finding` names it;
 * :meth:`Bundle.uncertainty` scores doubt and applies the card's abstention rule;
+* :meth:`Bundle.scope` says whether an input is inside what the model was made for (the
+  out-of-distribution guard of :mod:`medlens.inference.ood`, on the features that
+  :meth:`Bundle.raw_proba_and_features` returns with the probabilities);
 * :meth:`Bundle.explain` gives Grad-CAM (deep, at the card's ``cam_layer``) or occlusion maps.
 
 Concurrency: the network stays in eval mode and runs under ``torch.no_grad``; MC dropout uses a
@@ -23,6 +26,7 @@ private copy, Grad-CAM a per-call copy, so concurrent callers never see each oth
 from __future__ import annotations
 
 import copy
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +36,7 @@ import numpy as np
 from medlens.errors import ChecksumError, MedlensError
 from medlens.inference import uncertainty as unc
 from medlens.inference.card import ModelCard, read_card
+from medlens.inference.ood import UNCHECKED, Guard, Scope
 from medlens.runs import RunDir, read_json
 
 OCCLUSION_GRID = 8
@@ -60,16 +65,19 @@ class Bundle:
         estimator: Any = None,
         weights_sha256: str = "",
         uncertainty: str | None = None,
+        guard: Guard | None = None,
     ):
         if (net is None) == (estimator is None):
             raise ValueError("a bundle holds either a network or an estimator")
         self.card = card
+        self.guard = guard
         self.name = name or card.name
         self.net = net
         self.estimator = estimator
         self.weights_sha256 = weights_sha256
         self.abstention = _abstention_rule(card, uncertainty)
         self._mc = None
+        self._tap = _FeatureTap(net) if net is not None else None
         if net is not None:
             net.eval()
             for p in net.parameters():
@@ -97,11 +105,13 @@ class Bundle:
         if not weights.is_file():
             raise MedlensError(f"{card.kind} model without its weights file {card.weights_file}", model_dir.root)
         sha = read_json(run.manifest)["files"][weights.relative_to(run.root).as_posix()]["sha256"]
+        guard = Guard.load(model_dir.root, card.ood, modality=card.modality) if card.ood else None
+        common = {"name": name, "weights_sha256": sha, "uncertainty": uncertainty, "guard": guard}
         if card.kind == "deep":
-            return cls(card, name=name, net=build_network(card, weights), weights_sha256=sha, uncertainty=uncertainty)
+            return cls(card, net=build_network(card, weights), **common)
         from medlens.models.classical.persistence import load_estimator
 
-        return cls(card, name=name, estimator=load_estimator(weights, sha), weights_sha256=sha, uncertainty=uncertainty)
+        return cls(card, estimator=load_estimator(weights, sha), **common)
 
     @property
     def kind(self) -> str:
@@ -144,21 +154,58 @@ class Bundle:
         """The model's own probabilities (N, K) for model inputs ``x`` (N, C, ...): float64,
         softmax (sigmoid per label for multi-label) of the logits, or the estimator's columns in
         class-index order. predictions_*.csv holds these."""
+        return self.raw_proba_and_features(x, batch_size=batch_size, features=False)[0]
+
+    def raw_proba_and_features(
+        self, x: np.ndarray, *, batch_size: int = 256, features: bool = True
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """:meth:`raw_proba` and, from the same pass, the features (N, D) the classifier reads:
+        the input of the network's last linear layer, or what a classical pipeline computes
+        before its final estimator (None when ``features`` is False)."""
         x = np.asarray(x, dtype=np.float32)
         if self.estimator is not None:
-            from medlens.models.classical.predict import predict_proba_classical
-
-            return np.asarray(
-                predict_proba_classical(self.estimator, x, self.task, n_classes=self.card.n_classes), dtype=np.float64
-            )
+            return self._classical_proba(x, features)
         import torch
 
-        parts = []
+        assert self._tap is not None  # every network bundle has its tap
+        parts, feats = [], []
         with torch.no_grad():
             for i in range(0, len(x), batch_size):
                 logits = self.net(torch.from_numpy(np.ascontiguousarray(x[i : i + batch_size])))
                 parts.append(logits_to_probs(logits, self.task))
-        return np.concatenate(parts) if parts else np.zeros((0, self.card.num_outputs))
+                if features:
+                    feats.append(self._tap.take())
+        probs = np.concatenate(parts) if parts else np.zeros((0, self.card.num_outputs))
+        return probs, (np.concatenate(feats) if feats else None)
+
+    def _classical_proba(self, x: np.ndarray, features: bool) -> tuple[np.ndarray, np.ndarray | None]:
+        from sklearn.pipeline import Pipeline
+
+        from medlens.models.classical.predict import predict_proba_classical
+
+        estimator, f = self.estimator, None
+        if features:
+            if not isinstance(estimator, Pipeline):
+                raise MedlensError(f"classical model '{self.name}' is not a feature pipeline: no features to check")
+            f = np.asarray(estimator[:-1].transform(x), dtype=np.float64)
+            estimator, x = estimator[-1], f
+        probs = predict_proba_classical(estimator, x, self.task, n_classes=self.card.n_classes)
+        return np.asarray(probs, dtype=np.float64), f
+
+    @property
+    def feature_source(self) -> str:
+        """Where :meth:`raw_proba_and_features` takes its features from (recorded in the card)."""
+        if self.estimator is not None:
+            return "classical pipeline before " + type(self.estimator[-1]).__name__
+        assert self._tap is not None
+        return f"input of the network's last linear layer ({self._tap.layer})"
+
+    def scope(self, image: np.ndarray, x: np.ndarray, features: np.ndarray | None) -> Scope:
+        """Whether one input (``image`` as read, ``x`` its model input, its ``features``) is inside
+        what the model was made for; unchecked for bundles trained before the guard existed."""
+        if self.guard is None or features is None:
+            return UNCHECKED
+        return self.guard.check(image, x, features)
 
     def calibrate(self, probs: np.ndarray) -> np.ndarray:
         """Temperature-scaled probabilities (the card's temperature, chosen on validation)."""
@@ -240,6 +287,34 @@ class Bundle:
         size = self.card.img_size or 32
         spatial = [int(v) for v in size] if isinstance(size, list) else [int(size)] * self.card.dims
         return torch.zeros(1, self.card.in_channels, *spatial)
+
+
+class _FeatureTap:
+    """Keeps the input of a network's last linear layer (the classifier's features) per thread,
+    so that concurrent callers of one shared network each read their own batch's features."""
+
+    def __init__(self, net: Any):
+        import torch
+
+        linears = [(n, m) for n, m in net.named_modules() if isinstance(m, torch.nn.Linear)]
+        if not linears:
+            raise MedlensError("the network has no linear layer whose input could serve as features")
+        self.layer, module = linears[-1]
+        self._local = threading.local()
+        module.register_forward_pre_hook(self._keep)
+
+    def __deepcopy__(self, memo: dict) -> "_FeatureTap":
+        return self  # copies of the network (MC dropout, Grad-CAM) report to the same tap
+
+    def _keep(self, _module: Any, inputs: tuple) -> None:
+        self._local.value = inputs[0].detach().flatten(1).double().cpu().numpy()
+
+    def take(self) -> np.ndarray:
+        value = getattr(self._local, "value", None)
+        if value is None:
+            raise MedlensError("the network's last linear layer was not reached: no features")
+        self._local.value = None
+        return value
 
 
 # -- helpers shared by every stage -------------------------------------------------------------------

@@ -1,7 +1,9 @@
 """The model card (``models/MODEL/model.json``): one typed description of a model bundle.
 
 :class:`ModelCard` says what the model is (architecture and its arguments, task, classes,
-channels, input size, modality), how an input reaches it (``preprocessing``), how its output
+channels, input size, modality, ``codes``: the standard code of each class,
+:mod:`medlens.inference.codes`), what it was made for (``ood``: the out-of-distribution guard,
+:mod:`medlens.inference.ood`), how an input reaches it (``preprocessing``), how its output
 becomes an answer (``temperature``, ``thresholds``, ``abstention``) and where it came from
 (training provenance). Training writes the card once (:func:`write_card`); the evaluation stage
 records calibration, thresholds and abstention chosen on validation as a declared update
@@ -11,7 +13,8 @@ records calibration, thresholds and abstention chosen on validation as a declare
 Reading (:func:`read_card`) validates every field: a foreign or damaged file gives one line
 naming the field, never a KeyError. Cards without ``schema_version`` (runs made before schema 1)
 hold the same keys and load as schema 1; a newer schema than this medlens knows is refused with
-a line saying to upgrade medlens.
+a line saying to upgrade medlens. Optional fields added within schema 1 (``codes``) are filled
+on reading an older card (``codes`` from the table of :mod:`medlens.inference.codes`).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from medlens.errors import MedlensError
+from medlens.inference.codes import Concept, concepts_for
 from medlens.runs import write_json
 
 SCHEMA_VERSION = 1
@@ -49,6 +53,7 @@ class ModelCard(BaseModel):
     in_channels: int = Field(ge=1)
     img_size: int | list[int] | None = None
     modality: str | None = None
+    codes: dict[str, Concept] = Field(default_factory=dict, description="class name -> standard code")
     weights_file: str
     cam_layer: str | None = None
     mc_dropout: Any = None
@@ -60,6 +65,8 @@ class ModelCard(BaseModel):
     thresholds_chosen_on: str | None = None
     calibration: dict[str, Any] | None = None
     abstention: dict[str, Any] | None = None
+    # what it was made for (the out-of-distribution guard fitted by training; None: trained before it)
+    ood: dict[str, Any] | None = None
     # where it came from
     source: str | None = None
     seed: int = 0
@@ -91,12 +98,22 @@ class ModelCard(BaseModel):
             return {k: t for k, t in v.items() if isinstance(t, (int, float)) and not isinstance(t, bool)}
         return v
 
+    @model_validator(mode="before")
+    @classmethod
+    def _codes_of_older_cards(cls, data: Any) -> Any:
+        """A card written before ``codes`` existed gets them from the table (declared fallbacks included)."""
+        if isinstance(data, dict) and not data.get("codes") and isinstance(data.get("class_names"), list):
+            data = {**data, "codes": concepts_for(data["class_names"], data.get("source"))}
+        return data
+
     @model_validator(mode="after")
     def _consistent(self) -> "ModelCard":
         if self.task != "multilabel" and self.num_outputs != len(self.class_names):
             raise ValueError(f"num_outputs {self.num_outputs} != {len(self.class_names)} class names")
         if self.task == "binary" and len(self.class_names) != 2:
             raise ValueError(f"a binary model needs 2 class names, not {len(self.class_names)}")
+        if set(self.codes) != set(self.class_names):
+            raise ValueError("codes must name each class exactly once")
         return self
 
     # -- what the stages ask of it ---------------------------------------------------------------

@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from medlens.inference.codes import Concept, lookup
+
 
 @dataclass
 class SourceInfo:
@@ -38,13 +40,22 @@ class Prediction:
     confidence: float  # probability of the finding (top class)
     uncertainty: float
     uncertainty_method: str
-    abstain: bool
+    abstain: bool  # referred to a person: out of the model's scope, or too uncertain
     abstain_reason: str | None
     source: SourceInfo
+    out_of_scope: list[dict[str, str]] = field(
+        default_factory=list
+    )  # [{check, reason}]: not what the model was made for
+    scope_checked: bool = False  # False: the model has no out-of-distribution guard (trained before it)
     raw_probabilities: dict[str, float] = field(default_factory=dict)  # the model's own, as predictions_*.csv
+    codes: dict[str, dict[str, Any]] = field(default_factory=dict)  # class name -> standard code (the card's)
     heatmap: np.ndarray | None = None  # spatial map in [0,1], shape of the model input (no channel)
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
     created: str = field(default_factory=lambda: dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
+
+    def concept(self, label: str) -> Concept:
+        """The standard code of class ``label`` (the card's; the table's for records made before codes)."""
+        return Concept(**self.codes[label]) if label in self.codes else lookup(label)
 
     def to_json(self) -> dict[str, Any]:
         """JSON-able summary (the heatmap is served separately as a PNG)."""

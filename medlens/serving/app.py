@@ -7,7 +7,8 @@ Endpoints (OpenAPI schema at ``/openapi.json``, docs at ``/docs``, no ``/redoc``
   ``{"study_instance_uid": ..., "series_instance_uid": ...?}`` fetched from the PACS over DICOMweb
   WADO-RS. Query ``explain=true`` adds a heatmap. Answers the prediction as JSON with its ``id``.
 * ``GET /v1/predictions`` (recent), ``/v1/predictions/{id}``, ``.../heatmap.png`` (``?alpha=``;
-  ``?layer=heatmap`` for the colour layer alone), ``.../image.png``, ``.../fhir`` (FHIR R4
+  ``?layer=heatmap`` for the colour layer alone), ``.../image.png`` (both at the input's own
+  resolution: the heatmap is mapped onto the source image), ``.../fhir`` (FHIR R4
   DiagnosticReport), ``.../sr`` (DICOM SR; 409 when the input was not DICOM).
 * ``GET /v1/models``, ``GET /v1/pacs/studies`` (QIDO-RS, when a PACS is configured),
   ``GET /healthz`` (liveness, never needs a key), ``GET /readyz`` (model, audit log and store usable).
@@ -37,7 +38,6 @@ import threading
 from pathlib import Path
 from typing import Any
 
-import pydicom
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
@@ -52,6 +52,8 @@ from medlens.serving.audit import AuditLog, hash_identifier
 from medlens.serving.docs import add_docs
 from medlens.serving.guard import GuardMiddleware, SecurityHeaders, json_error
 from medlens.serving.logsafe import printable
+from medlens.serving.pacs import NotInPacsError, PacsError, PacsUnreachableError
+from medlens.serving.retrieve import DicomWebPacs
 from medlens.serving.settings import ServeSettings
 from medlens.serving.store import PredictionStore, StoredPrediction
 
@@ -60,8 +62,18 @@ log = logging.getLogger("medlens.serve")
 STATIC_DIR = Path(__file__).parent / "static"
 RAW_TYPES = ("application/dicom", "application/octet-stream", "image/", "application/gzip", "application/x-gzip")
 # Libraries whose INFO/DEBUG lines name DICOM UIDs or URLs holding them (highdicom: "copy attributes of
-# dataset UID"; httpx: the WADO-RS URL): quieted to WARNING so that logs hold pseudonyms only.
-CHATTY_LOGGERS = ("highdicom", "pydicom", "httpx", "httpcore", "PIL", "multipart", "python_multipart")
+# dataset UID"; dicomweb_client and urllib3: the WADO-RS URL): quieted to WARNING so that logs hold pseudonyms only.
+CHATTY_LOGGERS = (
+    "highdicom",
+    "pydicom",
+    "httpx",
+    "httpcore",
+    "dicomweb_client",
+    "urllib3",
+    "PIL",
+    "multipart",
+    "python_multipart",
+)
 JSON_LIMIT = 64 * 1024  # a PACS study request is a few UIDs: a bigger JSON body is refused before parsing
 
 
@@ -99,7 +111,7 @@ class Service:
             settings.resolved_store_dir(), memory=settings.store_memory, disk=settings.store_disk
         )
         self.audit_lock = threading.Lock()  # one SQLite writer at a time: no 'database is locked' under bursts
-        self.pacs = DicomWebClient(settings.pacs_url, timeout=settings.pacs_timeout) if settings.pacs_url else None
+        self.pacs = DicomWebPacs(settings.pacs_url, timeout=settings.pacs_timeout) if settings.pacs_url else None
 
     # -- predicting ---------------------------------------------------------------------------------
     def predict_bytes(self, data: bytes, filename: str, explain: bool, key_id: str | None, client: str | None) -> dict:
@@ -127,7 +139,9 @@ class Service:
     ) -> dict:
         if self.pacs is None:
             raise ApiError(400, "no_pacs", "no PACS configured (start the service with --pacs-url)")
-        datasets = self.pacs.fetch_series(study_uid, series_uid)
+        datasets = _from_pacs(lambda: self.pacs.fetch_image_series(study_uid, series_uid))
+        if not datasets:
+            raise ApiError(422, "no_images", "the study holds no image instances")
         try:
             result = self.predictor.predict_dicom(datasets, explain=explain)
         except MedlensError as e:
@@ -210,6 +224,20 @@ class Service:
         return checks
 
 
+def _from_pacs(work):
+    """``work()`` (a DICOMweb request), with PACS problems as API errors (404, 502, 422 when too large)."""
+    try:
+        return work()
+    except NotInPacsError:
+        raise ApiError(404, "not_in_pacs", "the PACS has no such study or series") from None
+    except PacsUnreachableError as e:
+        raise ApiError(502, "pacs_unreachable", e.problem) from None
+    except PacsError as e:
+        raise ApiError(502, "pacs_error", e.problem) from None
+    except MedlensError as e:  # over the size limits
+        raise ApiError(422, "bad_input", e.problem) from None
+
+
 def _with_links(d: dict) -> dict:
     base = f"/v1/predictions/{d['id']}"
     d["links"] = {
@@ -228,12 +256,13 @@ def _with_links(d: dict) -> dict:
 def _png_layers(entry: StoredPrediction) -> tuple[bytes, bytes | None]:
     from medlens.serving.overlay import overlay_png
 
-    if entry.display_image is None:
+    image, heat = entry.planes()  # the source's resolution: the page shows the image at its natural size
+    if image is None:
         raise MedlensError("the prediction has no display image")
 
     def make():
-        grey = overlay_png(entry.display_image, None)
-        layer = overlay_png(entry.display_image, entry.heatmap, alpha=1.0) if entry.heatmap is not None else None
+        grey = overlay_png(image, None)
+        layer = overlay_png(image, heat, alpha=1.0) if heat is not None else None
         return grey, layer
 
     return entry.rendered("png_layers", make)
@@ -259,89 +288,6 @@ def _sr_bytes(entry: StoredPrediction) -> bytes:
         return buf.getvalue()
 
     return entry.rendered("sr", make)
-
-
-# ------------------------------------------------------------------------------------------------
-# DICOMweb (PACS) client: QIDO-RS study list, WADO-RS series retrieval
-# ------------------------------------------------------------------------------------------------
-class DicomWebClient:
-    """A minimal DICOMweb client for an Orthanc (or any PACS) DICOMweb root URL."""
-
-    def __init__(self, url: str, *, timeout: float = 30.0):
-        self.url = url.rstrip("/")
-        self.timeout = timeout
-
-    def _get(self, path: str, accept: str, params: dict | None = None):
-        import httpx
-
-        try:
-            r = httpx.get(f"{self.url}{path}", headers={"Accept": accept}, params=params, timeout=self.timeout)
-        except httpx.HTTPError as e:
-            raise ApiError(502, "pacs_unreachable", f"the PACS did not answer ({type(e).__name__})") from None
-        if r.status_code == 404:
-            raise ApiError(404, "not_in_pacs", "the PACS has no such study or series")
-        if r.status_code >= 400:
-            raise ApiError(502, "pacs_error", f"the PACS answered HTTP {r.status_code}")
-        return r
-
-    def studies(self, limit: int = 50) -> list[dict]:
-        r = self._get(
-            "/studies",
-            "application/dicom+json",
-            {"limit": str(limit), "includefield": "StudyDescription,ModalitiesInStudy,StudyDate"},
-        )
-        out = []
-        for item in r.json() if r.content else []:
-            ds = pydicom.Dataset.from_json(item)
-            mods = ds.get("ModalitiesInStudy", [])
-            out.append(
-                {
-                    "study_instance_uid": str(ds.get("StudyInstanceUID", "")),
-                    "date": str(ds.get("StudyDate", "")),
-                    "modalities": [str(m) for m in mods]
-                    if isinstance(mods, (list, pydicom.multival.MultiValue))
-                    else [str(mods)],
-                    "description": str(ds.get("StudyDescription", "")),
-                }
-            )
-        return out
-
-    def fetch_series(self, study_uid: str, series_uid: str | None = None) -> list[pydicom.Dataset]:
-        """The instances of one series of the study (``series_uid``, else the largest image series)."""
-        path = f"/studies/{study_uid}" + (f"/series/{series_uid}" if series_uid else "")
-        r = self._get(path, 'multipart/related; type="application/dicom"')
-        datasets = []
-        for part in _multipart_parts(r.content, r.headers.get("content-type", "")):
-            try:
-                datasets.append(pydicom.dcmread(io.BytesIO(part), force=True))
-            except Exception:  # noqa: BLE001
-                raise ApiError(502, "pacs_error", "the PACS sent an instance that is not readable DICOM") from None
-        series: dict[str, list[pydicom.Dataset]] = {}
-        for ds in datasets:
-            if "PixelData" in ds or "FloatPixelData" in ds:
-                series.setdefault(str(ds.get("SeriesInstanceUID", "")), []).append(ds)
-        if not series:
-            raise ApiError(422, "no_images", "the study holds no image instances")
-        return max(series.values(), key=len)
-
-
-def _multipart_parts(body: bytes, content_type: str) -> list[bytes]:
-    """The bodies of a multipart/related response (WADO-RS)."""
-    boundary = None
-    for piece in content_type.split(";"):
-        k, _, v = piece.strip().partition("=")
-        if k.lower() == "boundary":
-            boundary = v.strip().strip('"')
-    if not boundary:
-        raise ApiError(502, "pacs_error", "the PACS answer is not multipart/related")
-    parts = []
-    for chunk in body.split(b"--" + boundary.encode())[1:]:
-        if chunk.startswith(b"--"):
-            break
-        _, sep, content = chunk.partition(b"\r\n\r\n")
-        if sep:
-            parts.append(content[:-2] if content.endswith(b"\r\n") else content)
-    return parts
 
 
 # ------------------------------------------------------------------------------------------------
@@ -536,7 +482,7 @@ def create_app(settings: ServeSettings, *, predictor=None) -> FastAPI:
     @app.get(
         "/v1/predictions/{prediction_id}/image.png",
         tags=["predictions"],
-        summary="The image as the model saw it (PNG)",
+        summary="The input image at its own resolution (PNG)",
         response_class=Response,
         responses={200: {"content": {"image/png": {}}}},
     )
@@ -586,7 +532,7 @@ def create_app(settings: ServeSettings, *, predictor=None) -> FastAPI:
     def pacs_studies(limit: int = 50):
         if service.pacs is None:
             raise ApiError(400, "no_pacs", "no PACS configured (start the service with --pacs-url)")
-        return service.pacs.studies(max(1, min(limit, 500)))
+        return _from_pacs(lambda: service.pacs.recent_studies(max(1, min(limit, 500))))
 
     @app.get("/v1/config", tags=["models"], summary="What the web page needs to know")
     def config():

@@ -26,10 +26,10 @@ How it works
   its series description says so, and the log says so. So every complete state is answered
   exactly once, and a result for fewer instances is never left standing silently.
 * **Analysis.** A worker thread reads the series' files and calls ``analyze(datasets)``, which
-  returns a PredictionResult-like object (``.prediction``, ``.sources``, ``.display_image``;
-  see ``medlens.serving.predictor``). From it the node builds the DICOM SR
-  (:func:`medlens.serving.sr.structured_report`, series number 9901) and a Secondary Capture of
-  the heatmap overlay (:func:`medlens.serving.overlay.secondary_capture`, series 9902), both new
+  returns a :class:`~medlens.serving.predictor.PredictionResult`. From it the node builds the
+  DICOM SR (:func:`medlens.serving.sr.structured_report`, series number 9901) and a Secondary
+  Capture of the heatmap over the source image at the source's resolution
+  (:func:`medlens.serving.overlay.secondary_capture`, series 9902), both new
   series in the source study, keeps them under ``storage_dir/results/`` and records the
   prediction in the :class:`~medlens.serving.audit.AuditLog`.
 * **Sending.** Results go through a durable outbox (:mod:`medlens.serving.outbox`,
@@ -517,7 +517,7 @@ class DicomNode:
         sr = structured_report(pred, sources, series_number=SR_SERIES_NUMBER, previous_versions=previous)
         if previous:
             sr.SeriesDescription = "medlens AI result (supersedes an earlier result)"
-        rgb, shown = overlay_for_result(analysis, sources)
+        rgb, shown = overlay_for_result(analysis)
         sc = secondary_capture(rgb, pred, shown, series_number=SC_SERIES_NUMBER)
         for obj in (sr, sc):
             self.outbox.mark_generated(self._pseudo(str(obj.SeriesInstanceUID)))
@@ -542,14 +542,19 @@ class DicomNode:
                 client=f"dicom:{self.ae_title}",
             )
         self.outbox.record_answer(series, digest, _sr_ref(sr), outputs)
+        if pred.out_of_scope:
+            answer = "not assessed, referred: outside the model's scope (" + ", ".join(
+                r["check"] for r in pred.out_of_scope
+            )
+            answer += ")"
+        else:
+            answer = f"{pred.finding} p={pred.confidence:.3f}{' (abstained)' if pred.abstain else ''}"
         log.info(
-            "series %s (%d instances%s): %s p=%.3f%s%s",
+            "series %s (%d instances%s): %s%s",
             series,
             len(sources),
             f", {refused} refused as corrupt" if refused else "",
-            pred.finding,
-            pred.confidence,
-            " (abstained)" if pred.abstain else "",
+            answer,
             "; supersedes the earlier result of this series" if previous else "",
         )
         if self.pacs is not None:

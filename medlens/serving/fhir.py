@@ -1,24 +1,47 @@
-"""FHIR R4 DiagnosticReport with one Observation per finding (validated by fhir.resources R4B,
-whose DiagnosticReport and Observation match R4's)."""
+"""FHIR R4 DiagnosticReport with one Observation per class (validated by fhir.resources R4B,
+whose DiagnosticReport, Observation, Patient and Device match R4's).
+
+Each Observation is coded with the model card's standard code of its class
+(:mod:`medlens.inference.codes`: SNOMED CT, LOINC, RadLex or the declared private system
+``urn:medlens:finding``). The report names what it is about by reference:
+
+* ``subject``: a contained Patient identified only by the prediction's patient pseudonym
+  (system :data:`PSEUDONYM_SYSTEM`); the source's patient id never appears. An input without a
+  patient id (de-identified DICOM, PNG, NIfTI) has no pseudonym, and the report no subject:
+  medlens does not guess a patient.
+* ``imagingStudy``: the DICOM study, by identifier ``urn:oid:<StudyInstanceUID>`` (when known).
+* an input outside what the model was made for (:mod:`medlens.inference.ood`) is "not assessed":
+  the conclusion says why, and no Observation carries a positive or negative interpretation.
+* the Observations' ``device``: a contained Device naming medlens, the model, the medlens
+  version and the weights' sha256.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
+from fhir.resources.R4B.device import Device
 from fhir.resources.R4B.diagnosticreport import DiagnosticReport
 from fhir.resources.R4B.observation import Observation
+from fhir.resources.R4B.patient import Patient
 
+from medlens import __version__
+from medlens.inference.ood import describe
 from medlens.inference.prediction import Prediction
 
-MEDLENS_SYSTEM = "urn:medlens:finding"
 LOINC = "http://loinc.org"
-# LOINC 18748-4 "Diagnostic imaging study"; DICOM DCM 121071 "Finding".
+# LOINC 18748-4 "Diagnostic imaging study".
 REPORT_CODE = {"system": LOINC, "code": "18748-4", "display": "Diagnostic imaging study"}
 INTERPRETATION_SYSTEM = "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation"
+PSEUDONYM_SYSTEM = "urn:medlens:patient-pseudonym"
+DICOM_UID_SYSTEM = "urn:dicom:uid"
+PATIENT_ID = "patient"
+DEVICE_ID = "device"
 
 
-def _observation(pred: Prediction, label: str, probability: float, index: int) -> dict[str, Any]:
+def _observation(pred: Prediction, label: str, probability: float, index: int, subject: dict | None) -> dict[str, Any]:
     is_finding = label in pred.finding.split("|")
+    concept = pred.concept(label)
     obs: dict[str, Any] = {
         "resourceType": "Observation",
         "id": f"{pred.id}-obs{index}",
@@ -27,7 +50,7 @@ def _observation(pred: Prediction, label: str, probability: float, index: int) -
             {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "imaging"}]}
         ],
         "code": {
-            "coding": [{"system": MEDLENS_SYSTEM, "code": label, "display": label}],
+            "coding": [{"system": concept.fhir_system, "code": concept.code, "display": concept.meaning}],
             "text": f"AI probability of {label}",
         },
         "valueQuantity": {
@@ -36,33 +59,66 @@ def _observation(pred: Prediction, label: str, probability: float, index: int) -
             "system": "http://unitsofmeasure.org",
             "code": "1",
         },
-        "interpretation": [
-            {
-                "coding": [
-                    {
-                        "system": INTERPRETATION_SYSTEM,
-                        "code": "POS" if is_finding else "NEG",
-                        "display": "Positive" if is_finding else "Negative",
-                    }
-                ]
-            }
-        ],
         "method": {"text": f"medlens model {pred.model} (sha256 {pred.model_sha256[:16]})"},
+        "device": {"reference": f"#{DEVICE_ID}"},
         "note": [{"text": f"uncertainty ({pred.uncertainty_method}) = {pred.uncertainty:.4f}"}],
         "effectiveDateTime": pred.created,
     }
+    if pred.out_of_scope:  # no positive or negative call on an image the model was not made for
+        obs["note"].append({"text": f"not assessed: {describe(pred.out_of_scope)}"})
+    else:
+        code, display = ("POS", "Positive") if is_finding else ("NEG", "Negative")
+        obs["interpretation"] = [{"coding": [{"system": INTERPRETATION_SYSTEM, "code": code, "display": display}]}]
+    if subject:
+        obs["subject"] = subject
     return obs
 
 
+def _device(pred: Prediction) -> dict[str, Any]:
+    """The algorithm as a Device: medlens, the model, the medlens version, the weights' sha256."""
+    versions = [{"type": {"text": "medlens"}, "value": __version__}]
+    if pred.model_sha256:
+        versions.append({"type": {"text": "weights sha256"}, "value": pred.model_sha256})
+    return {
+        "resourceType": "Device",
+        "id": DEVICE_ID,
+        "manufacturer": "medlens",
+        "deviceName": [
+            {"name": "medlens", "type": "manufacturer-name"},
+            {"name": pred.model, "type": "model-name"},
+        ],
+        "modelNumber": pred.model,
+        "version": versions,
+    }
+
+
+def _patient(pseudonym: str) -> dict[str, Any]:
+    """A Patient known only by the pseudonym the prediction carries."""
+    return {
+        "resourceType": "Patient",
+        "id": PATIENT_ID,
+        "identifier": [{"system": PSEUDONYM_SYSTEM, "value": pseudonym}],
+    }
+
+
 def diagnostic_report(pred: Prediction) -> dict[str, Any]:
-    """Build and validate the DiagnosticReport (with contained Observations) as a JSON dict."""
-    observations = [_observation(pred, label, p, i) for i, (label, p) in enumerate(pred.probabilities.items())]
-    conclusion = (
-        f"REFER TO A RADIOLOGIST: the model abstained ({pred.abstain_reason}). Most likely: {pred.finding} "
-        f"(p={pred.confidence:.3f})."
-        if pred.abstain
-        else f"{pred.finding} (p={pred.confidence:.3f}, uncertainty {pred.uncertainty:.3f}). AI result, to be confirmed."
-    )
+    """Build and validate the DiagnosticReport (with contained Observations, Patient and Device) as a JSON dict."""
+    pseudonym = pred.source.patient_pseudonym
+    subject = {"reference": f"#{PATIENT_ID}", "type": "Patient"} if pseudonym else None
+    observations = [_observation(pred, label, p, i, subject) for i, (label, p) in enumerate(pred.probabilities.items())]
+    device = _device(pred)
+    contained = [*observations, device, *([_patient(pseudonym)] if pseudonym else [])]
+    if pred.out_of_scope:
+        conclusion = f"NOT ASSESSED, REFER TO A RADIOLOGIST: {pred.abstain_reason}. The model gives no finding here."
+    elif pred.abstain:
+        conclusion = (
+            f"REFER TO A RADIOLOGIST: the model abstained ({pred.abstain_reason}). Most likely: {pred.finding} "
+            f"(p={pred.confidence:.3f})."
+        )
+    else:
+        conclusion = (
+            f"{pred.finding} (p={pred.confidence:.3f}, uncertainty {pred.uncertainty:.3f}). AI result, to be confirmed."
+        )
     report: dict[str, Any] = {
         "resourceType": "DiagnosticReport",
         "id": pred.id,
@@ -77,13 +133,21 @@ def diagnostic_report(pred: Prediction) -> dict[str, Any]:
         "code": {"coding": [REPORT_CODE], "text": "AI image analysis"},
         "effectiveDateTime": pred.created,
         "issued": pred.created,
-        "contained": observations,
+        "contained": contained,
         "result": [{"reference": f"#{o['id']}"} for o in observations],
         "conclusion": conclusion,
     }
-    if pred.source.study_instance_uid:
-        report["identifier"] = [{"system": "urn:dicom:uid", "value": f"urn:oid:{pred.source.study_instance_uid}"}]
-    # Validation: raises pydantic.ValidationError when the resource is not valid FHIR.
+    if subject:
+        report["subject"] = subject
+    study_uid = pred.source.study_instance_uid
+    if study_uid:
+        study = {"system": DICOM_UID_SYSTEM, "value": f"urn:oid:{study_uid}"}
+        report["identifier"] = [study]
+        report["imagingStudy"] = [{"type": "ImagingStudy", "identifier": study}]
+    # Validation: raises pydantic.ValidationError when a resource is not valid FHIR.
     for o in observations:
         Observation.model_validate(o)
+    Device.model_validate(device)
+    if pseudonym:
+        Patient.model_validate(_patient(pseudonym))
     return DiagnosticReport.model_validate(report).model_dump(mode="json", exclude_none=True)

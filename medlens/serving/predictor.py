@@ -27,8 +27,9 @@ import numpy as np
 import pydicom
 
 from medlens.errors import BadInputError, MedlensError
-from medlens.inference.bundle import Bundle, heatmap_slice
+from medlens.inference.bundle import Bundle
 from medlens.inference.card import ModelCard
+from medlens.inference.geometry import SourceView, source_view
 from medlens.inference.prediction import Prediction, SourceInfo
 from medlens.runs import sha256_file
 
@@ -45,27 +46,48 @@ class UnsupportedMediaError(MedlensError):
 class PredictionResult:
     """A prediction with what it was computed from.
 
-    ``sources``: the DICOM datasets of the input (empty for other formats); ``display_image``:
-    2D float in [0, 1] in the model input's geometry (the middle slice for 3D), for overlays;
-    ``model_input``: the preprocessed array (C, H, W) or (C, D, H, W) the model saw.
+    ``sources``: the DICOM datasets of the input (empty for other formats); ``view``: the picture
+    of the prediction in the source's geometry (:func:`medlens.inference.geometry.source_view`:
+    the source image windowed for display with the heatmap on its pixels; for 3D the source slice
+    where the heatmap peaks); ``slice_uids``: the SOP Instance UID of each source slice, in the
+    source's slice order (DICOM input); ``model_input``: the preprocessed array (C, H, W) or
+    (C, D, H, W) the model saw. ``prediction.heatmap`` stays in the model input's geometry.
     """
 
     prediction: Prediction
     sources: list[pydicom.Dataset] = field(default_factory=list)
-    display_image: np.ndarray | None = None
+    view: SourceView | None = None
+    slice_uids: list[str] = field(default_factory=list)
     model_input: np.ndarray | None = None
 
-    def heatmap_slice(self) -> tuple[np.ndarray, np.ndarray | None]:
-        """(display image, heatmap) as matching 2D arrays: for 3D, the slice where the heatmap peaks."""
-        if self.model_input is None:
-            return self.display_image, self.prediction.heatmap
-        return heatmap_slice(self.model_input, self.prediction.heatmap)
+    @property
+    def display_image(self) -> np.ndarray | None:
+        """The source image (2D, [0, 1], the source's rows x columns) the overlays are drawn on."""
+        return None if self.view is None else self.view.image
+
+    def heatmap_slice(self) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """(display image, heatmap) as matching 2D arrays in the source's geometry."""
+        return (None, None) if self.view is None else (self.view.image, self.view.heatmap)
+
+    def shown_source(self) -> pydicom.Dataset | None:
+        """The DICOM instance the display image shows (None for other formats)."""
+        index = None if self.view is None else self.view.slice_index
+        if index is not None and index < len(self.slice_uids):
+            uid = self.slice_uids[index]
+            for ds in self.sources:
+                if str(ds.get("SOPInstanceUID", "")) == uid:
+                    return ds
+        if len(self.sources) > 1:
+            raise MedlensError("cannot tell which source instance the shown slice is")
+        return self.sources[0] if self.sources else None
 
     def overlay_png(self) -> bytes:
         """The heatmap over the display image as PNG bytes (the grey image alone without a heatmap)."""
         from medlens.serving.overlay import overlay_png
 
         image, heat = self.heatmap_slice()
+        if image is None:
+            raise MedlensError("the prediction has no display image")
         return overlay_png(image, heat)
 
 
@@ -77,6 +99,8 @@ class _Input:
     source: SourceInfo
     name: str  # names the input in error messages
     sources: list[pydicom.Dataset] = field(default_factory=list)
+    window: tuple[float, float] | None = None  # DICOM window (centre, width) for display
+    slice_uids: list[str] = field(default_factory=list)  # SOP Instance UID per slice, in slice order
 
 
 class Predictor:
@@ -212,13 +236,10 @@ class Predictor:
         self, files: list[Path], *, name: str | None = None, source: Path | None = None, in_memory: bool = False
     ) -> _Input:
         """One series: the pixel volume via medlens.data.dicom, the headers as SR/overlay sources."""
-        from medlens.data.dicom import read_series, read_series_folder
+        from medlens.data.dicom import read_dicom, read_series
 
-        if len(files) == 1 and source is None:
-            data = read_series_folder(files[0])
-        else:
-            vol = read_series(files, source=source)
-            data = _volume_image(vol)
+        vol = read_dicom(files[0]) if len(files) == 1 and source is None else read_series(files, source=source)
+        data = _volume_image(vol)
         datasets = [_read_source(f, in_memory=in_memory) for f in files]
         ds0 = datasets[0]
         patient = str(ds0.get("PatientID", "") or "")
@@ -231,9 +252,21 @@ class Predictor:
             patient_pseudonym=_pseudonym(patient, self._pseudonym_key) if patient else None,
             modality=data.modality,
         )
-        return _Input(data.array, info, name=name or str(source or files[0]), sources=datasets)
+        depth = vol.array.shape[-3]  # slices (1 for a 2D image); 4D arrays are time-major
+        return _Input(
+            data.array,
+            info,
+            name=name or str(source or files[0]),
+            sources=datasets,
+            window=None if vol.meta.get("monochrome1_inverted") else vol.window,  # the file's is for uninverted values
+            slice_uids=list(vol.sop_instance_uids[:depth]),
+        )
 
     # -- checks ---------------------------------------------------------------------------------
+    def accepts_modality(self, modality: str | None) -> bool:
+        """Whether images of this DICOM modality may go to the model (as :meth:`check_input` decides)."""
+        return _same_modality(modality, self.card.modality)
+
     def check_input(self, image: np.ndarray, modality: str | None, name: str | None = None) -> np.ndarray:
         """The image fitted to the model's spatial dimensions, or a one-line error why it cannot go in.
 
@@ -265,10 +298,13 @@ class Predictor:
         bundle = self.bundle
         arr = self.check_input(inp.array, inp.source.modality, inp.name)
         x = bundle.preprocess(arr, name=inp.name)
-        raw = bundle.raw_proba(x[None])[0]
+        raw, features = bundle.raw_proba_and_features(x[None], features=bundle.guard is not None)
+        raw = raw[0]
+        scope = bundle.scope(arr, x, None if features is None else features[0])
         probs = bundle.calibrate(raw[None])[0]
         finding, index, confidence = bundle.finding(probs)
         doubt = bundle.uncertainty(x, probs, confidence)
+        refer = [r for r in (scope.describe(), doubt.reason if doubt.abstain else None) if r]
         heatmap = bundle.explain(x[None], index)[0] if explain else None
         pred = Prediction(
             model=self.model_id,
@@ -277,17 +313,20 @@ class Predictor:
             class_names=bundle.class_names,
             probabilities={c: round(float(p), 6) for c, p in zip(bundle.class_names, probs)},
             raw_probabilities={c: round(float(p), 6) for c, p in zip(bundle.class_names, raw)},
+            codes={c: concept.model_dump() for c, concept in self.card.codes.items()},
             finding=finding,
             confidence=float(confidence),
             uncertainty=doubt.uncertainty,
             uncertainty_method=doubt.method,
-            abstain=doubt.abstain,
-            abstain_reason=doubt.reason,
+            abstain=bool(refer),
+            abstain_reason="; ".join(refer) or None,
+            out_of_scope=[dict(r) for r in scope.reasons],
+            scope_checked=scope.checked,
             source=inp.source,
             heatmap=heatmap,
         )
-        display, _ = heatmap_slice(x, None)
-        return PredictionResult(pred, sources=list(inp.sources), display_image=display, model_input=x)
+        view = source_view(arr, heatmap, window=inp.window, preprocessing=self.card.preprocessing)
+        return PredictionResult(pred, list(inp.sources), view, slice_uids=inp.slice_uids, model_input=x)
 
 
 # -- inputs of the command line ----------------------------------------------------------------------

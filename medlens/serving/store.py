@@ -1,7 +1,8 @@
 """Recent predictions, kept for the REST API's follow-up requests (JSON, heatmap PNG, SR, FHIR).
 
-Two bounded levels: the most recent ``memory`` predictions in memory, the most recent ``disk``
-ones in a folder (mode 0700; it holds DICOM headers of the inputs, so it is as sensitive as the
+Two bounded levels: the most recent ``memory`` predictions in memory (and no more than
+``memory_bytes`` of their images: at source resolution one large radiograph holds tens of MB),
+the most recent ``disk`` ones in a folder (mode 0700; it holds DICOM headers of the inputs, so it is as sensitive as the
 images themselves). Per prediction the folder holds what every rendering is made from:
 
 * ``prediction.json``: :meth:`Prediction.to_json`;
@@ -52,6 +53,11 @@ class StoredPrediction:
         d["has_heatmap"] = self.heatmap is not None
         return d
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the kept images (what bounds the memory level)."""
+        return sum(a.nbytes for a in (self.display_image, self.heatmap) if a is not None)
+
     def planes(self) -> tuple[np.ndarray | None, np.ndarray | None]:
         """(display image, heatmap) as float32 in [0, 1]."""
         return _from_u8(self.display_image), _from_u8(self.heatmap)
@@ -98,9 +104,10 @@ def header_only(ds: pydicom.Dataset) -> pydicom.Dataset:
 class PredictionStore:
     """Thread-safe, bounded store of recent predictions (memory and, when ``root`` is given, disk)."""
 
-    def __init__(self, root: Path | None, *, memory: int = 256, disk: int = 2000):
+    def __init__(self, root: Path | None, *, memory: int = 256, memory_bytes: int = 512 * 2**20, disk: int = 2000):
         self.root = Path(root) if root is not None else None
         self.memory_limit = max(1, int(memory))
+        self.memory_bytes = max(0, int(memory_bytes))
         self.disk_limit = max(0, int(disk))
         self._memory: OrderedDict[str, StoredPrediction] = OrderedDict()
         self._disk_ids: OrderedDict[str, None] = OrderedDict()  # oldest first
@@ -126,8 +133,7 @@ class PredictionStore:
         with self._lock:
             self._memory[prediction.id] = entry
             self._memory.move_to_end(prediction.id)
-            while len(self._memory) > self.memory_limit:
-                self._memory.popitem(last=False)
+            self._trim()
         if self.root is not None and self.disk_limit:
             self._write(entry)
         return entry
@@ -167,9 +173,14 @@ class PredictionStore:
         if entry is not None:
             with self._lock:
                 self._memory[prediction_id] = entry
-                while len(self._memory) > self.memory_limit:
-                    self._memory.popitem(last=False)
+                self._trim()
         return entry
+
+    def _trim(self) -> None:
+        """Drop the oldest entries from memory beyond the count or byte limit (the newest stays)."""
+        total = sum(e.nbytes for e in self._memory.values())
+        while len(self._memory) > 1 and (len(self._memory) > self.memory_limit or total > self.memory_bytes):
+            total -= self._memory.popitem(last=False)[1].nbytes
 
     def _read(self, folder: Path) -> StoredPrediction | None:
         try:

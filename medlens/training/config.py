@@ -54,6 +54,8 @@ class TrainConfig:
     channels: int | None = None  # input channels (None: as stored)
     preprocessing: dict[str, Any] | None = None  # None: default_preprocessing(modality, dims, size)
     augmentation: dict[str, Any] | None = None  # None: default_augmentation(dims, augment)
+    ood_accept: float = 0.99  # share of in-distribution validation images the guard accepts
+    codes: dict[str, Any] | None = None  # class name -> {scheme, code, meaning}: replaces the table's code
     # hardware
     accelerator: str = "auto"
     devices: int | str = 1
@@ -112,6 +114,8 @@ class TrainConfig:
             raise MedlensError("val/test fractions must lie in (0, 1)")
         if not 0 <= self.ema < 1:
             raise MedlensError(f"--ema must lie in [0, 1) (a decay per optimizer step, e.g. 0.99), not {self.ema}")
+        if not 0.5 <= self.ood_accept < 1:
+            raise MedlensError(f"--ood-accept must lie in [0.5, 1) (e.g. 0.99), not {self.ood_accept}")
         if self.num_nodes < 1:
             raise MedlensError(f"--num-nodes must be at least 1, not {self.num_nodes}")
         if self.weights is not None and not Path(self.weights).is_file():

@@ -440,6 +440,7 @@ def _write_model_artifacts(
     from medlens.evaluation.thresholds import choose_threshold
     from medlens.inference.bundle import Bundle
     from medlens.inference.card import card_from_dict, write_card
+    from medlens.inference.codes import concepts_for
 
     task = dataset.task.value
     card = card_from_dict(
@@ -454,6 +455,7 @@ def _write_model_artifacts(
             "in_channels": config.channels,
             "img_size": config.img_size,
             "modality": dataset.modality,
+            "codes": concepts_for(dataset.class_names, config.source, overrides=config.codes),
             "preprocessing": config.preprocessing,
             "cam_layer": (spec.defaults or {}).get("cam_layer"),
             "mc_dropout": (spec.defaults or {}).get("mc_dropout"),
@@ -466,6 +468,9 @@ def _write_model_artifacts(
         }
     )
     bundle = Bundle(card, net=fitted.get("net"), estimator=fitted.get("estimator"))
+    guard = _fit_guard(config, bundle, dataset, splits, arrays)
+    guard.save(model_dir.root)
+    card = card.model_copy(update={"ood": guard.spec})
     probs = {split: bundle.raw_proba(x) for split, (x, _) in arrays.items() if split in ("val", "test")}
     threshold = None
     if task == "binary":
@@ -489,6 +494,36 @@ def _write_model_artifacts(
     if threshold is not None:
         card = card.model_copy(update={"thresholds": {"decision": threshold}, "thresholds_chosen_on": "val (T = 1)"})
     write_card(model_dir.info, card)
+
+
+GUARD_PROFILE_IMAGES = 2000
+"""At most this many training images (a seeded sample) give the guard its size and colour profile."""
+
+
+def _fit_guard(config: TrainConfig, bundle: Any, dataset: Dataset, splits: dict, arrays: dict) -> Any:
+    """The out-of-distribution guard (:mod:`medlens.inference.ood`): fitted on the training split,
+    thresholds on validation (on training when there is no validation split, and the card says so)."""
+    from medlens.inference.ood import fit_guard
+
+    x_train, y_train = arrays["train"]
+    x_val = arrays["val"][0] if "val" in arrays else x_train
+    _, f_train = bundle.raw_proba_and_features(x_train)
+    _, f_val = bundle.raw_proba_and_features(x_val) if "val" in arrays else (None, f_train)
+    ids = cap_ids(list(splits["train"]), GUARD_PROFILE_IMAGES, seed=config.seed)
+    guard = fit_guard(
+        images=(dataset.load(i).image for i in ids),
+        x_train=x_train,
+        y_train=y_train,
+        f_train=f_train,
+        x_val=x_val,
+        f_val=f_val,
+        feature_source=bundle.feature_source,
+        accept=config.ood_accept,
+        modality=dataset.modality,
+    )
+    if "val" not in arrays:
+        guard.spec["thresholds_chosen_on"] = "train (no validation split)"
+    return guard
 
 
 _PROVENANCE = (

@@ -143,3 +143,40 @@ def test_api_docs_render_from_local_assets_under_their_csp(browser, tiny_run, tm
         assert set(hosts) <= {server.url.split("//")[1]}, hosts
     finally:
         server.stop()
+
+
+def test_the_page_shows_a_512_dicom_at_its_own_resolution(browser, keyed_server, tmp_path):
+    """The page's image and heatmap layer are the source's 512 x 512 pixels (CSS only scales them)."""
+    from tests.serving.test_source_geometry import SIDE, dx_with_blob
+
+    server, key = keyed_server
+    path = tmp_path / "dx512.dcm"
+    dx_with_blob().save_as(path, enforce_file_format=True)
+    wait = WebDriverWait(browser, 60)
+    browser.get(server.url + "/")
+    browser.execute_script("document.getElementById('key-box').open = true")
+    field = browser.find_element(By.ID, "api-key")
+    field.send_keys(key)
+    browser.execute_script("arguments[0].dispatchEvent(new Event('change'))", field)
+    wait.until(lambda d: "cnn-small" in d.find_element(By.ID, "model").text)
+    browser.find_element(By.ID, "file").send_keys(str(path))
+    browser.find_element(By.ID, "submit").click()
+    wait.until(
+        lambda d: d.execute_script(
+            "const a = document.getElementById('base-image'), b = document.getElementById('heat-layer');"
+            "return a.complete && a.naturalWidth > 0 && b.complete && b.naturalWidth > 0"
+        )
+    )
+    assert browser.find_element(By.ID, "status").text == "done"
+    sizes = browser.execute_script(
+        "return ['base-image', 'heat-layer'].map(id => {const e = document.getElementById(id);"
+        "return [e.naturalWidth, e.naturalHeight, e.getBoundingClientRect().width]})"
+    )
+    for natural_width, natural_height, shown_width in sizes:
+        assert (natural_width, natural_height) == (SIDE, SIDE) and 0 < shown_width <= SIDE
+    # 512 px is 16 times the 32 px the tiny model was trained on: the page says "not assessed" and why
+    refer = browser.find_element(By.ID, "refer")
+    assert refer.is_displayed() and "Not assessed: this image is not what the model was made for" in refer.text
+    reasons = [li.text for li in browser.find_elements(By.CSS_SELECTOR, "#scope-reasons li")]
+    assert f"image {SIDE} x {SIDE} px; model trained on 32 x 32 px DX (X-ray) images" in reasons
+    assert browser.find_element(By.ID, "finding").text.startswith("not assessed")

@@ -6,17 +6,18 @@ import copy
 import logging
 import threading
 import time
-import types
 
 import numpy as np
 import pytest
 from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage, Verification
 
+from medlens.inference.geometry import source_view
 from medlens.inference.prediction import Prediction, SourceInfo
 from medlens.serving.audit import AuditLog
 from medlens.serving.dicom_node import DicomNode
 from medlens.serving.pacs import PacsError, PacsTarget
+from medlens.serving.predictor import PredictionResult
 from tests.serving.orthanc_fixture import (
     PATIENT_ID,
     PATIENT_NAME,
@@ -56,6 +57,17 @@ def fake_prediction(datasets, finding="nodule", heatmap_depth=8) -> Prediction:
     )
 
 
+def fake_result(datasets, heatmap=None, **kwargs) -> PredictionResult:
+    """A PredictionResult for :func:`fake_prediction` (or ``heatmap``) on the series in slice order."""
+    ordered = sorted(datasets, key=lambda d: float(d.ImagePositionPatient[2]))
+    volume = np.stack([d.pixel_array for d in ordered]).astype(np.float32)[None]
+    pred = fake_prediction(datasets, **kwargs)
+    pred.heatmap = pred.heatmap if heatmap is None else heatmap
+    return PredictionResult(
+        pred, list(datasets), source_view(volume, pred.heatmap), slice_uids=[str(d.SOPInstanceUID) for d in ordered]
+    )
+
+
 class FakeAnalyzer:
     """Records each call (thread-safe) and answers like Predictor.predict_dicom."""
 
@@ -69,7 +81,7 @@ class FakeAnalyzer:
             self.calls.append((time.monotonic(), datasets))
         if str(datasets[0].SeriesInstanceUID) in self.fail_on:
             raise RuntimeError("model exploded")
-        return types.SimpleNamespace(prediction=fake_prediction(datasets), sources=datasets, display_image=None)
+        return fake_result(datasets)
 
 
 @pytest.fixture
@@ -286,7 +298,33 @@ def test_node_with_the_real_predictor(tiny_run, make_node, pacs):
     assert sc.StudyInstanceUID == sr.StudyInstanceUID == dx.StudyInstanceUID
     assert sc.SourceImageSequence[0].ReferencedSOPInstanceUID == dx.SOPInstanceUID
     assert sc.pixel_array.shape == (32, 32, 3)
-    assert result.finding in predictor_class_names(tiny_run) and result.finding in str(sr)
+    assert result.finding in predictor_class_names(tiny_run)
+    assert predictor.card.codes[result.finding].code in str(sr)  # the finding, coded as the card says
+
+
+@pytest.mark.slow
+def test_the_node_answers_an_image_outside_the_models_scope_as_not_assessed(tiny_run, make_node, pacs, caplog):
+    """A 128 x 128 DX to a model trained on 32 x 32 images (issue #11): the SR says why, with no finding."""
+    from medlens.data.sources.synthetic import open_synthetic
+    from medlens.serving.predictor import Predictor
+    from tests.serving.orthanc_fixture import synthetic_dx_instance
+
+    caplog.set_level(logging.INFO)
+    predictor = Predictor.from_run(tiny_run)
+    node = make_node(lambda datasets: predictor.predict_dicom(datasets, explain=False), pacs)
+    image = np.kron(open_synthetic("chest2d@32").load(0).image[0], np.ones((4, 4)))
+    dx = synthetic_dx_instance(image)
+    assoc = _associate(node, "MODALITY", [dx.SOPClassUID])
+    assert assoc.send_c_store(dx).Status == 0x0000
+    assoc.release()
+
+    (result,) = node.wait_for_results(1, timeout=60)
+    assert result.error is None and result.stored, result
+    (sr,) = [d for d in pacs.wait_for(1, timeout=30) if d.Modality == "SR"]
+    text = str(sr)
+    assert "OUTSCOPE" in text and "Image size outside the training range" in text and "REFER" in text
+    assert "121071" not in text  # no "Finding" evaluation
+    assert "not assessed, referred: outside the model's scope (size" in caplog.text
 
 
 def predictor_class_names(run) -> list[str]:

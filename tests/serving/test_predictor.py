@@ -294,4 +294,4 @@ def test_a_2_5d_bundle_explains_a_dicom_series(serving_inputs, tmp_path):
     heat = result.prediction.heatmap
     assert heat is not None and heat.shape == (16, 16, 16) and 0 <= heat.min() <= heat.max() <= 1
     image, plane = result.heatmap_slice()
-    assert image.shape == plane.shape == (16, 16)
+    assert image.shape == plane.shape == (32, 32)  # the source's slices, not the model's 16 x 16

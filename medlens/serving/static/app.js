@@ -39,9 +39,20 @@ async function showPrediction(p) {
   state.objectUrls.forEach((u) => URL.revokeObjectURL(u));
   state.objectUrls = [];
   $("result").hidden = false;
+  const outside = (p.out_of_scope || []).length > 0;
   $("refer").hidden = !p.abstain;
-  $("refer-reason").textContent = p.abstain ? (p.abstain_reason || "") : "";
-  $("finding").textContent = p.finding;
+  $("refer-title").textContent = outside
+    ? "Not assessed: this image is not what the model was made for. Refer to a radiologist."
+    : "Refer to a radiologist: the model is not sure enough to give a finding.";
+  $("refer-reason").textContent = p.abstain && !outside ? (p.abstain_reason || "") : "";
+  const reasons = $("scope-reasons");
+  reasons.replaceChildren();
+  for (const r of p.out_of_scope || []) {
+    const li = document.createElement("li");
+    li.textContent = r.reason;
+    reasons.append(li);
+  }
+  $("finding").textContent = outside ? `not assessed (the model would say ${p.finding})` : p.finding;
   $("probability").textContent = pct(p.confidence);
   $("uncertainty").textContent = `${p.uncertainty.toFixed(3)} (${p.uncertainty_method})`;
   $("used-model").textContent = p.model;
@@ -127,7 +138,7 @@ async function loadRecent() {
       const actions = document.createElement("td");
       actions.append(button);
       tr.append(cell(p.created.replace("T", " ").replace("+00:00", " UTC")), cell(p.source.kind),
-                cell(p.abstain ? `${p.finding} (refer)` : p.finding), cell(p.confidence.toFixed(3)), actions);
+                cell((p.out_of_scope || []).length ? "not assessed (refer)" : p.abstain ? `${p.finding} (refer)` : p.finding), cell(p.confidence.toFixed(3)), actions);
       tbody.append(tr);
     }
   } catch (e) {
