@@ -108,7 +108,9 @@ def other_sets(data: Path, per_set: int) -> dict[str, Callable[[], Iterator[Item
         sorted((data / "hippocampus_msd" / "images").glob("*.nii.gz")), per_set
     )
     sets["chasedb1"] = lambda: _file_items(sorted((data / "chasedb1").glob("Image_*.jpg")), per_set)
-    sets["hrf"] = lambda: _file_items(sorted((data / "hrf" / "images").glob("*.jpg")), per_set)
+    sets["hrf"] = lambda: _file_items(
+        sorted(p for p in (data / "hrf" / "images").iterdir() if p.suffix.lower() == ".jpg"), per_set
+    )
     sets["dicom MR study"] = lambda: _file_items([data / "dicom" / "tcia_brain_mr_study"], per_set)
     sets["dicom MR (dcm_qa_nih)"] = lambda: _file_items([data / "dicom" / "dcm_qa_nih" / "In"], per_set)
     sets["dicom CT series"] = lambda: _file_items(
@@ -208,6 +210,23 @@ def markdown(results: dict[str, Any], names: list[str], per_set: int) -> str:
             f"| {TITLES[n]} | {own['n']} | {own['accepted']:.1%} | {own['all']['auc']:.3f} | "
             f"{own['accepted_only']['auc']:.3f} | {own['all']['acc']:.3f} | {own['accepted_only']['acc']:.3f} | {why} |"
         )
+    lines += [
+        "",
+        "The distances alone: of the inputs that reached the guard (right dimensionality, modality and",
+        "channels), the share that the intensity or feature distance refuses by itself, whatever the",
+        "size and colour rules say (they decide most of the table above):",
+        "",
+        "| set | " + " | ".join(TITLES[n] for n in names) + " |",
+        "|---|" + "---|" * len(names),
+    ]
+    for s in sets:
+        row = [s]
+        for n in names:
+            o = results[n]["others"][s]
+            row.append(
+                "(own)" if s == n else f"{o['refused_by_distances']:.1%} ({o['guarded']})" if o["guarded"] else "-"
+            )
+        lines.append("| " + " | ".join(row) + " |")
     lines += ["", "Why other sets were refused (counts over all other sets, first reason per input):", ""]
     lines += [
         "| model | "
@@ -271,17 +290,31 @@ def main(argv: list[str] | None = None) -> int:
         results[n] = {"own": own_test(predictor, n, args.data, runs[n]), "others": {}}
         for s, make_items in sets.items():
             if s == n:
-                results[n]["others"][s] = {"n": 0, "refused": float("nan"), "verdicts": {}}
+                results[n]["others"][s] = {"n": 0, "refused": float("nan"), "verdicts": {}, "guarded": 0}
                 continue
             try:
                 items = list(make_items())
             except Exception as e:  # noqa: BLE001 - a set that is absent here is reported, not fatal
                 print(f"  {s}: not available ({type(e).__name__}: {e})")
                 items = []
-            verdicts = Counter(classify(predictor, make)[0] for _, make in items)
+            verdicts: Counter = Counter()
+            guarded = by_distance = 0
+            for _, make in items:
+                verdict, result = classify(predictor, make)
+                verdicts[verdict] += 1
+                if result is not None:  # reached the guard: would its distances alone refuse it?
+                    guarded += 1
+                    checks = {r["check"] for r in result.prediction.out_of_scope}
+                    by_distance += bool(checks & {"intensity", "features"})
             total = sum(verdicts.values())
             refused = (total - verdicts.get("accepted", 0)) / total if total else float("nan")
-            results[n]["others"][s] = {"n": total, "refused": refused, "verdicts": dict(verdicts)}
+            results[n]["others"][s] = {
+                "n": total,
+                "refused": refused,
+                "verdicts": dict(verdicts),
+                "guarded": guarded,
+                "refused_by_distances": by_distance / guarded if guarded else float("nan"),
+            }
             print(f"  {s}: {total} inputs, refused {refused:.1%} {dict(verdicts)}", flush=True)
     args.work.mkdir(parents=True, exist_ok=True)
     (args.work / "results.json").write_text(json.dumps(results, indent=2, default=float))
