@@ -19,7 +19,8 @@ def info(
     montage: Path = typer.Option(None, "--montage", help="Write a montage of samples per class to this PNG."),
     skip_bad: bool = typer.Option(False, "--skip-bad", help=SKIP_BAD_HELP),
 ) -> None:
-    """Counts per split and class, shapes, spacings, intensities and modality of a SOURCE."""
+    """Counts per split and class, shapes, spacings, intensities and modality of a SOURCE; for
+    segmentation sources also label values, foreground fraction per class and image/mask mismatches."""
     from medlens.data.fingerprint import compute_fingerprint, render_fingerprint
     from medlens.data.sources import open_source
 
@@ -44,7 +45,8 @@ def audit(
     strict: bool = typer.Option(False, "--strict", help="Exit with code 1 when samples leak across splits."),
     skip_bad: bool = typer.Option(False, "--skip-bad", help=SKIP_BAD_HELP),
 ) -> None:
-    """Unreadable files, unpaired images/labels, duplicates within and across splits, patient leakage, imbalance."""
+    """Unreadable files, unpaired images/labels/masks, duplicates within and across splits, patient leakage,
+    imbalance; for segmentation sources also label values, foreground fraction and image/mask mismatches."""
     from medlens.data.audit import audit_dataset, render_audit
     from medlens.data.sources import open_source
 
@@ -82,7 +84,9 @@ def convert(
 
 @app.command()
 def synth(
-    source: str = typer.Argument(..., help="synthetic:chest2d or synthetic:nodule3d"),
+    source: str = typer.Argument(
+        ..., help="synthetic:chest2d or synthetic:nodule3d (the -seg variants are read in place, not written)"
+    ),
     out: Path = typer.Argument(..., help="Output folder."),
     fmt: str = typer.Option("png", "--format", help="png, dicom, nifti or npz."),
     n_per_class: int = typer.Option(None, "--n-per-class", help="Samples per class (default: the generator's)."),
@@ -94,6 +98,12 @@ def synth(
 
     if not source.startswith("synthetic:"):
         raise MedlensError("expected synthetic:NAME (e.g. synthetic:chest2d)", source)
+    if "-seg" in source:
+        raise MedlensError(
+            "write the generator without -seg: every written set carries the lesion masks (masks/ and the "
+            "manifest's mask column); synthetic:NAME-seg is read in place by train, data info, ...",
+            source,
+        )
     if fmt not in FORMATS:
         raise MedlensError(f"unknown format '{fmt}' (choose from {', '.join(FORMATS)})")
     written = write_synthetic(source.partition(":")[2], out, fmt, seed=seed, n_per_class=n_per_class, size=size)

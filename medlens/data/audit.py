@@ -29,6 +29,11 @@
     Duplicate groups (exact or near) whose members carry different labels.
 ``blank_images``
     Ids of constant images (no content; left out of the near-duplicate search).
+``masks``
+    For segmentation sources, the mask summary of ``data info``
+    (:class:`~medlens.data.fingerprint.MaskSummary`: label values, foreground fraction per class,
+    geometry mismatches), with the reader's image/mask shape mismatches (problems and failed
+    loads) added to ``geometry_mismatches``; ``None`` for sources without masks.
 ``leakage_found``
     True when any exact or near duplicate group spans two splits, or a patient does.
 ``warnings``
@@ -51,6 +56,7 @@ from typing import Any
 import numpy as np
 
 from medlens import progress
+from medlens.data.fingerprint import MaskSummary
 from medlens.data.sample import Dataset, Problem, Task
 from medlens.errors import MedlensError, printable
 
@@ -62,6 +68,7 @@ _UNPAIRED = re.compile(
     r"|missing (label|image|mask)",
     re.IGNORECASE,
 )
+_GEOMETRY = re.compile(r"(mask|label) (shape|spacing|affine) .*differs", re.IGNORECASE)
 
 
 def audit_dataset(dataset: Dataset, *, show_progress: bool = True, near_duplicate_distance: int = 4) -> dict[str, Any]:
@@ -75,11 +82,14 @@ def audit_dataset(dataset: Dataset, *, show_progress: bool = True, near_duplicat
     exact_keys: list[bytes | None] = []
     phashes: list[int | None] = []
     blank: list[str] = []
+    masks = MaskSummary(dataset.class_names)
 
     with progress.bar(len(dataset), desc=f"auditing {dataset.name}", disable=not show_progress) as bar:
         for i, record in enumerate(dataset.records):
             try:
-                image = dataset.load(i).image
+                sample = dataset.load(i)
+                image = sample.image
+                masks.add(record, sample)
             except (MedlensError, OSError, ValueError) as e:
                 unreadable.append({"path": record.origin, "problem": getattr(e, "problem", None) or str(e)})
                 exact_keys.append(None)
@@ -111,6 +121,9 @@ def audit_dataset(dataset: Dataset, *, show_progress: bool = True, near_duplicat
                 with_copy[m["split"]] += 1
     n_cross = sum(g["cross_split"] for g in exact + near)
     leakage = n_cross > 0 or bool(patients["patients"])
+    for p in [p for p in unreadable if _GEOMETRY.search(p["problem"])]:  # shape mismatches the reader refused
+        unreadable.remove(p)
+        masks.mismatches.append({"id": None, **p})
 
     report = {
         "source": dataset.uri,
@@ -126,6 +139,7 @@ def audit_dataset(dataset: Dataset, *, show_progress: bool = True, near_duplicat
         "class_imbalance": imbalance,
         "conflicting_labels": conflicting,
         "blank_images": blank,
+        "masks": masks.summary(),
         "leakage_found": leakage,
     }
     report["warnings"] = _warnings(report)
@@ -355,6 +369,11 @@ def _warnings(report: dict[str, Any]) -> list[str]:
         out.append(report["class_imbalance"]["warning"])
     if report["blank_images"]:
         out.append(f"{len(report['blank_images'])} blank (constant) image(s)")
+    masks = report.get("masks") or {}
+    if masks.get("geometry_mismatches"):
+        out.append(f"{len(masks['geometry_mismatches'])} image/mask geometry mismatch(es)")
+    if masks.get("undeclared_values"):
+        out.append(f"mask label value(s) {masks['undeclared_values']} outside the declared classes")
     return out
 
 
@@ -409,6 +428,10 @@ def render_audit(report: dict[str, Any], console, *, max_groups: int = 10) -> No
             table.add_row(*row)
         console.print(table)
 
+    if report.get("masks"):
+        from medlens.data.fingerprint import render_masks
+
+        render_masks(report["masks"], console)
     for key, title in (("unreadable", "Unreadable"), ("unpaired", "Unpaired")):
         if report[key]:
             console.print(f"[yellow]{title}:[/yellow]")

@@ -41,8 +41,12 @@ Keys (``schema`` = ``"medlens.fingerprint/1"``):
     mean and std are exact over those samples; percentiles come from a seeded subsample of their
     pixels. ``None`` when no sample could be read.
 ``masks``
-    For samples with a mask (segmentation): ``{"n": int, "class_fractions": {label_value: fraction
-    of voxels}}``; ``None`` otherwise.
+    For samples with a mask (segmentation), from :class:`MaskSummary`: ``{"n": int,
+    "class_fractions": {label_value: fraction of voxels}, "label_values": {label_value: cases
+    containing it}, "classes": {class_name: {"cases": int, "foreground_fraction": {"mean", "min",
+    "max"}}} (fraction of each case's voxels, over all cases with a mask), "undeclared_values":
+    [label values beyond class_names], "geometry_mismatches": [{"id", "path", "problem"}]}`` (image
+    and mask of another shape, or, for NIfTI, another spacing or affine); ``None`` otherwise.
 ``problems``
     ``[{"path": str, "problem": str}]``: the reader's problems (unreadable or unpaired files) plus,
     with ``skip_bad``, samples that failed to load here.
@@ -60,7 +64,7 @@ from typing import Any
 import numpy as np
 
 from medlens import progress
-from medlens.data.sample import Dataset, Problem, Sample, Task
+from medlens.data.sample import Dataset, Problem, Record, Sample, Task
 from medlens.errors import MedlensError
 
 SCHEMA = "medlens.fingerprint/1"
@@ -101,8 +105,7 @@ def compute_fingerprint(
     stats = _PixelStats(len(indices), seed)
     shapes: Counter = Counter()
     spacings: Counter = Counter()
-    mask_counts: Counter = Counter()
-    n_masks = 0
+    masks = MaskSummary(dataset.class_names)
     listing: list[dict[str, Any]] = []
     problems = [_problem_dict(p) for p in dataset.problems]
     unreadable: set[int] = set()
@@ -128,11 +131,7 @@ def compute_fingerprint(
             shapes[tuple(int(s) for s in sample.image.shape)] += 1
             if sample.spacing is not None:
                 spacings[tuple(round(float(s), 4) for s in sample.spacing)] += 1
-            if sample.mask is not None:
-                n_masks += 1
-                values, counts = np.unique(np.asarray(sample.mask), return_counts=True)
-                for v, c in zip(values.tolist(), counts.tolist()):
-                    mask_counts[v] += c
+            masks.add(record, sample)
             if want_listing:
                 listing.append(_listing_entry(record, sample))
             bar.update()
@@ -145,7 +144,6 @@ def compute_fingerprint(
     elif stats.n_samples == n:
         shape_source = "all"
 
-    total_mask = sum(mask_counts.values())
     return {
         "schema": SCHEMA,
         "source": dataset.uri,
@@ -165,15 +163,93 @@ def compute_fingerprint(
         "channels": {str(k): v for k, v in sorted(_channel_counts(shapes).items())},
         "spacings": _spacing_summary(spacings),
         "intensity": stats.summary(of=n, seed=seed),
-        "masks": None
-        if not n_masks
-        else {
-            "n": n_masks,
-            "class_fractions": {str(k): round(v / total_mask, 6) for k, v in sorted(mask_counts.items())},
-        },
+        "masks": masks.summary(),
         "problems": problems,
         "samples": listing if want_listing else None,
     }
+
+
+# -- masks ----------------------------------------------------------------------------------
+
+
+class MaskSummary:
+    """What the masks of a segmentation source hold, one sample at a time (``data info`` and ``data audit``)."""
+
+    def __init__(self, class_names: list[str]):
+        self.class_names = list(class_names)
+        self.n = 0
+        self.voxels: Counter = Counter()  # label value -> voxels over all masks
+        self.cases: Counter = Counter()  # label value -> masks containing it
+        self.fractions: list[dict[int, float]] = []  # per mask: label value -> fraction of its voxels
+        self.mismatches: list[dict[str, str]] = []
+
+    def add(self, record: Record, sample: Sample) -> None:
+        if record.extra.get("mask_geometry"):  # found by the reader from the headers
+            self._mismatch(record, record.extra.get("label", record.origin), record.extra["mask_geometry"])
+        if sample.mask is None:
+            return
+        mask = np.asarray(sample.mask)
+        if mask.shape != sample.image.shape[1:]:
+            problem = f"mask shape {mask.shape} differs from image shape {sample.image.shape[1:]}"
+            self._mismatch(record, record.origin, problem)
+        values, counts = np.unique(mask, return_counts=True)
+        self.n += 1
+        total = max(int(mask.size), 1)
+        self.fractions.append({int(v): c / total for v, c in zip(values.tolist(), counts.tolist())})
+        for v, c in zip(values.tolist(), counts.tolist()):
+            self.voxels[int(v)] += c
+            self.cases[int(v)] += 1
+
+    def _mismatch(self, record: Record, path: str, problem: str) -> None:
+        self.mismatches.append({"id": record.id, "path": str(path), "problem": problem})
+
+    def summary(self) -> dict[str, Any] | None:
+        if not self.n and not self.mismatches:
+            return None
+        total = max(sum(self.voxels.values()), 1)
+        declared = len(self.class_names)
+        labels = sorted(set(self.voxels) | set(range(1, declared)))
+        classes = {}
+        for v in labels:
+            if v == 0:
+                continue
+            share = [f.get(v, 0.0) for f in self.fractions] or [0.0]
+            name = self.class_names[v] if v < declared else str(v)
+            classes[name] = {
+                "cases": self.cases.get(v, 0),
+                "foreground_fraction": {
+                    "mean": round(float(np.mean(share)), 6),
+                    "min": round(float(np.min(share)), 6),
+                    "max": round(float(np.max(share)), 6),
+                },
+            }
+        return {
+            "n": self.n,
+            "class_fractions": {str(k): round(v / total, 6) for k, v in sorted(self.voxels.items())},
+            "label_values": {str(k): self.cases[k] for k in sorted(self.cases)},
+            "classes": classes,
+            "undeclared_values": [v for v in sorted(self.voxels) if declared and v >= declared],
+            "geometry_mismatches": self.mismatches,
+        }
+
+
+def render_masks(masks: dict[str, Any], console) -> None:
+    """Print a :meth:`MaskSummary.summary`: a table per class, then mismatches and undeclared values."""
+    from rich.table import Table
+
+    table = Table(title=f"Masks ({masks['n']} cases)", title_justify="left")
+    for column in ("class", "cases with it", "foreground mean", "min", "max"):
+        table.add_column(column, justify="left" if column == "class" else "right")
+    for name, c in masks["classes"].items():
+        f = c["foreground_fraction"]
+        table.add_row(name, str(c["cases"]), f"{f['mean']:.2%}", f"{f['min']:.2%}", f"{f['max']:.2%}")
+    console.print(table)
+    values = ", ".join(f"{k} ({v} cases)" for k, v in masks["label_values"].items())
+    console.print(f"label values found: {values}", highlight=False, markup=False)
+    if masks["undeclared_values"]:
+        console.print(f"[red]label values outside the declared classes:[/red] {masks['undeclared_values']}")
+    for m in masks["geometry_mismatches"]:
+        console.print(f"  geometry mismatch {m['path']}: {m['problem']}", markup=False, highlight=False)
 
 
 # -- counts ---------------------------------------------------------------------------------
@@ -492,8 +568,7 @@ def render_fingerprint(fp: dict[str, Any], console) -> None:
         table.add_row(*(f"{v:.4g}" for v in (it["min"], p["1"], p["50"], p["99"], it["max"], it["mean"], it["std"])))
         console.print(table)
     if fp.get("masks"):
-        fractions = ", ".join(f"{k}: {v:.2%}" for k, v in fp["masks"]["class_fractions"].items())
-        console.print(f"mask label fractions ({fp['masks']['n']} masks): {fractions}", highlight=False)
+        render_masks(fp["masks"], console)
 
     if fp.get("samples"):
         listing = Table(title="Samples", title_justify="left")

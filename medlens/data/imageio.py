@@ -88,6 +88,29 @@ def read_mask_file(path: str | Path) -> np.ndarray:
     return _as_labels(arr[0], path)
 
 
+def read_label_map(path: str | Path, spatial_shape: tuple[int, ...], class_names: Sequence[str] = ()) -> np.ndarray:
+    """:func:`read_mask_file`, checked against its image: the same spatial shape and, when
+    ``class_names`` are declared (background first), no label value outside 0..len-1.
+    Either failure is a one-line ``BadInputError`` naming the mask file."""
+    return checked_label_map(read_mask_file(path), spatial_shape, class_names, path)
+
+
+def checked_label_map(
+    mask: np.ndarray, spatial_shape: tuple[int, ...], class_names: Sequence[str], path: str | Path
+) -> np.ndarray:
+    """The checks of :func:`read_label_map` on a label map read from ``path`` by other means (a DICOM SEG)."""
+    if mask.shape != tuple(spatial_shape):
+        raise BadInputError(f"mask shape {mask.shape} differs from image shape {tuple(spatial_shape)}", path)
+    if class_names and mask.size and int(mask.max()) >= len(class_names):
+        outside = sorted(int(v) for v in np.unique(mask[mask >= len(class_names)]))[:5]
+        raise BadInputError(
+            f"label value(s) {', '.join(map(str, outside))} outside the declared classes "
+            f"0..{len(class_names) - 1} ({', '.join(class_names)})",
+            path,
+        )
+    return mask
+
+
 def choose_channels(paths: Sequence[str | Path], max_samples: int = CHANNEL_SAMPLE) -> int:
     """The channel count for a set of 2D images: 1 when every inspected image is gray-valued
     (gray mode, or RGB with equal channels), else 3. Up to ``max_samples`` images, evenly spaced

@@ -1,8 +1,11 @@
 """Open any SOURCE string as a :class:`~medlens.data.sample.Dataset`.
 
 One reader per kind, chosen by URI scheme (``medmnist:``, ``synthetic:``) or by what the path is
-(``.npz``, ``.csv``, NIfTI, DICOM, a folder of class sub-folders). Readers are imported lazily so
-that opening one kind never pays for the others' dependencies.
+(``.npz``, ``.csv``, NIfTI, DICOM, an image + mask folder, a folder of class sub-folders). Readers are
+imported lazily so that opening one kind never pays for the others' dependencies.
+
+Options follow a path after ``?`` (``chasedb1?annotator=2``); only image + mask folders take one
+(``annotator``), any other option or kind refuses it in one line.
 """
 
 from __future__ import annotations
@@ -15,7 +18,8 @@ from medlens.errors import MedlensError, UnknownSourceError
 SCHEMES = ("medmnist", "synthetic")
 SOURCE_HELP = (
     "a .npz file (MedMNIST layout), medmnist:NAME[@SIZE], a folder of class sub-folders, "
-    "a CSV manifest, a DICOM file or folder, a NIfTI file or folder, or synthetic:NAME"
+    "an image + mask folder (CHASE_DB1 or HRF layout; FOLDER?annotator=2 for the second annotator), "
+    "a CSV manifest, a DICOM file or folder, a NIfTI file or folder, or synthetic:NAME[-seg][@SIZE]"
 )
 
 
@@ -39,14 +43,39 @@ def open_source(source: str, *, skip_bad: bool = False, seed: int = 0) -> Datase
             f"unknown URI scheme '{scheme}:' (known: {', '.join(s + ':' for s in SCHEMES)})", source
         )
 
+    options: dict[str, str] = {}
+    path_text, qmark, query = source.partition("?")
+    if qmark and not Path(source).exists():
+        source, options = path_text, _options(query, source)
     path = Path(source)
     if not path.exists():
         raise MedlensError("no such file or folder", source)
-    return _open_path(path, skip_bad=skip_bad)
+    return _open_path(path, skip_bad=skip_bad, options=options)
 
 
-def _open_path(path: Path, *, skip_bad: bool) -> Dataset:
-    from medlens.data.sources import dicom, folder, manifest, nifti
+MASK_FOLDER_OPTIONS = ("annotator",)
+
+
+def _options(query: str, source: str) -> dict[str, str]:
+    """``annotator=2`` -> ``{"annotator": "2"}``; unknown or malformed options are one-line errors."""
+    from urllib.parse import parse_qsl
+
+    try:
+        options = dict(parse_qsl(query, keep_blank_values=True, strict_parsing=True))
+    except ValueError:
+        raise MedlensError(f"malformed options '?{query}' (expected ?NAME=VALUE[&NAME=VALUE])", source) from None
+    unknown = sorted(set(options) - set(MASK_FOLDER_OPTIONS))
+    if unknown:
+        raise MedlensError(f"unknown option(s) {', '.join(unknown)} (known: {', '.join(MASK_FOLDER_OPTIONS)})", source)
+    return options
+
+
+def _open_path(path: Path, *, skip_bad: bool, options: dict[str, str] | None = None) -> Dataset:
+    from medlens.data.sources import dicom, folder, manifest, maskfolder, nifti
+
+    options = options or {}
+    if options and not (path.is_dir() and maskfolder.looks_like_mask_folder(path)):
+        raise MedlensError("options (?annotator=...) apply only to image + mask folders (CHASE_DB1, HRF)", path)
 
     name = path.name.lower()
     if path.is_file():
@@ -69,11 +98,17 @@ def _open_path(path: Path, *, skip_bad: bool) -> Dataset:
         return manifest.open_csv_manifest(path / manifest.MANIFEST_NAME, skip_bad=skip_bad)
     if nifti.looks_like_nifti_folder(path):
         return nifti.open_nifti(path, skip_bad=skip_bad)
+    if maskfolder.looks_like_mask_folder(path):  # before class folders: HRF's images/, manual1/ look like classes
+        annotator = options.get("annotator", "1")
+        if not annotator.isdigit():
+            raise MedlensError(f"annotator must be 1 or 2, got '{annotator}'", path)
+        return maskfolder.open_mask_folder(path, annotator=int(annotator))
     if folder.looks_like_image_folder(path):
         return folder.open_image_folder(path, skip_bad=skip_bad)
     if dicom.looks_like_dicom_folder(path):
         return dicom.open_dicom(path, skip_bad=skip_bad)
     raise UnknownSourceError(
-        "cannot tell what this folder holds (expected class sub-folders of images, NIfTI files, or DICOM files)",
+        "cannot tell what this folder holds (expected class sub-folders of images, image + mask files, "
+        "NIfTI files, or DICOM files)",
         path,
     )

@@ -7,7 +7,10 @@
   loaded into ``Sample.mask``. An image without a label or a label without an image is listed
   by name in ``dataset.problems``; it is never dropped silently and never a crash.
   Class names come from a Decathlon ``dataset.json`` (``"labels"``) when present, else from the
-  values found in the first few label volumes ("background", "1", "2", ...).
+  values found in the first few label volumes ("background", "1", "2", ...). A label value outside
+  them, or a label of another shape, is a one-line error naming the label file when loaded; a label
+  whose header has another spacing or affine than its image is kept and its mismatch noted in
+  ``Record.extra["mask_geometry"]`` (reported by ``data info``/``audit``).
 
 Pixels are read lazily (see :mod:`medlens.data.imageio` for the axis order: volumes are
 (1, z, y, x) with spacing from the header and the affine kept). Headers are read when the
@@ -20,7 +23,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from medlens.data.imageio import is_nifti_name, read_image_file, read_mask_file
+import numpy as np
+
+from medlens.data.imageio import is_nifti_name, read_image_file, read_label_map, read_mask_file
 from medlens.data.sample import Dataset, Problem, Record, Sample, Task
 from medlens.errors import BadInputError, MedlensError
 
@@ -81,11 +86,7 @@ class NiftiDataset(Dataset):
         data = read_image_file(record.extra["image"])
         mask = None
         if "label" in record.extra:
-            mask = read_mask_file(record.extra["label"])
-            if mask.shape != data.array.shape[1:]:
-                raise BadInputError(
-                    f"label shape {mask.shape} differs from image shape {data.array.shape[1:]}", record.extra["label"]
-                )
+            mask = read_label_map(record.extra["label"], data.array.shape[1:], self.class_names)
         return Sample(
             id=record.id,
             image=data.array,
@@ -148,9 +149,11 @@ def _paired(root: Path, images_dir: Path, labels_dir: Path, *, skip_bad: bool) -
                 raise
             problems.append(Problem(e.path or str(img), e.problem))
             continue
-        records.append(
-            Record(id=stem, label=None, patient_id=stem, origin=str(img), extra={"image": str(img), "label": str(lab)})
-        )
+        extra = {"image": str(img), "label": str(lab)}
+        mismatch = _geometry_mismatch(img, lab)
+        if mismatch:
+            extra["mask_geometry"] = mismatch  # kept (voxels pair up), reported by data info / audit
+        records.append(Record(id=stem, label=None, patient_id=stem, origin=str(img), extra=extra))
     if not records:
         raise MedlensError(f"no image/label pairs in {images_dir.name}/ and {labels_dir.name}/", root)
     dims = _header_dims(Path(records[0].extra["image"]))
@@ -169,6 +172,23 @@ def _header_shape(path: Path) -> tuple[int, ...]:
         raise BadInputError(
             f"corrupt image (NIfTI header: {str(e).splitlines()[0] if str(e) else type(e).__name__})", path
         ) from None
+
+
+def _geometry_mismatch(image: Path, label: Path, tol_mm: float = 1e-3) -> str | None:
+    """How the label file's voxel spacing or affine differs from its image's (headers only), or None."""
+    import nibabel as nib
+
+    try:
+        a, b = nib.load(str(image)), nib.load(str(label))
+    except Exception:  # noqa: BLE001 - unreadable headers are reported when the sample is loaded
+        return None
+    za, zb = np.asarray(a.header.get_zooms()[:3], float), np.asarray(b.header.get_zooms()[:3], float)
+    if za.shape != zb.shape or not np.allclose(za, zb, atol=tol_mm):
+        return f"label spacing {tuple(round(float(z), 4) for z in zb)} differs from image spacing {tuple(round(float(z), 4) for z in za)}"
+    offset = float(np.abs(np.asarray(a.affine) - np.asarray(b.affine)).max())
+    if offset > tol_mm:
+        return f"label affine differs from image affine (up to {offset:.3g} mm)"
+    return None
 
 
 def _header_dims(path: Path) -> int:

@@ -1,5 +1,12 @@
 """Procedural phantoms with lesion masks: ``synthetic:chest2d[@SIZE]`` and ``synthetic:nodule3d[@SIZE]``.
 
+Each generator has a segmentation variant, ``synthetic:chest2d-seg[@SIZE]`` and
+``synthetic:nodule3d-seg[@SIZE]``: the same samples with :attr:`Task.SEGMENTATION`, the lesion
+mask as a label map per finding (``Sample.mask`` value = the finding's class index) and class
+names ``["background", <findings>]`` (chest2d: background, nodule, opacity; nodule3d: background,
+nodule); ``normal`` images keep an empty mask and ``Record.label`` keeps the finding (for
+stratified splits).
+
 Both generators are deterministic by seed and lazy: opening a dataset only draws the patient
 structure (who has which class and how many images); pixels are rendered on :meth:`Dataset.load`
 with vectorized numpy (a few ms per 64 px image, a few ms per 32^3 volume).
@@ -36,6 +43,7 @@ from medlens.data.sample import Dataset, Record, Sample, Task
 from medlens.errors import MedlensError
 
 GENERATORS = ("chest2d", "nodule3d")
+SEG_SUFFIX = "-seg"  # chest2d-seg: the segmentation variant
 
 
 # -- parameters ---------------------------------------------------------------------------------
@@ -94,13 +102,12 @@ CONFIGS = {c.name: c for c in (CHEST2D, NODULE3D)}
 
 # -- public entry point ------------------------------------------------------------------------
 def parse_spec(spec: str) -> tuple[str, int | None]:
-    """``"chest2d@64"`` -> ``("chest2d", 64)``; ``"nodule3d"`` -> ``("nodule3d", None)``."""
+    """``"chest2d@64"`` -> ``("chest2d", 64)``; ``"nodule3d-seg"`` -> ``("nodule3d-seg", None)``."""
     name, sep, size_text = spec.strip().partition("@")
     name = name.strip().lower()
-    if name not in CONFIGS:
-        raise MedlensError(
-            f"unknown synthetic generator '{name}' (known: {', '.join(GENERATORS)})", f"synthetic:{spec}"
-        )
+    if name.removesuffix(SEG_SUFFIX) not in CONFIGS:
+        known = ", ".join(g + v for g in GENERATORS for v in ("", SEG_SUFFIX))
+        raise MedlensError(f"unknown synthetic generator '{name}' (known: {known})", f"synthetic:{spec}")
     if not sep:
         return name, None
     try:
@@ -118,13 +125,13 @@ def open_synthetic(
     size: int | None = None,
     config: SynthConfig | None = None,
 ) -> "SyntheticDataset":
-    """Open ``synthetic:SPEC`` (``chest2d[@SIZE]`` or ``nodule3d[@SIZE]``) as a lazy dataset.
+    """Open ``synthetic:SPEC`` (``chest2d[-seg][@SIZE]`` or ``nodule3d[-seg][@SIZE]``) as a lazy dataset.
 
     ``size`` and ``n_per_class`` override the spec and the defaults; ``config`` replaces the
     generator's defaults entirely (e.g. ``replace(CHEST2D, lesions=LesionParams(...))``).
     """
     name, spec_size = parse_spec(spec)
-    cfg = config or CONFIGS[name]
+    cfg = config or CONFIGS[name.removesuffix(SEG_SUFFIX)]
     size = size if size is not None else spec_size
     if size is not None:
         lo, hi = (16, 1024) if cfg.dims == 2 else (16, 256)
@@ -135,24 +142,27 @@ def open_synthetic(
         if n_per_class < 1:
             raise MedlensError(f"n_per_class must be at least 1, got {n_per_class}", f"synthetic:{spec}")
         cfg = replace(cfg, n_per_class=n_per_class)
-    return SyntheticDataset(cfg, seed=seed)
+    return SyntheticDataset(cfg, seed=seed, segmentation=name.endswith(SEG_SUFFIX))
 
 
 class SyntheticDataset(Dataset):
-    """Lazily rendered phantoms; records carry (class, patient, view) and the seed."""
+    """Lazily rendered phantoms; records carry (class, patient, view) and the seed.
 
-    def __init__(self, config: SynthConfig, *, seed: int = 0):
+    ``segmentation``: the ``-seg`` variant (see the module doc)."""
+
+    def __init__(self, config: SynthConfig, *, seed: int = 0, segmentation: bool = False):
         self.config = config
         self.seed = int(seed)
+        self.segmentation = segmentation
         records = _patient_structure(config, self.seed)
+        if segmentation:
+            task, class_names = Task.SEGMENTATION, ("background", *config.class_names[1:])
+        else:
+            task = Task.MULTICLASS if len(config.class_names) > 2 else Task.BINARY
+            class_names = config.class_names
+        uri = f"synthetic:{config.name}{SEG_SUFFIX if segmentation else ''}@{config.size}"
         super().__init__(
-            f"synthetic:{config.name}@{config.size}",
-            records,
-            task=Task.MULTICLASS if len(config.class_names) > 2 else Task.BINARY,
-            class_names=config.class_names,
-            dims=config.dims,
-            modality=config.modality,
-            uri=f"synthetic:{config.name}@{config.size}",
+            uri, records, task=task, class_names=class_names, dims=config.dims, modality=config.modality, uri=uri
         )
         self._cache: dict[str, Sample] = {}
         per_sample = 4 * config.size**config.dims
@@ -162,9 +172,17 @@ class SyntheticDataset(Dataset):
         hit = self._cache.get(record.id)
         if hit is not None:
             return _copy(hit)
+        sample = self._render(record)
+        if len(self._cache) < self._cache_limit:
+            self._cache[record.id] = sample
+        return _copy(sample)
+
+    def _render(self, record: Record) -> Sample:
         render = _render_chest2d if self.config.dims == 2 else _render_nodule3d
         image, mask, spacing, affine, lesions = render(self.config, self.seed, **record.extra)
-        sample = Sample(
+        if self.segmentation:
+            mask = (mask > 0).astype(np.uint8) * np.uint8(record.label)  # label value = the finding's class
+        return Sample(
             id=record.id,
             image=image[None].astype(np.float32),
             label=record.label,
@@ -181,9 +199,6 @@ class SyntheticDataset(Dataset):
                 "class_name": self.config.class_names[record.label],
             },
         )
-        if len(self._cache) < self._cache_limit:
-            self._cache[record.id] = sample
-        return _copy(sample)
 
 
 def _copy(s: Sample) -> Sample:
