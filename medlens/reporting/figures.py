@@ -296,5 +296,84 @@ def class_balance(fingerprint: Mapping[str, Any]) -> bytes:
         return _png(fig)
 
 
+# -- segmentation ------------------------------------------------------------------------------
+def segmentation_boxplots(
+    values: Mapping[str, Mapping[str, Mapping[str, Sequence[float]]]],
+    colors: Mapping[str, str],
+    labels: Mapping[str, str],
+) -> bytes:
+    """Box plots of per-case values: one row per metric, one column per class, one box per model.
+
+    ``values``: {metric: {class: {model: per-case values}}} (NaN values are left out);
+    ``labels``: the axis label of each metric.
+    """
+    metrics = [m for m in values if any(values[m].values())]
+    if not metrics:
+        raise ValueError("no per-case segmentation values")
+    classes = list(values[metrics[0]])
+    rows, cols = len(metrics), len(classes)
+    with _figure(0.4 + 3.4 * cols, 2.8 * rows, rows, cols) as (fig, axes):
+        for i, metric in enumerate(metrics):
+            for j, cls in enumerate(classes):
+                ax = axes[i][j]
+                per_model = values[metric].get(cls) or {}
+                names = list(per_model)
+                data = [np.asarray(per_model[n], dtype=float) for n in names]
+                data = [d[np.isfinite(d)] for d in data]
+                box = ax.boxplot(data, tick_labels=names, patch_artist=True, widths=0.55, showfliers=True)
+                for patch, n in zip(box["boxes"], names):
+                    patch.set(facecolor=colors[n], alpha=0.45, edgecolor=colors[n])
+                for median in box["medians"]:
+                    median.set(color="#222222")
+                ax.set(ylabel=labels.get(metric, metric), title=cls if i == 0 else "")
+                ax.grid(axis="x", visible=False)
+        return _png(fig)
+
+
+def segmentation_overlay(
+    image: np.ndarray, truth: np.ndarray, pred: np.ndarray, class_names: Sequence[str], title: str = ""
+) -> bytes:
+    """One case: the image with truth (solid) and prediction (dashed) contours of each class.
+
+    ``image`` is channels first (C, *spatial); 3D shows the slice (axis 0 of the spatial axes) with
+    the most truth foreground (the prediction's when the truth is empty). Three channels are shown
+    in colour, otherwise the first channel in grey; each windowed to its 1st-99th percentile.
+    """
+    from matplotlib.lines import Line2D
+
+    image, truth, pred = np.asarray(image, dtype=np.float32), np.asarray(truth), np.asarray(pred)
+    if truth.ndim == 3:
+        area = (truth > 0).sum(axis=(1, 2))
+        if not area.any():
+            area = (pred > 0).sum(axis=(1, 2))
+        z = int(np.argmax(area)) if area.any() else truth.shape[0] // 2
+        image, truth, pred = image[:, z], truth[z], pred[z]
+        title = f"{title} · slice {z}"
+    shown = np.moveaxis(image[:3], 0, -1) if image.shape[0] == 3 else image[0]
+    low, high = np.percentile(shown, [1, 99])
+    shown = np.clip((shown - low) / max(float(high - low), 1e-6), 0, 1)
+    height, width = truth.shape
+    scale = 4.2 / max(height, width)
+    with _figure(width * scale + 0.3, height * scale + 0.6) as (fig, axes):
+        ax = axes[0][0]
+        ax.imshow(shown, cmap="gray", interpolation="nearest")
+        handles = []
+        for c in range(1, len(class_names)):
+            color = PALETTE[(c + 1) % len(PALETTE)]
+            for mask, style in ((truth, "solid"), (pred, "dashed")):
+                if np.any(mask == c):
+                    ax.contour(
+                        (mask == c).astype(float), levels=[0.5], colors=[color], linewidths=1.1, linestyles=style
+                    )
+            handles += [
+                Line2D([], [], color=color, ls="-", label=f"{class_names[c]}: truth"),
+                Line2D([], [], color=color, ls="--", label=f"{class_names[c]}: prediction"),
+            ]
+        ax.set_axis_off()
+        ax.set_title(title, fontsize=8)
+        ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=2, fontsize=7)
+        return _png(fig)
+
+
 def _fmt(value: Any, digits: int = 3) -> str:
     return "n/a" if value is None else f"{float(value):.{digits}f}"

@@ -30,6 +30,8 @@ METRIC_LABELS = {
     "ece": "ECE",
 }
 LOWER_IS_BETTER = {"brier", "ece"}
+CLASSIFICATION_ONLY = {"summary", "significance", "roc", "confusion", "calibration", "referral", "gradcam"}
+"""Sections a task with its own section (``task_sections``) has no data for."""
 SMALL_TEST_SET = 100
 
 
@@ -74,8 +76,12 @@ def _value(ci: Any) -> float | None:
 
 
 # -- context -----------------------------------------------------------------------------------
-def report_context(arts) -> dict[str, Any]:
-    """Everything the template needs: title, key findings, sections in reading order."""
+def report_context(arts, task_sections: dict[str, tuple[str, str, Callable]] | None = None) -> dict[str, Any]:
+    """Everything the template needs: title, key findings, sections in reading order.
+
+    ``task_sections``: {task: (id, title, builder)}, the section of a task without the
+    classification statistics, shown in their place (e.g. segmentation's).
+    """
     builders: list[tuple[str, str, Callable[[Any], dict[str, Any]]]] = [
         ("data", "Data", data_section),
         ("audit", "Data audit", audit_section),
@@ -90,6 +96,10 @@ def report_context(arts) -> dict[str, Any]:
         ("cards", "Model cards", model_cards_section),
         ("provenance", "Provenance", provenance_section),
     ]
+    task_section = (task_sections or {}).get(str((arts.comparison or {}).get("task")))
+    if task_section:
+        builders = [b for b in builders if b[0] not in CLASSIFICATION_ONLY]
+        builders.insert(2, task_section)
     sections = [_section(sid, title, fn, arts) for sid, title, fn in builders]
     comparison = arts.comparison or {}
     return {

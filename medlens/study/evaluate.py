@@ -8,7 +8,8 @@ confusion on SPLIT), the pairwise tests, and — where the source has lesion mas
 data) — localization: Grad-CAM for deep models (bundle loaded from ``model.safetensors`` +
 ``model.json`` + the registry; layer ``cam_layer``), occlusion for classical ones, on a seeded
 subset of SPLIT cases with a lesion, scored by pointing game and IoU. A Grad-CAM gallery of a
-few right and wrong SPLIT cases per deep model goes to ``RUN/figures/``.
+few right and wrong SPLIT cases per deep model goes to ``RUN/figures/``. Segmentation runs are
+evaluated by :mod:`medlens.study.evaluate_segmentation` instead (per-case label maps).
 
 Writes: ``comparison.json``; per model ``decisions_SPLIT.csv`` (calibrated probabilities and the
 decision each case was counted with); into each model card the fitted ``temperature``, the
@@ -82,6 +83,12 @@ def evaluate(
 
     for n in names:
         verify_bundle(run, n)  # nothing changed since its stage wrote it: never re-approve a changed card
+    from medlens.study import evaluate_segmentation as seg
+
+    if seg.is_segmentation_run(run, names):  # per-case label maps, not probabilities: their own statistics
+        return seg.evaluate_segmentation(
+            run, names, split=split, n_resamples=n_resamples, seed=seed, report=report, log=say, dataset=dataset
+        )
     cards = {n: read_card(run.model(n).info) for n in names}
     infos = {n: c.to_dict() for n, c in cards.items()}
     tasks = {str(i["task"]) for i in infos.values()}
