@@ -1,7 +1,10 @@
 """The prediction record: what a model said about one input, in one place.
 
 Every output format (JSON, DICOM SR, FHIR DiagnosticReport, the audit log, the web page) is
-rendered from a :class:`Prediction`, so they cannot disagree.
+rendered from a :class:`Prediction`, so they cannot disagree. A segmentation (``task``
+"segmentation", ``class_names`` background first) carries its ``measurements``
+(:func:`medlens.inference.measurements.measure_segments`); its label map goes to the DICOM SEG
+and the NIfTI mask.
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ class Prediction:
     scope_checked: bool = False  # False: the model has no out-of-distribution guard (trained before it)
     raw_probabilities: dict[str, float] = field(default_factory=dict)  # the model's own, as predictions_*.csv
     codes: dict[str, dict[str, Any]] = field(default_factory=dict)  # class name -> standard code (the card's)
+    measurements: list[dict[str, Any]] = field(default_factory=list)  # segmentation: SegmentMeasurement records
     heatmap: np.ndarray | None = None  # spatial map in [0,1], shape of the model input (no channel)
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
     created: str = field(default_factory=lambda: dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
@@ -62,4 +66,6 @@ class Prediction:
         d = asdict(self)
         d.pop("heatmap")
         d["has_heatmap"] = self.heatmap is not None
+        if not self.measurements:  # a classification's JSON stays as it was
+            d.pop("measurements")
         return d

@@ -14,6 +14,11 @@ Each Observation is coded with the model card's standard code of its class
   the conclusion says why, and no Observation carries a positive or negative interpretation.
 * the Observations' ``device``: a contained Device naming medlens, the model, the medlens
   version and the weights' sha256.
+
+A segmentation has one Observation per measurement instead
+(:mod:`medlens.inference.measurements`): coded with the quantity (SNOMED CT "Volume"/"Area", the
+private vessel fraction), a UCUM ``valueQuantity`` (``mm3``, ``mm2``, ``%``) and the segment's
+code from the model card as ``bodySite``; the conclusion lists the measurements.
 """
 
 from __future__ import annotations
@@ -26,6 +31,8 @@ from fhir.resources.R4B.observation import Observation
 from fhir.resources.R4B.patient import Patient
 
 from medlens import __version__
+from medlens.inference.codes import Concept
+from medlens.inference.measurements import QUANTITIES, UNITS, describe_measurement
 from medlens.inference.ood import describe
 from medlens.inference.prediction import Prediction
 
@@ -37,11 +44,15 @@ PSEUDONYM_SYSTEM = "urn:medlens:patient-pseudonym"
 DICOM_UID_SYSTEM = "urn:dicom:uid"
 PATIENT_ID = "patient"
 DEVICE_ID = "device"
+UCUM = "http://unitsofmeasure.org"
 
 
-def _observation(pred: Prediction, label: str, probability: float, index: int, subject: dict | None) -> dict[str, Any]:
-    is_finding = label in pred.finding.split("|")
-    concept = pred.concept(label)
+def _coding(concept: Concept) -> dict[str, str]:
+    return {"system": concept.fhir_system, "code": concept.code, "display": concept.meaning}
+
+
+def _observation_base(pred: Prediction, index: int, subject: dict | None) -> dict[str, Any]:
+    """What every Observation of the report holds: id, status, category, method, device, time, subject."""
     obs: dict[str, Any] = {
         "resourceType": "Observation",
         "id": f"{pred.id}-obs{index}",
@@ -49,29 +60,56 @@ def _observation(pred: Prediction, label: str, probability: float, index: int, s
         "category": [
             {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "imaging"}]}
         ],
-        "code": {
-            "coding": [{"system": concept.fhir_system, "code": concept.code, "display": concept.meaning}],
-            "text": f"AI probability of {label}",
-        },
-        "valueQuantity": {
-            "value": round(float(probability), 6),
-            "unit": "probability",
-            "system": "http://unitsofmeasure.org",
-            "code": "1",
-        },
         "method": {"text": f"medlens model {pred.model} (sha256 {pred.model_sha256[:16]})"},
         "device": {"reference": f"#{DEVICE_ID}"},
-        "note": [{"text": f"uncertainty ({pred.uncertainty_method}) = {pred.uncertainty:.4f}"}],
         "effectiveDateTime": pred.created,
     }
+    if subject:
+        obs["subject"] = subject
+    return obs
+
+
+def _observation(pred: Prediction, label: str, probability: float, index: int, subject: dict | None) -> dict[str, Any]:
+    is_finding = label in pred.finding.split("|")
+    obs = _observation_base(pred, index, subject)
+    obs["code"] = {"coding": [_coding(pred.concept(label))], "text": f"AI probability of {label}"}
+    obs["valueQuantity"] = {"value": round(float(probability), 6), "unit": "probability", "system": UCUM, "code": "1"}
+    obs["note"] = [{"text": f"uncertainty ({pred.uncertainty_method}) = {pred.uncertainty:.4f}"}]
     if pred.out_of_scope:  # no positive or negative call on an image the model was not made for
         obs["note"].append({"text": f"not assessed: {describe(pred.out_of_scope)}"})
     else:
         code, display = ("POS", "Positive") if is_finding else ("NEG", "Negative")
         obs["interpretation"] = [{"coding": [{"system": INTERPRETATION_SYSTEM, "code": code, "display": display}]}]
-    if subject:
-        obs["subject"] = subject
     return obs
+
+
+def _measurement_observation(pred: Prediction, m: dict[str, Any], index: int, subject: dict | None) -> dict[str, Any]:
+    """One measurement of a segmentation: the quantity as code, the segment's code as body site."""
+    obs = _observation_base(pred, index, subject)
+    obs["code"] = {"coding": [_coding(QUANTITIES[m["quantity"]])], "text": f"{m['quantity']} of {m['label']}"}
+    obs["bodySite"] = {"coding": [_coding(pred.concept(m["label"]))], "text": m["label"]}
+    obs["valueQuantity"] = {"value": float(m["value"]), "unit": UNITS[m["unit"]], "system": UCUM, "code": m["unit"]}
+    notes = [f"segment {m['segment']}, {m['voxels']} voxels"] + ([f"inside the {m['region']}"] if "region" in m else [])
+    if pred.out_of_scope:
+        notes.append(f"outside the model's scope: {describe(pred.out_of_scope)}")
+    obs["note"] = [{"text": "; ".join(notes)}]
+    return obs
+
+
+def _conclusion(pred: Prediction) -> str:
+    if pred.measurements:
+        listed = "; ".join(describe_measurement(m) for m in pred.measurements)
+        if pred.out_of_scope or pred.abstain:
+            return f"REFER TO A RADIOLOGIST: {pred.abstain_reason}. Segmentation: {listed}. AI result, to be confirmed."
+        return f"Segmentation: {listed}. AI result, to be confirmed."
+    if pred.out_of_scope:
+        return f"NOT ASSESSED, REFER TO A RADIOLOGIST: {pred.abstain_reason}. The model gives no finding here."
+    if pred.abstain:
+        return (
+            f"REFER TO A RADIOLOGIST: the model abstained ({pred.abstain_reason}). Most likely: {pred.finding} "
+            f"(p={pred.confidence:.3f})."
+        )
+    return f"{pred.finding} (p={pred.confidence:.3f}, uncertainty {pred.uncertainty:.3f}). AI result, to be confirmed."
 
 
 def _device(pred: Prediction) -> dict[str, Any]:
@@ -105,20 +143,13 @@ def diagnostic_report(pred: Prediction) -> dict[str, Any]:
     """Build and validate the DiagnosticReport (with contained Observations, Patient and Device) as a JSON dict."""
     pseudonym = pred.source.patient_pseudonym
     subject = {"reference": f"#{PATIENT_ID}", "type": "Patient"} if pseudonym else None
-    observations = [_observation(pred, label, p, i, subject) for i, (label, p) in enumerate(pred.probabilities.items())]
+    if pred.measurements:
+        observations = [_measurement_observation(pred, m, i, subject) for i, m in enumerate(pred.measurements)]
+    else:
+        probabilities = enumerate(pred.probabilities.items())
+        observations = [_observation(pred, label, p, i, subject) for i, (label, p) in probabilities]
     device = _device(pred)
     contained = [*observations, device, *([_patient(pseudonym)] if pseudonym else [])]
-    if pred.out_of_scope:
-        conclusion = f"NOT ASSESSED, REFER TO A RADIOLOGIST: {pred.abstain_reason}. The model gives no finding here."
-    elif pred.abstain:
-        conclusion = (
-            f"REFER TO A RADIOLOGIST: the model abstained ({pred.abstain_reason}). Most likely: {pred.finding} "
-            f"(p={pred.confidence:.3f})."
-        )
-    else:
-        conclusion = (
-            f"{pred.finding} (p={pred.confidence:.3f}, uncertainty {pred.uncertainty:.3f}). AI result, to be confirmed."
-        )
     report: dict[str, Any] = {
         "resourceType": "DiagnosticReport",
         "id": pred.id,
@@ -135,7 +166,7 @@ def diagnostic_report(pred: Prediction) -> dict[str, Any]:
         "issued": pred.created,
         "contained": contained,
         "result": [{"reference": f"#{o['id']}"} for o in observations],
-        "conclusion": conclusion,
+        "conclusion": _conclusion(pred),
     }
     if subject:
         report["subject"] = subject
