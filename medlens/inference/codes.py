@@ -72,6 +72,10 @@ _DICOM_SCT = {
     "malignant": "Malignant",
     "aneurysm": "Aneurysm",
     "melanoma": "MalignantMelanoma",
+    # segmentation structures
+    "vessel": "BloodVessel",
+    "blood vessel": "BloodVessel",
+    "hippocampus": "Hippocampus",
 }
 
 # Codes checked against their publisher (not in pydicom's dictionary).

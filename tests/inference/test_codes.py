@@ -108,3 +108,10 @@ def test_train_refuses_a_bad_codes_file_in_one_line(cli, tmp_path):
     code, _, err = cli("train", "synthetic:chest2d", "--out", tmp_path / "run", "--codes", bad)
     assert code == 2 and "unknown scheme 'ICD10'" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "run").exists()
+
+
+def test_segmentation_structures_have_snomed_codes_from_the_dicom_dictionary():
+    from medlens.inference.codes import lookup
+
+    assert (lookup("vessel").scheme, lookup("vessel").code) == ("SCT", "59820001")
+    assert (lookup("Hippocampus").scheme, lookup("Hippocampus").code) == ("SCT", "5366008")
