@@ -137,6 +137,15 @@ class ModelDir:
         written by the evaluation stage."""
         return self.root / f"decisions_{split}.csv"
 
+    def segmentations(self, split: str) -> Path:
+        """Folder of per-case segmentation predictions on a split (``ID.npz``: ``labels``, and
+        ``foreground`` for two-class tasks); written by training."""
+        return self.root / f"segmentations_{split}"
+
+    def segmentation_cases(self, split: str) -> Path:
+        """Per-case, per-class segmentation metrics on a split; written by the evaluation stage."""
+        return self.root / f"segmentation_cases_{split}.csv"
+
     @property
     def training_log(self) -> Path:
         return self.root / "training_log.csv"

@@ -12,7 +12,20 @@ from medlens.cli.common import SOURCE_ARG_HELP, console, err_console, print_json
 def train(
     source: str = typer.Argument(..., help=SOURCE_ARG_HELP),
     model: str = typer.Option(
-        None, "--model", "-m", help="Model name (see `medlens models`). Default: cnn-small, or the plan's."
+        None,
+        "--model",
+        "-m",
+        help="Model name (see `medlens models`). Default: cnn-small (classification), unet (segmentation), or the plan's.",
+    ),
+    task: str = typer.Option(
+        None,
+        "--task",
+        help="classification | segmentation. Default: the source's (segmentation when its samples carry masks).",
+    ),
+    patch_size: str = typer.Option(
+        None,
+        "--patch-size",
+        help="Segmentation: training patch (and sliding window), e.g. 32,48,32 or 64 (default: the first image's sides, rounded to the network's step).",
     ),
     out: Path = typer.Option(..., "--out", "-o", help="Run directory (created; splits.json there is reused)."),
     epochs: int = typer.Option(None, "--epochs", help="Maximum epochs (deep models). Default 20."),
@@ -76,6 +89,8 @@ def train(
 
     given = {
         "model": model,
+        "task": task,
+        "patch_size": _sides(patch_size),
         "epochs": epochs,
         "batch_size": batch_size,
         "img_size": img_size,
@@ -113,8 +128,20 @@ def train(
     _summary(run)
 
 
+def _sides(text: str | None) -> list[int] | None:
+    """``--patch-size`` "32,48,32" or "64" as a list of ints."""
+    if text is None:
+        return None
+    from medlens.errors import MedlensError
+
+    try:
+        return [int(v) for v in text.replace("x", ",").split(",")]
+    except ValueError:
+        raise MedlensError(f"--patch-size takes sides like 32,48,32 or 64, not '{text}'") from None
+
+
 def _summary(run) -> None:
-    """Print val/test AUC and ACC of the model just trained, and the run path."""
+    """Print val/test AUC and ACC (segmentation: Dice per class) of the model just trained, and the run path."""
     from rich.table import Table
 
     from medlens.runs import read_json, read_yaml
@@ -122,12 +149,19 @@ def _summary(run) -> None:
     name = (read_yaml(run.config) or {}).get("model")  # the resolved config of this training
     metrics = read_json(run.model(name).metrics)
     table = Table(title=f"{name}")
-    for column in ("split", "n", "AUC", "ACC"):
+    dice = "dice" in (metrics.get("val") or {})
+    classes = list(metrics["val"]["dice"]) if dice else []
+    columns = ("split", "n", *[f"Dice {c}" for c in classes], "mean Dice") if dice else ("split", "n", "AUC", "ACC")
+    for column in columns:
         table.add_column(column, justify="right" if column != "split" else "left")
     for split in ("val", "test"):
         if split in metrics:
             m = metrics[split]
-            table.add_row(split, str(metrics.get("n", {}).get(split, "")), _f(m.get("auc")), _f(m.get("acc")))
+            n = str(metrics.get("n", {}).get(split, ""))
+            if dice:
+                table.add_row(split, n, *[_f(m["dice"][c]) for c in classes], _f(m.get("mean_dice")))
+            else:
+                table.add_row(split, n, _f(m.get("auc")), _f(m.get("acc")))
     console.print(table)
     ips = (metrics.get("timing") or {}).get("images_per_second")
     if ips:
@@ -148,9 +182,12 @@ def plan(
     model: str = typer.Option(None, "--model", "-m", help="Use this model instead of choosing one."),
     seed: int = typer.Option(0, "--seed", help="Seed of the splits the plan assumes."),
     max_samples: int = typer.Option(None, "--max-samples", help="Plan for at most N samples per split (as train)."),
+    task: str = typer.Option(
+        None, "--task", help="classification | segmentation (default: the source's, as `medlens train --task`)."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the plan as JSON."),
 ) -> None:
-    """Choose input size, normalization, augmentation, model, batch size and epochs for a time budget."""
+    """Choose input size (segmentation: patch size), normalization, augmentation, model, batch size and epochs for a time budget."""
     from medlens.training.plan import make_plan, render_plan, write_plan
 
     result = make_plan(
@@ -160,6 +197,7 @@ def plan(
         seed=seed,
         show_progress=not as_json,
         max_samples=max_samples,
+        task=task,
     )
     write_plan(out, result)
     if as_json:

@@ -17,7 +17,10 @@ command line, the Python API and the benchmarks predict with it:
 * :meth:`Bundle.scope` says whether an input is inside what the model was made for (the
   out-of-distribution guard of :mod:`medlens.inference.ood`, on the features that
   :meth:`Bundle.raw_proba_and_features` returns with the probabilities);
-* :meth:`Bundle.explain` gives Grad-CAM (deep, at the card's ``cam_layer``) or occlusion maps.
+* :meth:`Bundle.explain` gives Grad-CAM (deep, at the card's ``cam_layer``) or occlusion maps;
+* :meth:`Bundle.segment` gives a segmentation model's class probabilities per voxel (sliding
+  window, :mod:`medlens.inference.segment`); such a bundle has no feature tap, no MC dropout and
+  no out-of-distribution guard (its card says ``ood: null``).
 
 Concurrency: the network stays in eval mode and runs under ``torch.no_grad``; MC dropout uses a
 private copy, Grad-CAM a per-call copy, so concurrent callers never see each other's state.
@@ -77,12 +80,13 @@ class Bundle:
         self.weights_sha256 = weights_sha256
         self.abstention = _abstention_rule(card, uncertainty)
         self._mc = None
-        self._tap = _FeatureTap(net) if net is not None else None
+        segmenter = card.task == "segmentation"
+        self._tap = _FeatureTap(net) if net is not None and not segmenter else None
         if net is not None:
             net.eval()
             for p in net.parameters():
                 p.requires_grad_(False)
-            if unc.needs_samples(self.abstention.method) and unc.has_dropout(net):
+            if not segmenter and unc.needs_samples(self.abstention.method) and unc.has_dropout(net):
                 self._mc = unc.MCDropout(net, self._example_input())
 
     # -- loading ---------------------------------------------------------------------------------
@@ -134,6 +138,14 @@ class Bundle:
         from medlens.inference.preprocess import OneImage, check_image
 
         c = self.card
+        if c.task == "segmentation":
+            from medlens.inference.segment import segmentation_input
+
+            x = segmentation_input(
+                image, channels=c.in_channels, preprocessing=c.preprocessing, dims=c.dims, origin=name
+            )
+            check_image(x, image, c.preprocessing, c.dims, name)
+            return x
         one = OneImage(image, c.dims, c.task, len(c.class_names), c.modality)
         x, _ = load_arrays(
             one, size=c.img_size, channels=c.in_channels, preprocessing=c.preprocessing, show_progress=False
@@ -150,6 +162,25 @@ class Bundle:
         return x
 
     # -- output ----------------------------------------------------------------------------------
+    def segment(self, x: np.ndarray) -> np.ndarray:
+        """Class probabilities (K, *spatial) float32 (softmax; sliding window over patches of the
+        card's ``patch_size``) for one model input ``x`` (C, *spatial) of a segmentation model.
+        The label map is their argmax over K."""
+        if self.task != "segmentation":
+            raise MedlensError(f"model '{self.name}' is not a segmentation model (task '{self.task}')")
+        from medlens.inference.segment import sliding_window_proba
+
+        x = np.asarray(x, dtype=np.float32)
+        if x.ndim != self.card.dims + 1 or x.shape[0] != self.card.in_channels:
+            raise MedlensError(
+                f"model '{self.name}' takes ({self.card.in_channels}, {self.card.dims} spatial axes) inputs, "
+                f"not {tuple(x.shape)}"
+            )
+        if self.estimator is not None:  # a classical per-pixel model sees the whole image
+            return np.asarray(self.estimator.predict_proba_image(x), dtype=np.float32)
+        assert self.card.patch_size is not None  # the card requires it for segmentation networks
+        return sliding_window_proba(self.net, x, self.card.patch_size)
+
     def raw_proba(self, x: np.ndarray, *, batch_size: int = 256) -> np.ndarray:
         """The model's own probabilities (N, K) for model inputs ``x`` (N, C, ...): float64,
         softmax (sigmoid per label for multi-label) of the logits, or the estimator's columns in
@@ -340,9 +371,8 @@ def build_network(card: ModelCard, weights: Path | None = None) -> Any:
     spec = get_model(card.model)
     if spec.kind != "deep":
         raise MedlensError(f"the card says deep but '{spec.name}' is a {spec.kind} model")
-    net = spec.build(
-        in_channels=card.in_channels, num_outputs=card.num_outputs, spatial_dims=card.dims, img_size=card.img_size
-    )
+    size = card.patch_size if card.task == "segmentation" else card.img_size
+    net = spec.build(in_channels=card.in_channels, num_outputs=card.num_outputs, spatial_dims=card.dims, img_size=size)
     if weights is not None:
         load_weights(net, weights, strict=True)
     return net.eval()

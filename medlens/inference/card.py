@@ -31,7 +31,7 @@ from medlens.inference.codes import Concept, concepts_for
 from medlens.runs import write_json
 
 SCHEMA_VERSION = 1
-TASKS = ("binary", "multiclass", "ordinal", "multilabel")
+TASKS = ("binary", "multiclass", "ordinal", "multilabel", "segmentation")
 UPDATABLE = frozenset({"temperature", "thresholds", "thresholds_chosen_on", "calibration", "abstention"})
 """Fields a later stage may change (through :meth:`ModelCard.with_update`); everything else is training's."""
 
@@ -47,11 +47,12 @@ class ModelCard(BaseModel):
     model: str = Field(description="registry name of the architecture")
     kind: Literal["deep", "classical"]
     dims: Literal[2, 3]
-    task: Literal["binary", "multiclass", "ordinal", "multilabel"]
+    task: Literal["binary", "multiclass", "ordinal", "multilabel", "segmentation"]
     class_names: list[str] = Field(min_length=1)
     num_outputs: int = Field(ge=1)
     in_channels: int = Field(ge=1)
     img_size: int | list[int] | None = None
+    patch_size: list[int] | None = Field(default=None, description="segmentation: the training patch (sliding window)")
     modality: str | None = None
     codes: dict[str, Concept] = Field(default_factory=dict, description="class name -> standard code")
     weights_file: str
@@ -110,6 +111,10 @@ class ModelCard(BaseModel):
     def _consistent(self) -> "ModelCard":
         if self.task != "multilabel" and self.num_outputs != len(self.class_names):
             raise ValueError(f"num_outputs {self.num_outputs} != {len(self.class_names)} class names")
+        if self.task == "segmentation" and len(self.class_names) < 2:
+            raise ValueError("a segmentation model needs the background and at least one class")
+        if self.task == "segmentation" and self.kind == "deep" and not self.patch_size:
+            raise ValueError("a segmentation network needs its patch_size")
         if self.task == "binary" and len(self.class_names) != 2:
             raise ValueError(f"a binary model needs 2 class names, not {len(self.class_names)}")
         if set(self.codes) != set(self.class_names):

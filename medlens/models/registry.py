@@ -2,7 +2,11 @@
 
 Classical specs build a scikit-learn estimator that takes images as arrays (N, C, H, W) or
 (N, C, D, H, W) and does its own feature extraction. Deep specs build a ``torch.nn.Module`` that
-maps a batch (N, C, H, W) or (N, C, D, H, W) to logits (N, num_outputs).
+maps a batch (N, C, H, W) or (N, C, D, H, W) to logits (N, num_outputs), or, for the
+segmentation task, to per-voxel logits (N, num_outputs, *spatial).
+
+``spec.tasks`` says what a model is for: classification models are never offered for
+segmentation and vice versa (:func:`models_for`, :func:`check_task`).
 
 Model modules register themselves on import; :func:`all_models` imports them all.
 """
@@ -19,7 +23,9 @@ Kind = Literal["classical", "deep"]
 
 MODEL_MODULES = (
     "medlens.models.classical.estimators",
+    "medlens.models.classical.pixel_forest",
     "medlens.models.deep.networks",
+    "medlens.models.deep.segmentation",
 )
 
 
@@ -61,3 +67,19 @@ def get_model(name: str) -> ModelSpec:
     except KeyError:
         known = ", ".join(sorted(_REGISTRY))
         raise MedlensError(f"unknown model '{name}' (known: {known}; see `medlens models`)") from None
+
+
+def models_for(task: str) -> list[ModelSpec]:
+    """The registered models that train for ``task`` (a :class:`medlens.data.sample.Task` value)."""
+    return [s for s in all_models() if task in s.tasks]
+
+
+def check_task(spec: ModelSpec, task: str) -> None:
+    """One line naming the models that fit, when ``spec`` does not train for ``task``."""
+    if task in spec.tasks:
+        return
+    fitting = ", ".join(s.name for s in models_for(task)) or "none"
+    what = "segmentation" if "segmentation" in spec.tasks else "classification"
+    raise MedlensError(
+        f"model '{spec.name}' is a {what} model and does not support {task} tasks (models for {task}: {fitting})"
+    )

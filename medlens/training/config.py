@@ -20,7 +20,11 @@ OPTIMIZERS = ("adamw", "adam", "sgd")
 SCHEDULERS = ("cosine", "onecycle", "none")
 IMBALANCE = ("weighted-loss", "sampler", "none")
 AUGMENT = ("none", "light", "standard", "gan")
-MONITOR = ("auc", "loss")
+MONITOR = ("auc", "dice", "loss")
+TASKS = ("classification", "segmentation")  # --task: what the source's labels are trained for
+DEFAULT_MODEL = {"classification": "cnn-small", "segmentation": "unet"}
+DEFAULT_MONITOR = {"classification": "auc", "segmentation": "dice"}
+SEGMENTATION_GEOMETRY = "as stored: no resize, no resampling (spacing and affine of each image kept)"
 NATIVE_CAP = {2: 128, 3: 64}  # largest input side used by default, per spatial dims
 PRECISIONS = ("32", "32-true", "64", "bf16-mixed", "bf16-true", "16-mixed")
 
@@ -30,7 +34,8 @@ class TrainConfig:
     """Every setting of one training run. ``None`` means "resolve from the data and the model"."""
 
     source: str
-    model: str = "cnn-small"
+    model: str | None = None  # None: DEFAULT_MODEL of the task
+    task: str | None = None  # None: the source's ("segmentation" when its samples carry masks)
     out: str = "runs/default"
     # optimisation
     epochs: int = 20
@@ -41,7 +46,7 @@ class TrainConfig:
     optimizer: str = "adamw"
     scheduler: str = "cosine"
     patience: int = 10  # early stopping, in epochs without improvement of `monitor`
-    monitor: str = "auc"  # validation AUC (max) or validation loss (min)
+    monitor: str | None = None  # validation AUC / mean Dice (max) or loss (min); None: DEFAULT_MONITOR
     imbalance: str = "weighted-loss"
     augment: str = "light"
     gan_epochs: int = 30
@@ -54,6 +59,10 @@ class TrainConfig:
     channels: int | None = None  # input channels (None: as stored)
     preprocessing: dict[str, Any] | None = None  # None: default_preprocessing(modality, dims, size)
     augmentation: dict[str, Any] | None = None  # None: default_augmentation(dims, augment)
+    # segmentation
+    patch_size: list[int] | None = None  # training patch (None: the first image's sides, see resolve_config)
+    patches_per_case: int = 4  # random patches drawn from each training case per epoch
+    pos_fraction: float = 0.5  # share of patches centred on a foreground voxel
     ood_accept: float = 0.99  # share of in-distribution validation images the guard accepts
     codes: dict[str, Any] | None = None  # class name -> {scheme, code, meaning}: replaces the table's code
     # hardware
@@ -97,14 +106,17 @@ class TrainConfig:
             "augment": AUGMENT,
             "monitor": MONITOR,
             "precision": PRECISIONS,
+            "task": TASKS,
         }
         for key, allowed in choices.items():
+            if getattr(self, key) is None:  # resolved later from the data
+                continue
             value = str(getattr(self, key))
             if value not in allowed:
                 raise MedlensError(f"--{key.replace('_', '-')} must be one of {', '.join(allowed)}, not '{value}'")
         if self.epochs < 1:
             raise MedlensError(f"--epochs must be at least 1, not {self.epochs}")
-        for key in ("batch_size", "img_size", "max_samples", "channels", "threads"):
+        for key in ("batch_size", "img_size", "max_samples", "channels", "threads", "patches_per_case"):
             value = getattr(self, key)
             if value is not None and int(value) < 1:
                 raise MedlensError(f"--{key.replace('_', '-')} must be at least 1, not {value}")
@@ -116,6 +128,10 @@ class TrainConfig:
             raise MedlensError(f"--ema must lie in [0, 1) (a decay per optimizer step, e.g. 0.99), not {self.ema}")
         if not 0.5 <= self.ood_accept < 1:
             raise MedlensError(f"--ood-accept must lie in [0.5, 1) (e.g. 0.99), not {self.ood_accept}")
+        if not 0 <= self.pos_fraction <= 1:
+            raise MedlensError(f"pos_fraction must lie in [0, 1], not {self.pos_fraction}")
+        if self.patch_size is not None and (not self.patch_size or min(int(v) for v in self.patch_size) < 1):
+            raise MedlensError(f"--patch-size must be positive sides, not {self.patch_size}")
         if self.num_nodes < 1:
             raise MedlensError(f"--num-nodes must be at least 1, not {self.num_nodes}")
         if self.weights is not None and not Path(self.weights).is_file():
@@ -153,13 +169,29 @@ def resolve_config(
     The input size defaults to
     the native size (small MedMNIST images are not upsampled: it costs time and gains little),
     capped at :data:`NATIVE_CAP` (or the model's larger ``default_img_size``).
+
+    Segmentation (``config.task``, set by :func:`resolve_task`) keeps every image in its stored
+    geometry (no resize, no resampling: ``img_size`` stays None and preprocessing only normalises
+    intensities); the network trains on patches of ``patch_size`` (:func:`default_patch`).
     """
     defaults = dict(getattr(spec, "defaults", {}) or {})  # (batch size and lr stay None for classical models)
     c = dataclasses.replace(config)
+    segmentation = c.task == "segmentation"
+    c.monitor = c.monitor or DEFAULT_MONITOR[c.task or "classification"]
+    if c.monitor == ("auc" if segmentation else "dice"):
+        raise MedlensError(
+            f"--monitor {c.monitor} does not apply to {c.task or 'classification'} (use auc or loss for classification, dice or loss for segmentation)"
+        )
     if spec.kind == "deep":
         c.batch_size = c.batch_size or int(defaults.get("batch_size", 64))
         c.lr = c.lr or float(defaults.get("lr", 1e-3))
-    if c.img_size is None:
+    if segmentation:
+        c.img_size = None
+    if segmentation and spec.kind == "deep":
+        c.patch_size = (
+            default_patch(first_shape, dims, defaults) if c.patch_size is None else _sides(c.patch_size, dims)
+        )
+    elif c.img_size is None:
         native = native_size(first_shape)
         cap = max(int(defaults.get("default_img_size", 0)), NATIVE_CAP[dims])
         c.img_size = min(native, cap)
@@ -170,7 +202,11 @@ def resolve_config(
         c.preprocessing = dict(
             default_preprocessing(modality, dims, c.img_size, hounsfield=hounsfield, label_like=label_like)
         )
-    if c.augmentation is None and spec.kind == "deep":
+    if segmentation:
+        c.preprocessing = {**c.preprocessing, "geometry": SEGMENTATION_GEOMETRY}
+    if segmentation and c.augmentation is None:
+        c.augmentation = segmentation_augmentation(dims, c.augment, c.patch_size) if c.patch_size else {}
+    elif c.augmentation is None and spec.kind == "deep":
         strength = "light" if c.augment == "gan" else c.augment
         if strength == "none":
             c.augmentation = {}
@@ -183,6 +219,46 @@ def resolve_config(
     c.devices = _int_if_digits(c.devices)
     c.precision = str(c.precision)
     return c.validate()
+
+
+def resolve_task(config: TrainConfig, source_task: str, uri: str | None = None) -> TrainConfig:
+    """``task`` from the source's task (``--task`` may only confirm it) and the task's default model.
+
+    A segmentation source (samples with masks) trains segmentation; every labelled
+    classification task trains classification. A mismatch is one line.
+    """
+    implied = "segmentation" if source_task == "segmentation" else "classification"
+    if config.task is not None and config.task != implied:
+        raise MedlensError(f"--task {config.task}, but the source's task is '{source_task}' ({implied})", uri)
+    return dataclasses.replace(config, task=implied, model=config.model or DEFAULT_MODEL[implied])
+
+
+def _sides(size: int | list[int], dims: int) -> list[int]:
+    sides = [int(size)] * dims if isinstance(size, int) else [int(v) for v in size]
+    if len(sides) == 1:
+        sides = sides * dims
+    if len(sides) != dims:
+        raise MedlensError(f"--patch-size {size} does not have {dims} sides (or one for all)")
+    return sides
+
+
+def default_patch(first_shape: tuple[int, ...], dims: int, defaults: dict[str, Any]) -> list[int]:
+    """The patch: each stored side of the first image rounded down to the network's ``divisor``
+    (at least one divisor; a smaller image is padded), capped at its ``default_patch``."""
+    divisor = max(1, int(defaults.get("divisor", 1)))
+    cap = int((defaults.get("default_patch") or {}).get(dims, NATIVE_CAP[dims]))
+    return [max(divisor, min(int(s), cap) // divisor * divisor) for s in first_shape[1:]]
+
+
+def segmentation_augmentation(dims: int, augment: str, patch: list[int]) -> dict[str, Any]:
+    """Flips along every spatial axis and, when the last two patch sides are equal, in-plane
+    quarter turns, each with probability 0.5 (``none``: nothing); image and mask move together."""
+    if augment == "none":
+        return {}
+    if augment == "gan":
+        raise MedlensError("--augment gan is for classification; segmentation takes none, light or standard")
+    square = patch[-1] == patch[-2]
+    return {"prob": 0.5, "flip_axes": list(range(dims)), "rotate90_axes": [dims - 2, dims - 1] if square else None}
 
 
 def _int_if_digits(value: int | str) -> int | str:

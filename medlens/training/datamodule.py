@@ -5,6 +5,9 @@ Data sets up to MedMNIST size fit in memory, so the loader does no per-sample Py
 with one fancy-indexing call, and the collate function passes it through unchanged. This keeps
 the loader as fast as a hand-written PyTorch loop. Augmentation happens on the batch inside the
 LightningModule (``augment_batch``), not per sample here.
+
+Segmentation (:class:`SegmentationDataModule`) keeps whole cases of varying shapes and serves
+random training patches (:class:`PatchDataset`) and whole validation cases (:class:`CaseDataset`).
 """
 
 from __future__ import annotations
@@ -101,3 +104,141 @@ class ArrayDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._loader("test", train=False)
+
+
+# -- segmentation ---------------------------------------------------------------------------------
+class PatchDataset(Dataset):
+    """Random training patches (image, mask) from whole cases held in memory.
+
+    Item ``i`` comes from case ``i % n_cases``; ``len`` is ``n_cases * patches_per_case`` (one
+    epoch). With probability ``pos_fraction`` the patch is centred on a random foreground voxel,
+    else on a random voxel (as MONAI's ``RandCropByPosNegLabel`` with pos/neg ratio, hand-written
+    here so that only the foreground indices, not every background voxel, are kept per case).
+    Cases smaller than the patch are zero-padded. ``augmentation`` (see
+    :func:`medlens.training.config.segmentation_augmentation`) applies MONAI's ``RandFlipd`` and
+    ``RandRotate90d`` to image and mask together.
+    """
+
+    def __init__(
+        self,
+        images: Sequence[np.ndarray],
+        masks: Sequence[np.ndarray],
+        *,
+        patch: Sequence[int],
+        patches_per_case: int,
+        pos_fraction: float,
+        augmentation: dict | None,
+        seed: int,
+    ):
+        self.patch = np.asarray(patch, dtype=int)
+        self.images, self.masks = [], []
+        for image, mask in zip(images, masks):
+            pad = [(0, max(0, int(p) - s)) for p, s in zip(self.patch, mask.shape)]
+            self.images.append(np.pad(image, [(0, 0), *pad]))
+            self.masks.append(np.pad(mask, pad))
+        self.foreground = [np.flatnonzero(m).astype(np.int64) for m in self.masks]
+        self.patches_per_case = int(patches_per_case)
+        self.pos_fraction = float(pos_fraction)
+        self.rng = np.random.default_rng(seed)
+        self.augment = _patch_augmentation(augmentation, seed)
+
+    def __len__(self) -> int:
+        return len(self.images) * self.patches_per_case
+
+    def __getitem__(self, index: int):
+        case = int(index) % len(self.images)
+        mask, fg = self.masks[case], self.foreground[case]
+        shape = np.asarray(mask.shape)
+        if len(fg) and self.rng.random() < self.pos_fraction:
+            centre = np.asarray(np.unravel_index(fg[self.rng.integers(len(fg))], mask.shape))
+        else:
+            centre = self.rng.integers(0, shape)
+        start = np.clip(centre - self.patch // 2, 0, shape - self.patch)
+        window = tuple(slice(int(a), int(a + p)) for a, p in zip(start, self.patch))
+        x = self.images[case][(slice(None), *window)]
+        y = mask[window][None]
+        if self.augment is not None:
+            out = self.augment({"image": x, "label": y})
+            x, y = out["image"], out["label"]
+        return torch.as_tensor(np.ascontiguousarray(x), dtype=torch.float32), torch.as_tensor(
+            np.ascontiguousarray(y), dtype=torch.long
+        )
+
+
+def _patch_augmentation(config: dict | None, seed: int):
+    """MONAI dictionary transforms flipping / turning image and label together (None: no augmentation)."""
+    if not config:
+        return None
+    from monai.transforms import Compose, RandFlipd, RandRotate90d
+
+    keys, prob = ["image", "label"], float(config.get("prob", 0.5))
+    steps: list = [RandFlipd(keys, prob=prob, spatial_axis=int(a)) for a in config.get("flip_axes") or []]
+    if config.get("rotate90_axes"):
+        steps.append(RandRotate90d(keys, prob=prob, max_k=3, spatial_axes=tuple(config["rotate90_axes"])))
+    compose = Compose(steps, map_items=False).set_random_state(seed=seed)
+
+    def apply(item: dict) -> dict:
+        out = compose(item)
+        return {k: np.asarray(v) for k, v in out.items()}
+
+    return apply
+
+
+class CaseDataset(Dataset):
+    """Whole cases (image (C, *spatial), mask (1, *spatial)) for validation, one per item."""
+
+    def __init__(self, images: Sequence[np.ndarray], masks: Sequence[np.ndarray]):
+        self.images, self.masks = list(images), list(masks)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int):
+        return torch.as_tensor(self.images[index]), torch.as_tensor(self.masks[index][None], dtype=torch.long)
+
+
+class SegmentationDataModule(L.LightningDataModule):
+    """Patches of the training cases (:class:`PatchDataset`) and whole validation cases.
+
+    Args:
+        cases: ``{"train": (images, masks), "val": (images, masks)}`` from
+            :func:`medlens.training.segmentation.load_cases`.
+        batch_size: patches per batch (per device under DDP); validation takes one case at a time.
+        patch, patches_per_case, pos_fraction, augmentation, seed: see :class:`PatchDataset`.
+    """
+
+    def __init__(
+        self,
+        cases: dict,
+        *,
+        batch_size: int,
+        patch: Sequence[int],
+        patches_per_case: int,
+        pos_fraction: float,
+        augmentation: dict | None,
+        num_workers: int = 0,
+        seed: int = 0,
+    ):
+        super().__init__()
+        self.cases = cases
+        self.batch_size = int(batch_size)
+        self.patch_args = dict(
+            patch=patch, patches_per_case=patches_per_case, pos_fraction=pos_fraction, augmentation=augmentation
+        )
+        self.num_workers = num_workers
+        self.seed = seed
+
+    def train_dataloader(self) -> DataLoader:
+        dataset = PatchDataset(*self.cases["train"], seed=self.seed, **self.patch_args)
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=True,
+            drop_last=len(dataset) > self.batch_size,
+            num_workers=self.num_workers,
+            generator=torch.Generator().manual_seed(self.seed),
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(CaseDataset(*self.cases["val"]), batch_size=1, shuffle=False, num_workers=0)

@@ -1,4 +1,13 @@
-"""The LightningModule that trains any registered deep network for classification.
+"""The LightningModules that train any registered deep network: classification and segmentation.
+
+:class:`SegmentationModule` trains on random patches with MONAI's ``DiceCELoss`` (Dice +
+cross-entropy, softmax over the classes including background) and validates each whole case by
+sliding-window inference (:func:`medlens.inference.segment.sliding_window_logits`), logging
+``val_loss`` and ``val_dice`` (the mean over cases of the mean foreground Dice,
+:func:`medlens.training.segmentation.dice_per_class`). Both modules share the optimisers
+(:func:`optimisers`).
+
+:class:`ClassifierModule`:
 
 Loss per task: cross-entropy for binary / multi-class / ordinal (optionally class-weighted),
 ``BCEWithLogits`` for multi-label (optionally with ``pos_weight``). AdamW (or Adam/SGD) with a
@@ -139,22 +148,27 @@ class ClassifierModule(L.LightningModule):
 
     # -- optimisation -----------------------------------------------------------------------
     def configure_optimizers(self):
-        hp = self.hparams
-        params = self.parameters()
-        if hp.optimizer == "sgd":
-            opt = torch.optim.SGD(params, lr=hp.lr, momentum=0.9, nesterov=True, weight_decay=hp.weight_decay)
-        elif hp.optimizer == "adam":
-            opt = torch.optim.Adam(params, lr=hp.lr, weight_decay=hp.weight_decay)
-        else:
-            opt = torch.optim.AdamW(params, lr=hp.lr, weight_decay=hp.weight_decay)
-        if hp.scheduler == "cosine":
-            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, int(hp.epochs)))
-            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
-        if hp.scheduler == "onecycle":
-            total = int(self.trainer.estimated_stepping_batches)
-            sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=hp.lr, total_steps=max(1, total))
-            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
-        return opt
+        return optimisers(self)
+
+
+def optimisers(module: L.LightningModule):
+    """AdamW (or Adam / SGD) with a cosine, one-cycle or no schedule, from ``module.hparams``."""
+    hp = module.hparams
+    params = module.parameters()
+    if hp.optimizer == "sgd":
+        opt = torch.optim.SGD(params, lr=hp.lr, momentum=0.9, nesterov=True, weight_decay=hp.weight_decay)
+    elif hp.optimizer == "adam":
+        opt = torch.optim.Adam(params, lr=hp.lr, weight_decay=hp.weight_decay)
+    else:
+        opt = torch.optim.AdamW(params, lr=hp.lr, weight_decay=hp.weight_decay)
+    if hp.scheduler == "cosine":
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, int(hp.epochs)))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
+    if hp.scheduler == "onecycle":
+        total = int(module.trainer.estimated_stepping_batches)
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=hp.lr, total_steps=max(1, total))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+    return opt
 
 
 def _auc_acc(y: np.ndarray, probs: np.ndarray, task: str) -> tuple[float, float]:
@@ -165,3 +179,66 @@ def _auc_acc(y: np.ndarray, probs: np.ndarray, task: str) -> tuple[float, float]
     auc = m.get("auc", m.get("AUC", math.nan))
     acc = m.get("acc", m.get("ACC", math.nan))
     return float(auc if auc is not None else math.nan), float(acc if acc is not None else math.nan)
+
+
+class SegmentationModule(L.LightningModule):
+    """Wraps the segmentation network ``model_name`` from the registry (per-voxel logits).
+
+    Args:
+        model_name: registry name of a segmentation network.
+        in_channels, num_outputs (classes with background), spatial_dims: passed to ``spec.build``.
+        patch_size: the training patch (``spec.build``'s ``img_size``; the sliding window's size).
+        lr, weight_decay, optimizer, scheduler, epochs: optimisation settings (:func:`optimisers`).
+        seed: recorded with the hyper-parameters (patches are drawn by the data module).
+    """
+
+    def __init__(
+        self,
+        model_name: str,
+        *,
+        in_channels: int,
+        num_outputs: int,
+        spatial_dims: int,
+        patch_size: Sequence[int],
+        lr: float = 1e-3,
+        weight_decay: float = 1e-4,
+        optimizer: str = "adamw",
+        scheduler: str = "cosine",
+        epochs: int = 10,
+        seed: int = 0,
+    ):
+        super().__init__()
+        self.save_hyperparameters()
+        from monai.losses import DiceCELoss
+
+        from medlens.models.registry import get_model
+
+        self.patch_size = [int(p) for p in patch_size]
+        self.net: nn.Module = get_model(model_name).build(
+            in_channels=in_channels, num_outputs=num_outputs, spatial_dims=spatial_dims, img_size=self.patch_size
+        )
+        self.loss = DiceCELoss(to_onehot_y=True, softmax=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        loss = self.loss(self(x), y)
+        self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(x), sync_dist=True)
+        return loss
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        from medlens.inference.segment import sliding_window_logits
+        from medlens.training.segmentation import dice_per_class
+
+        x, y = batch  # one whole case
+        logits = torch.as_tensor(sliding_window_logits(self.net, x, self.patch_size))
+        labels = logits.argmax(dim=1)[0].cpu().numpy()
+        dice = float(dice_per_class(labels, y[0, 0].cpu().numpy(), int(self.hparams.num_outputs)).mean())
+        common = dict(on_step=False, on_epoch=True, batch_size=1, sync_dist=True)
+        self.log("val_loss", self.loss(logits, y), prog_bar=True, **common)
+        self.log("val_dice", dice, prog_bar=True, **common)
+
+    def configure_optimizers(self):
+        return optimisers(self)

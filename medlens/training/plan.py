@@ -11,6 +11,11 @@
   *this* machine: the throughput of each candidate is measured with a short timed
   forward/backward pass and extrapolated to the training set.
 
+Segmentation sources (or ``task="segmentation"``) get :func:`segmentation_plan`: the patch from
+the median image size (rounded to the network's step, capped), images kept in their stored
+spacing (no resampling; the reasons say when the spacing is anisotropic), the batch size, and the
+epochs that fit the budget for patch training plus sliding-window validation.
+
 The plan is JSON (``plan.json``); ``medlens train SOURCE --plan plan.json`` follows its
 ``config`` section (options given on the command line win).
 """
@@ -51,12 +56,14 @@ def measure_throughput(
     in_channels: int,
     num_outputs: int,
     dims: int,
-    img_size: int,
+    img_size: int | list[int],
     batch_size: int,
     seconds: float = 1.5,
     max_steps: int = 8,
+    segmentation: bool = False,
 ) -> float:
-    """Training images per second of ``model`` on this machine (timed forward/backward/step)."""
+    """Training images (segmentation: patches of ``img_size``) per second of ``model`` on this
+    machine (timed forward/backward/step)."""
     import torch
 
     from medlens.models.registry import get_model
@@ -65,8 +72,9 @@ def measure_throughput(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         net = spec.build(in_channels=in_channels, num_outputs=num_outputs, spatial_dims=dims, img_size=img_size)
-        x = torch.rand(batch_size, in_channels, *([img_size] * dims))
-        y = torch.randint(0, num_outputs, (batch_size,))
+        spatial = [int(img_size)] * dims if isinstance(img_size, int) else [int(v) for v in img_size]
+        x = torch.rand(batch_size, in_channels, *spatial)
+        y = torch.randint(0, num_outputs, (batch_size, *spatial) if segmentation else (batch_size,))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     net, x, y = net.to(device), x.to(device), y.to(device)
     opt = torch.optim.AdamW(net.parameters(), lr=1e-3)
@@ -103,8 +111,11 @@ def make_plan(
     show_progress: bool = True,
     fingerprint: dict | None = None,
     max_samples: int | None = None,
+    task: str | None = None,
 ) -> dict[str, Any]:
     """Plan a training of ``source`` that fits ``budget_minutes`` on this machine.
+
+    ``task``: "classification" or "segmentation" (None: the source's, as ``train --task``).
 
     ``max_samples`` caps each split as ``train --max-samples`` does; the plan warns when its
     epochs give too few optimiser steps (:func:`medlens.training.config.optimiser_steps_warning`).
@@ -112,11 +123,14 @@ def make_plan(
     from medlens.data.fingerprint import compute_fingerprint
     from medlens.data.sources import open_source
     from medlens.data.transforms import default_preprocessing, looks_label_like, looks_like_hounsfield
-    from medlens.models.registry import get_model
+    from medlens.models.registry import check_task, get_model
 
     if not budget_minutes > 0:
         raise MedlensError(f"--budget-minutes must be positive, not {budget_minutes}")
+    from medlens.training.config import TrainConfig, resolve_task
+
     dataset = open_source(source, seed=seed)
+    task = resolve_task(TrainConfig(source, task=task), dataset.task.value, dataset.uri).task
     fp = fingerprint or compute_fingerprint(dataset, show_progress=show_progress, seed=seed)
     dims = int(fp.get("dims") or dataset.dims)
     if dims not in SIZE_CAP:
@@ -125,6 +139,10 @@ def make_plan(
     if max_samples:
         counts = {k: min(v, int(max_samples)) for k, v in counts.items()}
     n_train, n_val = counts["train"], counts["val"]
+    if task == "segmentation":
+        return segmentation_plan(
+            dataset, fp, source, budget_minutes=budget_minutes, model=model, seed=seed, counts=counts
+        ) | {"max_samples": max_samples}
     first = dataset.load(0).image
     shape = first.shape
     channels = int(shape[0])
@@ -145,6 +163,7 @@ def make_plan(
     candidates = [model] if model else candidate_models(dims, n_train, budget_minutes)
     for name in candidates:
         spec = get_model(name)
+        check_task(spec, dataset.task.value)
         if dims not in spec.dims:
             raise MedlensError(f"model '{name}' does not take {dims}D images", source)
 
@@ -251,6 +270,152 @@ def make_plan(
         "reasoning": reasons,
         "warnings": warnings,
         "max_samples": max_samples,
+    }
+
+
+SEG_BATCH = {2: 16, 3: 2}
+"""Segmentation patches per batch (nnU-Net trains 3D with 2, 2D with larger batches)."""
+
+
+def segmentation_plan(
+    dataset: Any, fp: dict, source: str, *, budget_minutes: float, model: str | None, seed: int, counts: dict
+) -> dict[str, Any]:
+    """The segmentation plan (see the module doc); same schema as a classification plan."""
+    from medlens.data.transforms import default_preprocessing, looks_label_like, looks_like_hounsfield
+    from medlens.inference.segment import OVERLAP
+    from medlens.models.registry import check_task, get_model
+    from medlens.training.config import SEGMENTATION_GEOMETRY, TrainConfig, default_patch
+
+    dims = int(fp.get("dims") or dataset.dims)
+    name = model or "unet"
+    spec = get_model(name)
+    check_task(spec, "segmentation")
+    first = dataset.load(0).image
+    channels, n_train, n_val = int(first.shape[0]), counts["train"], counts["val"]
+    shapes = fp.get("shapes") or {}
+    median = [int(round(v)) for v in (shapes.get("median") or first.shape[1:])]
+    budget_s = budget_minutes * 60 * BUDGET_USE
+    reasons = [
+        f"{n_train} training / {n_val} validation cases after splitting; {dims}D, {channels} channel(s), "
+        f"median size {median}; planning {BUDGET_USE:.0%} of {budget_minutes:g} min for training"
+    ]
+    spacing = ((fp.get("spacings") or {}).get("median")) or None
+    if spacing:
+        ratio = max(spacing) / max(min(spacing), 1e-6)
+        reasons.append(
+            f"median spacing {spacing} mm: images kept as stored (no resampling)"
+            + (f"; anisotropic ({ratio:.1f}x), consider resampling before training" if ratio > 3 else "")
+        )
+    if spec.kind != "deep":
+        config = {"model": name, "task": "segmentation", "seed": seed}
+        reasons.append(f"{name} is a classical per-pixel model: no patches, batches or epochs")
+        return _plan_result(
+            source, budget_minutes, dataset, fp, dims, n_train, n_val, median, channels, [], 0, config, reasons, []
+        )
+    patch = default_patch((channels, *median), dims, spec.defaults)
+    reasons.append(f"patch {patch}: the median size rounded down to {name}'s step {spec.defaults.get('divisor', 1)}")
+    batch = SEG_BATCH[dims]
+    per_case = TrainConfig.patches_per_case
+    ips = measure_throughput(
+        name,
+        in_channels=channels,
+        num_outputs=max(len(dataset.class_names), 2),
+        dims=dims,
+        img_size=patch,
+        batch_size=batch,
+        segmentation=True,
+    )
+    windows = math.prod(max(1, math.ceil((m - p) / (p * (1 - OVERLAP))) + 1) for m, p in zip(median, patch))
+    epoch_s = (n_train * per_case + n_val * windows * VAL_COST) / ips
+    epochs = int(max(1, min(MAX_EPOCHS, math.floor(budget_s / epoch_s))))
+    measurement = {
+        "model": name,
+        "patch_size": patch,
+        "batch_size": batch,
+        "images_per_second": round(ips, 1),
+        "epoch_seconds": round(epoch_s, 2),
+        "affordable_epochs": epochs,
+    }
+    reasons.append(
+        f"{name}: {ips:.0f} patches/s measured here at batch {batch}; an epoch is {per_case} patches per training "
+        f"case plus {windows} window(s) per validation case, {epoch_s:.1f} s -> {epochs} epochs (cap {MAX_EPOCHS})"
+    )
+    preprocessing = dict(
+        default_preprocessing(
+            dataset.modality, dims, None, hounsfield=looks_like_hounsfield(first), label_like=looks_label_like(first)
+        )
+    )
+    preprocessing["geometry"] = SEGMENTATION_GEOMETRY
+    reasons.append(f"normalization for modality '{dataset.modality or 'unknown'}': {preprocessing['steps']}")
+    from medlens.training.config import optimiser_steps_warning
+
+    warnings = [w for w in [optimiser_steps_warning(epochs, n_train * per_case, batch)] if w]
+    config = {
+        "model": name,
+        "task": "segmentation",
+        "patch_size": patch,
+        "batch_size": batch,
+        "epochs": epochs,
+        "patience": max(5, epochs // 3),
+        "augment": "light",
+        "preprocessing": preprocessing,
+        "scheduler": "cosine",
+        "seed": seed,
+    }
+    return _plan_result(
+        source,
+        budget_minutes,
+        dataset,
+        fp,
+        dims,
+        n_train,
+        n_val,
+        median,
+        channels,
+        [measurement],
+        epochs * epoch_s,
+        config,
+        reasons,
+        warnings,
+    )
+
+
+def _plan_result(
+    source,
+    budget_minutes,
+    dataset,
+    fp,
+    dims,
+    n_train,
+    n_val,
+    size,
+    channels,
+    measurements,
+    seconds,
+    config,
+    reasons,
+    warnings,
+) -> dict[str, Any]:
+    return {
+        "schema": SCHEMA,
+        "source": source,
+        "budget_minutes": budget_minutes,
+        "machine": _machine(),
+        "data": {
+            "dims": dims,
+            "modality": dataset.modality,
+            "task": dataset.task.value,
+            "n_train": n_train,
+            "n_val": n_val,
+            "median_size": size,
+            "channels": channels,
+            "spacing": (fp.get("spacings") or {}).get("median"),
+        },
+        "measurements": measurements,
+        "estimate_minutes": round(seconds / 60, 2),
+        "config": config,
+        "reasoning": reasons,
+        "warnings": warnings,
     }
 
 

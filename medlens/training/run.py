@@ -2,7 +2,9 @@
 
 :func:`train` does, in order:
 
-1. open the source (unless the caller passes it); check the model fits its dimensions and task;
+1. open the source (unless the caller passes it); the task (classification, or segmentation for a
+   source with masks: :mod:`medlens.training.segmentation`) and the task's default model; check
+   the model fits its dimensions and task;
 2. splits: reuse ``splits.json`` of the run directory when there is one (several models of one
    run share identical splits), else :func:`assign_splits` and write it;
 3. ``fingerprint.json`` and the run's ``config.yaml`` (once per run), this model's resolved
@@ -19,6 +21,9 @@
 7. record what this stage wrote in ``manifest.json`` (stage ``train:MODEL``).
 
 Under DDP every rank runs this function; only global rank 0 writes files.
+
+Segmentation writes ``segmentations_{val,test}/ID.npz`` instead of ``predictions_SPLIT.csv`` and
+Dice per class in ``metrics.json`` (:func:`medlens.training.segmentation.write_segmentation_artifacts`).
 
 ``predictions_SPLIT.csv`` columns: ``id``, ``label`` (class index; multi-label: the multi-hot
 vector joined by ``;``), then ``prob_<class name>`` per class in ``model.json``'s class order.
@@ -83,22 +88,24 @@ def train(
     Returns the :class:`RunDir`; under DDP, ranks other than 0 return it without writing.
     """
     from medlens.models.registry import get_model
+    from medlens.training.config import resolve_task
 
     config = apply_plan(config, explicit).validate()
     if config.threads:
         import torch
 
         torch.set_num_threads(config.threads)
+    if dataset is None:
+        from medlens.data.sources import open_source
+
+        dataset = open_source(config.source, seed=config.seed)
+    config = resolve_task(config, dataset.task.value, dataset.uri)
     spec = get_model(config.model)
     if spec.kind == "deep":
         from medlens.training.trainer import check_precision
 
         check_precision(config)
-    if dataset is None:
-        from medlens.data.sources import open_source
-
-        dataset = open_source(config.source, seed=config.seed)
-    _check_fit(dataset, spec)
+    _check_fit(dataset, spec, config.task)
     zero = is_global_zero()
     run = RunDir(config.out)
     model_dir = run.model(config.model)
@@ -134,9 +141,19 @@ def train(
             written.append(run.fingerprint)
 
     arrays = (inputs or InputCache()).get(dataset, splits, config, show_progress=config.progress and zero)
+    segmentation = config.task == "segmentation"
+    names = list(dataset.class_names)
+    if segmentation:
+        from medlens.training.segmentation import class_names
+
+        names = class_names(dataset, [m for _, masks in arrays.values() for m in masks])
     started = time.perf_counter()
     if spec.kind == "deep":
-        fitted = _fit_deep(config, spec, dataset, arrays, model_dir)
+        fitted = _fit_deep(config, spec, dataset, arrays, model_dir, names)
+    elif segmentation:
+        from medlens.training.segmentation import fit_pixel_model
+
+        fitted = fit_pixel_model(config, spec, arrays, model_dir)
     else:
         fitted = _fit_classical(config, spec, dataset, arrays, model_dir)
     if fitted is None:  # a DDP rank other than 0
@@ -145,9 +162,16 @@ def train(
     if spec.kind == "deep":
         from medlens.training.config import optimiser_steps_warning
 
-        steps = optimiser_steps_warning(config.epochs, len(arrays["train"][0]), config.batch_size)
+        n_fit = len(arrays["train"][0]) * (config.patches_per_case if segmentation else 1)
+        steps = optimiser_steps_warning(config.epochs, n_fit, config.batch_size)
         fitted["warnings"] = [steps] if steps else []
-    _write_model_artifacts(config, spec, dataset, splits, arrays, model_dir, fitted)
+    if segmentation:
+        from medlens.training.segmentation import write_segmentation_artifacts
+
+        provenance = {k: fitted.get(k) for k in _PROVENANCE}
+        write_segmentation_artifacts(config, spec, dataset, splits, arrays, names, model_dir, fitted, provenance)
+    else:
+        _write_model_artifacts(config, spec, dataset, splits, arrays, model_dir, fitted)
     from medlens.manifest import artifact_files, record_files
 
     mine = [f for f in artifact_files(run.root) if f.startswith(f"models/{config.model}/")]
@@ -168,20 +192,23 @@ class InputCache:
     def get(self, dataset: Dataset, splits: dict, config: TrainConfig, *, show_progress: bool) -> dict:
         import json
 
-        key = json.dumps([splits, config.img_size, config.channels, config.preprocessing], sort_keys=True, default=str)
+        key = json.dumps(
+            [splits, config.task, config.img_size, config.channels, config.preprocessing], sort_keys=True, default=str
+        )
         if key not in self._arrays:
             self._arrays[key] = _load_splits(dataset, splits, config, show_progress=show_progress)
         return dict(self._arrays[key])
 
 
-def _check_fit(dataset: Dataset, spec: Any) -> None:
-    if dataset.task not in CLASSIFICATION:
+def _check_fit(dataset: Dataset, spec: Any, task: str | None) -> None:
+    from medlens.models.registry import check_task
+
+    if task != "segmentation" and dataset.task not in CLASSIFICATION:
         raise MedlensError(f"cannot train a classifier: the source's task is '{dataset.task.value}'", dataset.uri)
+    check_task(spec, dataset.task.value)
     if dataset.dims not in spec.dims:
         want = " or ".join(f"{d}D" for d in spec.dims)
         raise MedlensError(f"model '{spec.name}' takes {want} images but the source is {dataset.dims}D", dataset.uri)
-    if spec.tasks and dataset.task.value not in spec.tasks:
-        raise MedlensError(f"model '{spec.name}' does not support {dataset.task.value} tasks", dataset.uri)
     if len(dataset) == 0:
         raise MedlensError("the source holds no samples", dataset.uri)
 
@@ -243,10 +270,20 @@ def _only_splits(obj: Any) -> dict[str, list[str]]:
 
 
 def _load_splits(dataset: Dataset, splits: dict, config: TrainConfig, *, show_progress: bool) -> dict:
-    """Model inputs per split, by the inference core's loader (which refuses collapsed inputs)."""
+    """Model inputs per split, by the inference core's loader (which refuses collapsed inputs);
+    for segmentation, each case's input and mask (:func:`medlens.training.segmentation.load_cases`)."""
     from medlens.inference.preprocess import load_inputs
 
     out = {}
+    if config.task == "segmentation":
+        from medlens.training.segmentation import load_cases
+
+        n_classes = len(dataset.class_names) or None
+        return {
+            name: load_cases(dataset, ids, config, n_classes, desc=f"loading {name}", show_progress=show_progress)
+            for name, ids in splits.items()
+            if ids
+        }
     for name, ids in splits.items():
         if ids:
             out[name] = load_inputs(
@@ -262,48 +299,24 @@ def _load_splits(dataset: Dataset, splits: dict, config: TrainConfig, *, show_pr
 
 
 # -- deep -----------------------------------------------------------------------------------
-def _fit_deep(config: TrainConfig, spec: Any, dataset: Dataset, arrays: dict, model_dir: ModelDir) -> dict | None:
+def _fit_deep(
+    config: TrainConfig, spec: Any, dataset: Dataset, arrays: dict, model_dir: ModelDir, names: list[str]
+) -> dict | None:
+    """Fit a deep network with Lightning; ``names``: the classes it predicts."""
 
-    from medlens.training.datamodule import ArrayDataModule
-    from medlens.training.lightning_module import ClassifierModule, class_weights
     from medlens.training.trainer import EpochTimer, best_checkpoint, build_trainer, write_training_log
 
-    task = dataset.task.value
-    num_outputs = len(dataset.class_names)
     gan_info = None
-    if config.augment == "gan":
-        arrays, gan_info = _gan_oversample(config, dataset, arrays, model_dir)
-    y_train = arrays["train"][1]
-    import lightning as L
-
-    L.seed_everything(config.seed, workers=True, verbose=False)  # before the network's initialisation
-    module = ClassifierModule(
-        config.model,
-        in_channels=config.channels,
-        num_outputs=num_outputs,
-        spatial_dims=dataset.dims,
-        img_size=config.img_size,
-        task=task,
-        lr=config.lr,
-        weight_decay=config.weight_decay,
-        optimizer=config.optimizer,
-        scheduler=config.scheduler,
-        epochs=config.epochs,
-        loss_weights=class_weights(y_train, task, num_outputs) if config.imbalance == "weighted-loss" else None,
-        augmentation=config.augmentation,
-        seed=config.seed,
-    )
+    if config.task == "segmentation":
+        module, datamodule = _segmentation_module(config, dataset, arrays, len(names))
+    else:
+        if config.augment == "gan":
+            arrays, gan_info = _gan_oversample(config, dataset, arrays, model_dir)
+        module, datamodule = _classifier_module(config, dataset, arrays)
     if config.weights:
         from medlens.models.deep.weights import load_weights
 
         load_weights(module.net, config.weights)
-    datamodule = ArrayDataModule(
-        {k: v for k, v in arrays.items() if k in ("train", "val")},
-        batch_size=config.batch_size,
-        balance=config.imbalance == "sampler",
-        num_workers=config.num_workers,
-        seed=config.seed,
-    )
     resumed_from = None
     ckpt_path = None
     if config.resume:
@@ -341,6 +354,78 @@ def _fit_deep(config: TrainConfig, spec: Any, dataset: Dataset, arrays: dict, mo
         "timing": timer.summary(),
         "n_train_fit": int(len(arrays["train"][0])),
     }
+
+
+def _classifier_module(config: TrainConfig, dataset: Dataset, arrays: dict) -> tuple[Any, Any]:
+    """The classifier's LightningModule and its in-memory data module."""
+    import lightning as L
+
+    from medlens.training.datamodule import ArrayDataModule
+    from medlens.training.lightning_module import ClassifierModule, class_weights
+
+    task = dataset.task.value
+    num_outputs = len(dataset.class_names)
+    y_train = arrays["train"][1]
+    L.seed_everything(config.seed, workers=True, verbose=False)  # before the network's initialisation
+    module = ClassifierModule(
+        config.model,
+        in_channels=config.channels,
+        num_outputs=num_outputs,
+        spatial_dims=dataset.dims,
+        img_size=config.img_size,
+        task=task,
+        lr=config.lr,
+        weight_decay=config.weight_decay,
+        optimizer=config.optimizer,
+        scheduler=config.scheduler,
+        epochs=config.epochs,
+        loss_weights=class_weights(y_train, task, num_outputs) if config.imbalance == "weighted-loss" else None,
+        augmentation=config.augmentation,
+        seed=config.seed,
+    )
+    datamodule = ArrayDataModule(
+        {k: v for k, v in arrays.items() if k in ("train", "val")},
+        batch_size=config.batch_size,
+        balance=config.imbalance == "sampler",
+        num_workers=config.num_workers,
+        seed=config.seed,
+    )
+    return module, datamodule
+
+
+def _segmentation_module(config: TrainConfig, dataset: Dataset, arrays: dict, num_outputs: int) -> tuple[Any, Any]:
+    """The segmentation network's LightningModule and its patch data module."""
+    import lightning as L
+
+    from medlens.training.datamodule import SegmentationDataModule
+    from medlens.training.lightning_module import SegmentationModule
+
+    assert config.patch_size is not None  # resolve_config sets it for segmentation
+    L.seed_everything(config.seed, workers=True, verbose=False)  # before the network's initialisation
+    module = SegmentationModule(
+        str(config.model),
+        in_channels=int(config.channels or 1),
+        num_outputs=num_outputs,
+        spatial_dims=dataset.dims,
+        patch_size=config.patch_size,
+        lr=float(config.lr or 1e-3),
+        weight_decay=config.weight_decay,
+        optimizer=config.optimizer,
+        scheduler=config.scheduler,
+        epochs=config.epochs,
+        seed=config.seed,
+    )
+    datamodule = SegmentationDataModule(
+        {k: v for k, v in arrays.items() if k in ("train", "val")},
+        batch_size=int(config.batch_size or 1),
+        patch=config.patch_size,
+        patches_per_case=config.patches_per_case,
+        pos_fraction=config.pos_fraction,
+        augmentation=config.augmentation,
+        num_workers=config.num_workers,
+        seed=config.seed,
+    )
+    return module, datamodule
 
 
 def _load_checkpoint(model_dir: ModelDir, path: Path) -> dict:

@@ -2,7 +2,7 @@
 
 :func:`build_trainer` assembles a ``lightning.Trainer`` from a :class:`TrainConfig`:
 
-- ``ModelCheckpoint`` "best.ckpt" (best on ``val_auc`` or ``val_loss``),
+- ``ModelCheckpoint`` "best.ckpt" (best on ``val_auc``, ``val_dice`` for segmentation, or ``val_loss``),
 - a second ``ModelCheckpoint`` writing ``last.ckpt`` every N optimizer steps as well as at each
   epoch end, so that a SIGKILL mid-epoch loses little (``medlens train --resume``),
 - ``EarlyStopping``, ``LearningRateMonitor``, medlens's progress bar (on stderr), a ``CSVLogger``,
@@ -55,7 +55,7 @@ RANK_DIGEST_ENV = "MEDLENS_RANK_DIGEST_DIR"  # test hook: each rank writes a dig
 
 def monitor_key(config: TrainConfig) -> tuple[str, str]:
     """The metric that picks the best checkpoint and drives early stopping, with its mode."""
-    return ("val_auc", "max") if config.monitor == "auc" else ("val_loss", "min")
+    return {"auc": ("val_auc", "max"), "dice": ("val_dice", "max")}.get(str(config.monitor), ("val_loss", "min"))
 
 
 class RankDigest(Callback):

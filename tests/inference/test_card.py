@@ -38,7 +38,7 @@ def test_round_trip_and_schema_version(tmp_path):
 @pytest.mark.parametrize(
     ("change", "field"),
     [
-        ({"task": "segmentation"}, "task"),
+        ({"task": "detection"}, "task"),
         ({"class_names": "normal"}, "class_names"),
         ({"temperature": -1.0}, "temperature"),
         ({"surprise": 1}, "surprise"),

@@ -24,7 +24,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from medlens.data.imageio import choose_channels, is_nifti_name, is_raster_name, read_image_file, read_mask_file
+from medlens.data.imageio import choose_channels, is_nifti_name, is_raster_name, read_image_file, read_label_map
 from medlens.data.sample import Dataset, Problem, Record, Sample, Task
 from medlens.data.sources.folder import split_of
 from medlens.errors import BadInputError, MedlensError
@@ -134,11 +134,8 @@ class ManifestDataset(Dataset):
         data = read_image_file(p, channels=self.channels if is_raster_name(p) else None)
         mask = None
         if "mask" in record.extra:
-            mask = read_mask_file(record.extra["mask"])
-            if mask.shape != data.array.shape[1:]:
-                raise BadInputError(
-                    f"mask shape {mask.shape} differs from image shape {data.array.shape[1:]}", record.extra["mask"]
-                )
+            declared = self.class_names if self.task is Task.SEGMENTATION else ()  # else class names are labels
+            mask = read_label_map(record.extra["mask"], data.array.shape[1:], declared)
         return Sample(
             id=record.id,
             image=data.array,

@@ -1,0 +1,206 @@
+"""Segmentation through `medlens train` / `medlens plan`: 2D and 3D, the bundle, resume, wrong models."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+
+import nibabel as nib
+import numpy as np
+import pytest
+from PIL import Image
+
+from medlens.data.sources import open_source
+from medlens.data.synth_writer import nifti_image
+from medlens.errors import MedlensError
+from medlens.inference.bundle import Bundle
+from medlens.manifest import verify_manifest
+from medlens.models.registry import models_for
+from medlens.runs import RunDir, read_json
+from medlens.training import plan as planning
+from medlens.training.config import TrainConfig
+from medlens.training.run import train
+from tests.conftest import run_medlens
+
+FAST = ("--no-progress", "--threads", "1", "--accelerator", "cpu")
+
+
+def blob(rng: np.random.Generator, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """A noisy image with one bright ball (the mask) at a random place."""
+    grid = np.indices(shape).astype(np.float32)
+    r = rng.uniform(0.18, 0.25) * min(shape)
+    centre = [rng.uniform(r + 1, s - r - 1) for s in shape]
+    mask = (sum((g - c) ** 2 for g, c in zip(grid, centre)) <= r * r).astype(np.uint8)
+    return rng.normal(0.0, 0.3, shape).astype(np.float32) + 2.0 * mask, mask
+
+
+def write_volumes(root, n=10, side=16, seed=0, last_label=1):
+    """images/ + labels/ NIfTI cases; ``last_label`` is the label value of the last case's ball."""
+    rng = np.random.default_rng(seed)
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir()
+    for i in range(n):
+        image, mask = blob(rng, (side,) * 3)
+        if i == n - 1:
+            mask = mask * last_label
+        nib.save(nifti_image(image * 100 + 500), root / "images" / f"case_{i:03d}.nii.gz")
+        nib.save(nifti_image(mask, dtype=np.uint8), root / "labels" / f"case_{i:03d}.nii.gz")
+    return root
+
+
+def write_images(root, n=10, side=32, seed=1):
+    """PNG images and masks listed in a CSV manifest (task segmentation: a mask column, no label)."""
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True)
+    rows = ["path,mask"]
+    for i in range(n):
+        image, mask = blob(rng, (side, side))
+        Image.fromarray(np.clip(image * 60 + 60, 0, 255).astype(np.uint8)).save(root / f"img_{i}.png")
+        Image.fromarray(mask * 255).save(root / f"mask_{i}.png")
+        rows.append(f"img_{i}.png,mask_{i}.png")
+    (root / "cases.csv").write_text("\n".join(rows) + "\n")
+    return root / "cases.csv"
+
+
+@pytest.fixture(scope="module")
+def volumes(tmp_path_factory):
+    return write_volumes(tmp_path_factory.mktemp("seg3d") / "vol")
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    return write_images(tmp_path_factory.mktemp("seg2d") / "img")
+
+
+@pytest.fixture(scope="module")
+def run3d(volumes, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run3d") / "run"
+    res = run_medlens(
+        "train", volumes, "--task", "segmentation", "--model", "unet", "--epochs", "12", "--out", out, *FAST
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    return out, res
+
+
+def test_3d_unet_trains_through_the_cli_and_writes_a_complete_bundle(run3d, volumes):
+    out, res = run3d
+    run = RunDir(out)
+    model = run.model("unet")
+    assert verify_manifest(run.root) == []
+    card = read_json(model.info)
+    assert card["task"] == "segmentation" and card["class_names"] == ["background", "1"] and card["num_outputs"] == 2
+    assert card["patch_size"] == [16, 16, 16] and card["img_size"] is None and card["ood"] is None
+    assert card["preprocessing"]["geometry"].startswith("as stored")
+    metrics = read_json(model.metrics)
+    assert metrics["val"]["mean_dice"] > 0.5 and metrics["test"]["mean_dice"] > 0.5, metrics
+    assert "Dice 1" in res.stdout
+    splits = read_json(run.splits)["splits"]
+    for split in ("val", "test"):
+        files = sorted(p.stem for p in model.segmentations(split).glob("*.npz"))
+        assert files == sorted(splits[split])
+    saved = np.load(model.segmentations("test") / f"{splits['test'][0]}.npz")
+    assert saved["labels"].dtype == np.uint8 and saved["labels"].shape == (16, 16, 16)
+    assert saved["foreground"].dtype == np.float16  # two classes: the foreground probability too
+
+
+def test_bundle_segments_an_image_as_training_did(run3d, volumes):
+    out, _ = run3d
+    bundle = Bundle.load(out)
+    dataset = open_source(str(volumes))
+    test_id = read_json(RunDir(out).splits)["splits"]["test"][0]
+    sample = dataset.load(test_id)
+    x = bundle.preprocess(sample.image)
+    assert x.shape == sample.image.shape and x.dtype == np.float32  # stored geometry, no resize
+    probs = bundle.segment(x)
+    assert probs.shape == (2, 16, 16, 16) and probs.dtype == np.float32
+    np.testing.assert_allclose(probs.sum(axis=0), 1.0, atol=1e-5)
+    saved = np.load(RunDir(out).model("unet").segmentations("test") / f"{test_id}.npz")["labels"]
+    np.testing.assert_array_equal(probs.argmax(axis=0), saved)  # the one inference path
+    labels = probs.argmax(axis=0)
+    dice = 2 * np.sum((labels == 1) & (sample.mask == 1)) / (np.sum(labels == 1) + np.sum(sample.mask == 1))
+    assert dice > 0.5
+    with pytest.raises(MedlensError, match="takes"):
+        bundle.segment(x[0])
+
+
+def test_2d_dynunet_learns_the_blob(images, tmp_path):
+    out = tmp_path / "run"
+    res = run_medlens("train", images, "--model", "dynunet", "--epochs", "4", "--batch-size", "4", "--out", out, *FAST)
+    assert res.returncode == 0, res.stderr[-3000:]
+    metrics = read_json(RunDir(out).model("dynunet").metrics)
+    assert metrics["val"]["mean_dice"] > 0.5 and metrics["test"]["mean_dice"] > 0.5, metrics
+    card = read_json(RunDir(out).model("dynunet").info)
+    assert card["dims"] == 2 and card["patch_size"] == [32, 32] and card["config"]["task"] == "segmentation"
+
+
+def test_resume_continues_the_segmentation_run(images, tmp_path):
+    out = tmp_path / "run"
+    args = ("train", images, "--model", "unet", "--batch-size", "8", "--out", out, *FAST)
+    assert run_medlens(*args, "--epochs", "2").returncode == 0
+    res = run_medlens(*args, "--epochs", "3", "--resume")
+    assert res.returncode == 0, res.stderr[-3000:]
+    card = read_json(RunDir(out).model("unet").info)
+    assert card["resumed_from"]["epoch"] == 2 and card["epochs_run"] == 3
+
+
+def test_pixel_forest_trains_on_the_same_splits(images, tmp_path):
+    out = tmp_path / "run"
+    res = run_medlens("train", images, "--model", "pixel-forest", "--out", out, *FAST)
+    assert res.returncode == 0, res.stderr[-3000:]
+    model = RunDir(out).model("pixel-forest")
+    card = read_json(model.info)
+    assert card["kind"] == "classical" and card["task"] == "segmentation" and card["weights_file"] == "model.joblib"
+    assert read_json(model.metrics)["test"]["mean_dice"] > 0.5
+    bundle = Bundle.load(out)
+    assert bundle.segment(np.zeros((1, 32, 32), np.float32) + np.eye(32, dtype=np.float32)).shape == (2, 32, 32)
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        ({"task": "segmentation", "model": "resnet18"}, "'resnet18' is a classification model"),
+        ({"task": "classification"}, "--task classification, but the source's task is 'segmentation'"),
+        ({"model": "unet", "patch_size": [12]}, "divisible by 8"),
+        ({"model": "unet", "monitor": "auc"}, "--monitor auc does not apply to segmentation"),
+    ],
+)
+def test_wrong_model_or_task_is_refused(images, tmp_path, settings, message):
+    config = TrainConfig(source=str(images), out=str(tmp_path / "run"), progress=False, **settings)
+    with pytest.raises(MedlensError, match=re.escape(message)):
+        train(config)
+
+
+def test_a_segmentation_model_on_a_classification_source_is_one_line(tmp_path):
+    res = run_medlens("train", "synthetic:chest2d@32", "--model", "unet", "--out", tmp_path / "run", *FAST)
+    assert res.returncode == 2 and "'unet' is a segmentation model" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_a_label_outside_the_classes_names_the_file(tmp_path):
+    source = write_volumes(tmp_path / "vol", n=8, last_label=2)  # class names come from the first labels
+    res = run_medlens("train", source, "--epochs", "1", "--out", tmp_path / "run", *FAST)
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert "2 outside" in res.stderr and "case_007" in res.stderr
+
+
+def test_models_are_offered_for_their_own_task_only():
+    segmenters = {s.name for s in models_for("segmentation")}
+    assert {"unet", "dynunet", "segresnet"} <= segmenters
+    assert not segmenters & {s.name for s in models_for("binary")}
+
+
+def test_plan_chooses_patch_batch_and_epochs_from_the_data_and_budget(volumes, monkeypatch):
+    def measure(model, *, img_size, segmentation=False, **kw):
+        assert segmentation and img_size == [16, 16, 16]
+        return 10.0  # patches per second
+
+    monkeypatch.setattr(planning, "measure_throughput", measure)
+    plan = planning.make_plan(str(volumes), budget_minutes=1.0, show_progress=False)
+    config = plan["config"]
+    assert config["task"] == "segmentation" and config["model"] == "unet" and config["patch_size"] == [16, 16, 16]
+    assert config["batch_size"] == planning.SEG_BATCH[3]
+    n_train, n_val = plan["data"]["n_train"], plan["data"]["n_val"]
+    epoch_s = (n_train * 4 + n_val * planning.VAL_COST) / 10.0
+    assert config["epochs"] == min(planning.MAX_EPOCHS, math.floor(60 * planning.BUDGET_USE / epoch_s))
+    assert any("no resampling" in line for line in plan["reasoning"])
+    json.dumps(plan)  # plan.json is plain JSON
