@@ -62,6 +62,8 @@ def predict(
 
     Inputs that fail are named on stderr, one line each, as they fail (with a count at the end of a batch);
     the others are still predicted. Exit code 2 when any input failed (1 when one failed by a fault of medlens).
+    An input outside what the model was made for (its out-of-distribution guard) is answered "not assessed"
+    and referred, with the reasons, and named on stderr (exit code 0: the answer is the referral).
 
     With --pacs and --patient-id, --accession or --study-uid: finds the studies in the PACS, retrieves and
     predicts each series the model can read (the others are named on stderr as skipped, with the reason), and
