@@ -10,7 +10,8 @@ import typer
 from medlens.cli.common import err_console, print_json
 from medlens.errors import MedlensError
 
-FORMATS = ("json", "sr", "fhir")
+FORMATS = ("json", "sr", "fhir", "seg", "nifti")
+SEGMENTATION_FORMATS = ("seg", "nifti")  # need a label map: segmentation models only
 
 
 # ============================================================================================
@@ -27,16 +28,19 @@ def predict(
     explain: bool = typer.Option(
         False,
         "--explain",
-        help="Also write DIR/<name>.heatmap.png: the heatmap over the input at its own resolution (Grad-CAM; occlusion for classical models).",
+        help="Also write DIR/<name>.heatmap.png: the heatmap over the input at its own resolution (Grad-CAM; occlusion for classical models). Classification models only.",
     ),
     fmt: str = typer.Option(
-        "json", "--format", "-f", help="json | sr (DICOM SR, DICOM input only) | fhir (FHIR R4 DiagnosticReport)."
+        "json",
+        "--format",
+        "-f",
+        help="json | sr (DICOM SR, DICOM input only; a segmentation writes its SEG too) | fhir (FHIR R4 DiagnosticReport) | seg (DICOM SEG, segmentation models, DICOM input only) | nifti (mask with the source's affine, segmentation models).",
     ),
     out: Path = typer.Option(
         None,
         "--out",
         "-o",
-        help="Write DIR/<name>.json | .sr.dcm | .fhir.json (default: json and fhir to stdout; SR files and heatmaps to the current folder).",
+        help="Write DIR/<name>.json | .sr.dcm (+ .seg.dcm) | .fhir.json | .seg.dcm | .mask.nii.gz (default: json and fhir to stdout; DICOM, NIfTI files and heatmaps to the current folder).",
     ),
     pacs: str = typer.Option(
         None,
@@ -47,7 +51,9 @@ def predict(
     accession: str = typer.Option(None, "--accession", help="With --pacs: the study with this accession number."),
     study_uid: str = typer.Option(None, "--study-uid", help="With --pacs: the study with this Study Instance UID."),
     send_back: bool = typer.Option(
-        False, "--send-back", help="With --pacs: store each prediction's DICOM SR in the PACS (C-STORE or STOW-RS)."
+        False,
+        "--send-back",
+        help="With --pacs: store each prediction's DICOM SR (a segmentation's SEG and SR) in the PACS (C-STORE or STOW-RS).",
     ),
     aet: str = typer.Option(
         "MEDLENS", "--aet", help="With a DICOM --pacs: our AE title (calling, and C-MOVE destination)."
@@ -65,9 +71,13 @@ def predict(
     An input outside what the model was made for (its out-of-distribution guard) is answered "not assessed"
     and referred, with the reasons, and named on stderr (exit code 0: the answer is the referral).
 
+    A segmentation model answers with a label map in the input's geometry and its measurements (volume or
+    area per segment, vessel fraction): --format seg writes the DICOM SEG, sr the SEG and the TID 1500 SR
+    referencing it, nifti the mask with the input's affine; json and fhir hold the measurements.
+
     With --pacs and --patient-id, --accession or --study-uid: finds the studies in the PACS, retrieves and
     predicts each series the model can read (the others are named on stderr as skipped, with the reason), and
-    with --send-back stores each DICOM SR into the same study in the PACS.
+    with --send-back stores each DICOM SR (a segmentation's SEG and SR) into the same study in the PACS.
     """
     from medlens.errors import printable
     from medlens.serving.predictor import Predictor, find_inputs
@@ -76,6 +86,7 @@ def predict(
         raise MedlensError(f"--format must be one of {', '.join(FORMATS)}, not '{fmt}'")
     source = _pacs_source(inputs, pacs, patient_id, accession, study_uid, send_back, aet, move_port)
     predictor = Predictor.from_run(run, model)
+    _check_format(predictor, fmt, explain)
     items, found = (
         find_inputs(inputs) if source is None else _pacs_series(source, predictor, patient_id, accession, study_uid)
     )
@@ -116,8 +127,9 @@ def predict(
             try:
                 _send_back(source, result, item.label)
             except Exception as e:  # noqa: BLE001 - the prediction stands; the missing SR is a failure
+                what = "SEG and SR" if result.mask is not None else "SR"
                 fail(
-                    f"{item.label}: SR not stored in the PACS: {e if isinstance(e, MedlensError) else type(e).__name__}"
+                    f"{item.label}: {what} not stored in the PACS: {e if isinstance(e, MedlensError) else type(e).__name__}"
                 )
     if documents:
         print_json(documents[0] if len(documents) == 1 else documents)
@@ -170,12 +182,23 @@ def _pacs_series(source, predictor, patient_id, accession, study_uid):
     return chosen, []
 
 
-def _send_back(source, result, label: str) -> None:
-    """Store the DICOM SR of one prediction in the PACS it came from."""
-    from medlens.serving.sr import structured_report
+def _check_format(predictor, fmt: str, explain: bool) -> None:
+    """Refuse, before any input is read, an output the model cannot give."""
+    segmenter = predictor.card.task == "segmentation"
+    if fmt in SEGMENTATION_FORMATS and not segmenter:
+        raise MedlensError(
+            f"--format {fmt} needs a segmentation model; model '{predictor.model_id}' is a {predictor.card.task} classifier"
+        )
+    if explain and segmenter:
+        raise MedlensError(
+            f"--explain: segmentation model '{predictor.model_id}' has no heatmap (its mask is the answer: --format seg or nifti)"
+        )
 
-    source.store([structured_report(result.prediction, result.sources)])
-    _say(f"stored the SR for {label} in PACS {source}")
+
+def _send_back(source, result, label: str) -> None:
+    """Store the DICOM results of one prediction (SR; a segmentation's SEG and SR) in the PACS it came from."""
+    source.store(result.dicom_results())
+    _say(f"stored the {'SEG and SR' if result.mask is not None else 'SR'} for {label} in PACS {source}")
 
 
 def _say(text: str) -> None:
@@ -193,14 +216,22 @@ def _render(result, name: str, *, fmt: str, out: Path | None, explain: bool) -> 
     written: list[Path] = []
     folder = out if out is not None else Path(".")
     document = None
-    if fmt == "sr":
-        from medlens.serving.sr import structured_report
-
+    if fmt in ("sr", "seg"):
         if not result.sources:
-            raise MedlensError("--format sr needs DICOM input (a DICOM SR references the source images)")
-        path = folder / f"{name}.sr.dcm"
+            what = "a DICOM SR" if fmt == "sr" else "a DICOM SEG"
+            raise MedlensError(f"--format {fmt} needs DICOM input ({what} references the source images)")
+        datasets = [result.dicom_seg()] if fmt == "seg" else result.dicom_results()
         folder.mkdir(parents=True, exist_ok=True)
-        structured_report(pred, result.sources).save_as(path, enforce_file_format=True)
+        for ds in datasets:
+            path = folder / f"{name}.{'seg' if ds.Modality == 'SEG' else 'sr'}.dcm"
+            ds.save_as(path, enforce_file_format=True)
+            written.append(path)
+    elif fmt == "nifti":
+        import nibabel as nib
+
+        path = folder / f"{name}.mask.nii.gz"
+        folder.mkdir(parents=True, exist_ok=True)
+        nib.save(result.mask_nifti(), path)
         written.append(path)
     else:
         if fmt == "fhir":

@@ -9,6 +9,11 @@ explanations). This module only reads inputs (:meth:`~Predictor.predict_path`,
 (spatial dimensions, channels, modality), pseudonymizes patient identifiers, and assembles the
 answer. It is also the Python API (see README): the service, ``medlens predict`` and a notebook
 get the same :class:`PredictionResult` for the same input.
+
+A segmentation bundle (card task "segmentation") answers through the same readers with a label map
+(:attr:`PredictionResult.mask`, in the source's geometry) and its measurements
+(:func:`medlens.inference.measurements.measure_segments`); :meth:`PredictionResult.dicom_results`
+gives its DICOM SEG and the SR referencing it, :meth:`PredictionResult.mask_nifti` its NIfTI mask.
 """
 
 from __future__ import annotations
@@ -52,6 +57,11 @@ class PredictionResult:
     where the heatmap peaks); ``slice_uids``: the SOP Instance UID of each source slice, in the
     source's slice order (DICOM input); ``model_input``: the preprocessed array (C, H, W) or
     (C, D, H, W) the model saw. ``prediction.heatmap`` stays in the model input's geometry.
+
+    Segmentation: ``mask`` is the uint8 label map (0 background, 1..K the card's classes after
+    background) with the source's spatial shape ((D, H, W) in the DICOM reader's slice order, or
+    (H, W)); ``spacing`` (mm per spatial axis) and ``affine`` (voxel index -> RAS mm) are the
+    source's as read (None when the format has none). None for a classification.
     """
 
     prediction: Prediction
@@ -59,6 +69,9 @@ class PredictionResult:
     view: SourceView | None = None
     slice_uids: list[str] = field(default_factory=list)
     model_input: np.ndarray | None = None
+    mask: np.ndarray | None = None
+    spacing: tuple[float, ...] | None = None
+    affine: np.ndarray | None = None
 
     @property
     def display_image(self) -> np.ndarray | None:
@@ -90,6 +103,44 @@ class PredictionResult:
             raise MedlensError("the prediction has no display image")
         return overlay_png(image, heat)
 
+    def dicom_seg(self) -> pydicom.Dataset:
+        """The DICOM SEG of the mask over the source instances, each segment coded with the card's
+        code of its class (as the SR and FHIR code it)."""
+        from highdicom.sr import CodedConcept
+
+        from medlens.serving.seg import Segment, segmentation
+
+        pred = self.prediction
+        if self.mask is None:
+            raise MedlensError(f"model '{pred.model}' is not a segmentation model: it has no mask for a DICOM SEG")
+        if not self.sources:
+            raise MedlensError("a DICOM SEG needs DICOM input (it references the source images)")
+        segments = []
+        for name in pred.class_names[1:]:
+            concept = pred.concept(name)
+            segments.append(Segment(name, property_type=CodedConcept(concept.code, concept.scheme, concept.meaning)))
+        return segmentation(self.mask, self.sources, segments, model=pred.model)
+
+    def dicom_results(self) -> list[pydicom.Dataset]:
+        """The DICOM objects of the prediction (DICOM input only): its SR; for a segmentation the
+        SEG and the TID 1500 SR that references it. The CLI, --send-back and the DICOM node send these."""
+        from medlens.serving.sr import segmentation_report, structured_report
+
+        if self.mask is None:
+            return [structured_report(self.prediction, self.sources)]
+        seg = self.dicom_seg()
+        return [seg, segmentation_report(self.prediction, seg, self.sources)]
+
+    def mask_nifti(self):
+        """The mask as a nibabel image with the source's affine: a NIfTI input's own, a DICOM
+        series' as ``medlens convert --to nifti`` writes it (what :func:`medlens.data.masks.mask_nifti`
+        gives for the series' volume), so that image and mask overlay voxel for voxel."""
+        from medlens.data.synth_writer import nifti_image
+
+        if self.mask is None:
+            raise MedlensError(f"model '{self.prediction.model}' is not a segmentation model: it has no mask")
+        return nifti_image(self.mask, self.affine if self.mask.ndim == 3 else None, self.spacing)
+
 
 @dataclass
 class _Input:
@@ -101,6 +152,8 @@ class _Input:
     sources: list[pydicom.Dataset] = field(default_factory=list)
     window: tuple[float, float] | None = None  # DICOM window (centre, width) for display
     slice_uids: list[str] = field(default_factory=list)  # SOP Instance UID per slice, in slice order
+    spacing: tuple[float, ...] | None = None  # mm per spatial axis, as read
+    affine: np.ndarray | None = None  # voxel index (slice, row, column) -> RAS mm, as read
 
 
 class Predictor:
@@ -230,7 +283,7 @@ class Predictor:
         if fmt == "dicom":  # a DICOM file without the marker, found by imageio's fallback
             return self._read_dicom_files([path], name=name)
         source = SourceInfo(kind=fmt, input_sha256=sha256_file(path), modality=data.modality)
-        return _Input(data.array, source, name=name or str(path))
+        return _Input(data.array, source, name=name or str(path), spacing=data.spacing, affine=data.affine)
 
     def _read_dicom_files(
         self, files: list[Path], *, name: str | None = None, source: Path | None = None, in_memory: bool = False
@@ -260,6 +313,8 @@ class Predictor:
             sources=datasets,
             window=None if vol.meta.get("monochrome1_inverted") else vol.window,  # the file's is for uninverted values
             slice_uids=list(vol.sop_instance_uids[:depth]),
+            spacing=data.spacing,
+            affine=data.affine,
         )
 
     # -- checks ---------------------------------------------------------------------------------
@@ -298,6 +353,8 @@ class Predictor:
         bundle = self.bundle
         arr = self.check_input(inp.array, inp.source.modality, inp.name)
         x = bundle.preprocess(arr, name=inp.name)
+        if self.card.task == "segmentation":
+            return self._segment(inp, arr, x)
         raw, features = bundle.raw_proba_and_features(x[None], features=bundle.guard is not None)
         raw = raw[0]
         scope = bundle.scope(arr, x, None if features is None else features[0])
@@ -327,6 +384,64 @@ class Predictor:
         )
         view = source_view(arr, heatmap, window=inp.window, preprocessing=self.card.preprocessing)
         return PredictionResult(pred, list(inp.sources), view, slice_uids=inp.slice_uids, model_input=x)
+
+    def _segment(self, inp: _Input, arr: np.ndarray, x: np.ndarray) -> PredictionResult:
+        """A segmentation's answer: class probabilities (mapped onto the source's grid, linearly,
+        when the model input's differs), their argmax as the label map, and its measurements.
+
+        ``finding``: the classes with at least one voxel, joined by "|" ("none" if none);
+        ``confidence``: the mean probability of the assigned class over the segmented voxels (over
+        all voxels when nothing is segmented). No voxel-wise uncertainty or out-of-distribution
+        guard exists for segmentation models (their card says ``ood: null``): ``uncertainty_method``
+        "none", ``scope_checked`` false. No heatmap either (``explain`` has no effect: the mask is the answer).
+        """
+        from medlens.inference.geometry import to_source_geometry
+        from medlens.inference.measurements import is_vessel, measure_segments
+
+        names = self.bundle.class_names
+        probs = self.bundle.segment(x)
+        spatial = arr.shape[1:]
+        if probs.shape[1:] != spatial:
+            probs = np.stack([to_source_geometry(p, spatial) for p in probs])
+        labels = probs.argmax(axis=0).astype(np.uint8)
+        assigned = np.take_along_axis(probs, labels[None].astype(np.intp), axis=0)[0]
+        found = labels > 0
+        confidence = float(assigned[found].mean() if found.any() else assigned.mean())
+        present = np.bincount(labels.ravel(), minlength=len(names))
+        spacing = _spatial_spacing(inp.spacing, labels.ndim)
+        fov = None
+        if labels.ndim == 2 and any(is_vessel(n) for n in names[1:]):
+            from medlens.data.sources.maskfolder import derive_fov  # as the vessel sets derive it
+
+            fov = derive_fov(arr)
+        pred = Prediction(
+            model=self.model_id,
+            model_sha256=self.model_sha256,
+            task=self.card.task,
+            class_names=names,
+            probabilities={},
+            codes={c: concept.model_dump() for c, concept in self.card.codes.items()},
+            finding="|".join(n for n, count in zip(names[1:], present[1:]) if count) or "none",
+            confidence=round(confidence, 6),
+            uncertainty=0.0,
+            uncertainty_method="none",
+            abstain=False,
+            abstain_reason=None,
+            scope_checked=False,
+            source=inp.source,
+            measurements=[dict(m) for m in measure_segments(labels, names, spacing, fov)],
+        )
+        view = source_view(arr, None, window=inp.window, preprocessing=self.card.preprocessing)
+        return PredictionResult(
+            pred,
+            list(inp.sources),
+            view,
+            slice_uids=inp.slice_uids,
+            model_input=x,
+            mask=labels.reshape(inp.array.shape[1:]),  # a one-slice volume given to a 2D model keeps its slice axis
+            spacing=inp.spacing,
+            affine=inp.affine,
+        )
 
 
 # -- inputs of the command line ----------------------------------------------------------------------
@@ -435,6 +550,13 @@ def _same_modality(given: str | None, trained: str | None) -> bool:
     if g in UNKNOWN_MODALITIES or t in UNKNOWN_MODALITIES:
         return True
     return g == t or (g in XRAY_FAMILY and t in XRAY_FAMILY)
+
+
+def _spatial_spacing(spacing: Sequence[float] | None, dims: int) -> tuple[float, ...] | None:
+    """The spacing of the last ``dims`` spatial axes (a one-slice volume given to a 2D model: rows, columns)."""
+    if spacing is None or len(spacing) < dims:
+        return None
+    return tuple(float(s) for s in spacing[len(spacing) - dims :])
 
 
 def _pseudonym(value: str, key: str) -> str:
