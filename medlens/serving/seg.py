@@ -11,7 +11,8 @@ the SEG then states "nothing here" for every slice instead of leaving readers to
 missing frame (viewers that do not fill gaps show the right thing); bit-packed, that costs
 rows x columns / 8 bytes per slice and segment.
 
-Segmentation models do not exist yet: issue #12 wires this into predict and serve.
+`medlens predict --format seg` (through ``PredictionResult.dicom_seg``), the REST API and the
+DICOM node build their SEG here.
 """
 
 from __future__ import annotations
