@@ -10,6 +10,12 @@ Endpoints (OpenAPI schema at ``/openapi.json``, docs at ``/docs``, no ``/redoc``
   ``?layer=heatmap`` for the colour layer alone), ``.../image.png`` (both at the input's own
   resolution: the heatmap is mapped onto the source image), ``.../fhir`` (FHIR R4
   DiagnosticReport), ``.../sr`` (DICOM SR; 409 when the input was not DICOM).
+* Segmentations (model card task "segmentation"): the JSON holds ``measurements``, ``slices``
+  (1 for one image), ``slice`` (shown first) and ``segments`` (label, colour);
+  ``.../image.png?slice=k`` is slice ``k`` of a volume, ``.../mask.png?slice=k`` the label map in the
+  segments' colours (transparent background; ``?alpha=`` blends it over the image),
+  ``.../mask.nii.gz`` the label map with the source's affine, ``.../seg`` the DICOM SEG (DICOM
+  input), ``.../sr`` the TID 1500 SR referencing that SEG, ``.../fhir`` one Observation per measurement.
 * ``GET /v1/models``, ``GET /v1/pacs/studies`` (QIDO-RS, when a PACS is configured),
   ``GET /healthz`` (liveness, never needs a key), ``GET /readyz`` (model, audit log and store usable).
 * ``/`` and ``/static/*``: the web page (plain HTML + JS; it holds no data and asks for the key).
@@ -29,6 +35,7 @@ predictions by id, inputs by hash prefix and patients by pseudonym only.
 
 from __future__ import annotations
 
+import gzip
 import io
 import json
 import logging
@@ -55,7 +62,7 @@ from medlens.serving.logsafe import printable
 from medlens.serving.pacs import NotInPacsError, PacsError, PacsUnreachableError
 from medlens.serving.retrieve import DicomWebPacs
 from medlens.serving.settings import ServeSettings
-from medlens.serving.store import PredictionStore, StoredPrediction
+from medlens.serving.store import PredictionStore, StoredMask, StoredPrediction
 
 log = logging.getLogger("medlens.serve")
 
@@ -74,6 +81,7 @@ CHATTY_LOGGERS = (
     "multipart",
     "python_multipart",
 )
+SEGMENTATION = "segmentation"  # the model card's task of segmentation models
 JSON_LIMIT = 64 * 1024  # a PACS study request is a few UIDs: a bigger JSON body is refused before parsing
 
 
@@ -176,8 +184,12 @@ class Service:
                 503, "audit_unavailable", "the audit log could not record the prediction; it was not returned"
             ) from None
         display, heat = result.heatmap_slice()
+        answer = None
         try:
-            self.store.put(pred, display, result.sources, heatmap=heat)
+            mask = _stored_mask(result)
+            if mask is not None and mask.slices is not None:
+                display = mask.slices[mask.shown]  # image.png: the slice the page shows first
+            answer = self.store.put(pred, display, result.sources, heatmap=heat, mask=mask).summary()
         except Exception as e:  # noqa: BLE001 - recorded already: answer it, even if the store cannot keep it
             log.warning("prediction %s not kept in the store (%s)", pred.id, type(e).__name__)
         log.info(
@@ -190,7 +202,7 @@ class Service:
             pred.confidence,
             " ABSTAIN" if pred.abstain else "",
         )
-        return _with_links(pred.to_json())
+        return _with_links(answer or pred.to_json())
 
     def audit_output(self, pred) -> dict:
         """The prediction as the audit log keeps it: source identifiers hashed, never raw."""
@@ -247,7 +259,37 @@ def _with_links(d: dict) -> dict:
         "fhir": f"{base}/fhir",
         "sr": f"{base}/sr",
     }
+    if d.get("task") == SEGMENTATION:
+        del d["links"]["heatmap"]
+        d["links"].update(mask=f"{base}/mask.png", mask_nifti=f"{base}/mask.nii.gz", seg=f"{base}/seg")
     return d
+
+
+def _stored_mask(result) -> StoredMask | None:
+    """A segmentation result's label map for the store, with every slice's display image of a volume."""
+    from medlens.serving.overlay import display_slices
+
+    labels = result.mask
+    if labels is None:
+        return None
+    volume = labels.ndim == 3 and labels.shape[0] > 1
+    slices = display_slices(result.model_input, labels.shape) if volume else None
+    return StoredMask(labels, slices, result.spacing, result.affine)
+
+
+def _result_of(entry: StoredPrediction):
+    """The stored prediction as a :class:`~medlens.serving.predictor.PredictionResult` (sources are headers
+    only), so that its SEG and NIfTI mask are made by the same code as ``medlens predict``'s."""
+    from medlens.serving.predictor import PredictionResult
+
+    mask = entry.mask
+    if mask is None:
+        raise ApiError(
+            404, "no_mask", f"model '{entry.prediction.model}' is not a segmentation model: the prediction has no mask"
+        )
+    return PredictionResult(
+        entry.prediction, list(entry.sources), mask=mask.labels, spacing=mask.spacing, affine=mask.affine
+    )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -269,25 +311,86 @@ def _png_layers(entry: StoredPrediction) -> tuple[bytes, bytes | None]:
 
 
 def _blend_png(grey_png: bytes, layer_png: bytes, alpha: float) -> bytes:
-    """(1 - alpha) * grey + alpha * colour layer, as :func:`medlens.serving.overlay.overlay_rgb` blends."""
+    """(1 - alpha) * grey + alpha * colour layer, as :func:`medlens.serving.overlay.overlay_rgb` blends
+    (where the layer is transparent, the grey image stays)."""
     from PIL import Image
 
-    grey, layer = Image.open(io.BytesIO(grey_png)).convert("RGB"), Image.open(io.BytesIO(layer_png)).convert("RGB")
+    grey, layer = Image.open(io.BytesIO(grey_png)).convert("RGBA"), Image.open(io.BytesIO(layer_png)).convert("RGBA")
+    blended = Image.composite(Image.blend(grey, layer, alpha), grey, layer.getchannel("A"))
     buf = io.BytesIO()
-    Image.blend(grey, layer, alpha).save(buf, format="PNG")
+    blended.convert("RGB").save(buf, format="PNG")
     return buf.getvalue()
 
 
+def _grey_png(entry: StoredPrediction, index: int) -> bytes:
+    """Slice ``index`` of a segmented volume (0: the display image of any other prediction) as a grey PNG."""
+    from medlens.serving.overlay import overlay_png
+
+    image, _ = _plane(entry, index)
+    return overlay_png(image, None)
+
+
+def _mask_png(entry: StoredPrediction, index: int) -> bytes:
+    """Slice ``index`` of the label map in the segments' colours, on the display image's pixels."""
+    from medlens.serving.overlay import mask_layer, png_bytes
+
+    image, _ = _plane(entry, index)
+    return png_bytes(mask_layer(entry.mask.plane(index), image.shape))
+
+
+def _plane(entry: StoredPrediction, index: int):
+    try:
+        image, heat = entry.planes(index)
+    except MedlensError as e:
+        raise ApiError(422, "bad_request", e.problem) from None
+    if image is None:
+        raise ApiError(404, "no_image", "the prediction has no display image")
+    return image, heat
+
+
+def _dicom_bytes(ds) -> bytes:
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
+def _seg(entry: StoredPrediction):
+    """The prediction's DICOM SEG, made once (the SR references this very SEG)."""
+    return entry.rendered("seg", lambda: _result_of(entry).dicom_seg())
+
+
 def _sr_bytes(entry: StoredPrediction) -> bytes:
-    from medlens.serving.sr import structured_report
+    from medlens.serving.sr import segmentation_report, structured_report
 
     def make():
-        sr = structured_report(entry.prediction, entry.sources)
-        buf = io.BytesIO()
-        sr.save_as(buf, enforce_file_format=True)
-        return buf.getvalue()
+        if entry.mask is not None:
+            return _dicom_bytes(segmentation_report(entry.prediction, _seg(entry), entry.sources))
+        return _dicom_bytes(structured_report(entry.prediction, entry.sources))
 
     return entry.rendered("sr", make)
+
+
+def _need_dicom(entry: StoredPrediction, what: str) -> None:
+    if not entry.sources:
+        raise ApiError(
+            409, "not_dicom", f"the input was {entry.prediction.source.kind}, not DICOM: a {what} needs DICOM input"
+        )
+
+
+def _dicom_answer(entry: StoredPrediction, what: str, code: str, make, name: str) -> Response:
+    """``make()``'s DICOM bytes as a download, or the one-line reason why the input's headers cannot give them."""
+    try:
+        data = make()
+    except MedlensError as e:
+        raise ApiError(422, code, e.problem) from None
+    except Exception as e:  # noqa: BLE001 - source headers highdicom cannot use (e.g. a corrupt upload)
+        log.warning("%s for prediction %s failed (%s)", what, entry.prediction.id, type(e).__name__)
+        raise ApiError(422, code, f"no {what} can be built from the input's headers ({type(e).__name__})") from None
+    return Response(
+        data,
+        media_type="application/dicom",
+        headers={"Content-Disposition": f'attachment; filename="{entry.prediction.id}-{name}.dcm"'},
+    )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -486,8 +589,72 @@ def create_app(settings: ServeSettings, *, predictor=None) -> FastAPI:
         response_class=Response,
         responses={200: {"content": {"image/png": {}}}},
     )
-    def image(prediction_id: str):
-        return Response(_png_layers(service.entry(prediction_id))[0], media_type="image/png")
+    def image(prediction_id: str, slice: int | None = None):
+        entry = service.entry(prediction_id)
+        if slice is None:
+            return Response(_png_layers(entry)[0], media_type="image/png")
+        return Response(_grey_png(entry, slice), media_type="image/png")  # not cached: one per slice
+
+    @app.get(
+        "/v1/predictions/{prediction_id}/mask.png",
+        tags=["predictions"],
+        summary="A segmentation's label map in the segments' colours (PNG; ?slice=k of a volume)",
+        response_class=Response,
+        responses={200: {"content": {"image/png": {}}}, 404: {"description": "not a segmentation"}},
+    )
+    def mask_png(prediction_id: str, slice: int | None = None, alpha: float | None = None):
+        if alpha is not None and not 0.0 <= alpha <= 1.0:
+            raise ApiError(422, "bad_request", "alpha must be in [0, 1]")
+        entry = service.entry(prediction_id)
+        _result_of(entry)  # 404 unless a segmentation
+        index = entry.mask.shown if slice is None else slice
+        layer = _mask_png(entry, index)  # not cached: one per slice, made in milliseconds
+        if alpha is None:
+            return Response(layer, media_type="image/png")
+        return Response(_blend_png(_grey_png(entry, index), layer, alpha), media_type="image/png")
+
+    @app.get(
+        "/v1/predictions/{prediction_id}/mask.nii.gz",
+        tags=["predictions"],
+        summary="A segmentation's label map as NIfTI with the source's affine",
+        response_class=Response,
+        responses={200: {"content": {"application/gzip": {}}}, 404: {"description": "not a segmentation"}},
+    )
+    def mask_nifti(prediction_id: str):
+        entry = service.entry(prediction_id)
+        result = _result_of(entry)
+        try:
+            data = entry.rendered("nifti", lambda: gzip.compress(result.mask_nifti().to_bytes(), mtime=0))
+        except MedlensError as e:
+            raise ApiError(422, "nifti_failed", e.problem) from None
+        return Response(
+            data,
+            media_type="application/gzip",
+            headers={"Content-Disposition": f'attachment; filename="{prediction_id}-mask.nii.gz"'},
+        )
+
+    @app.get(
+        "/v1/predictions/{prediction_id}/seg",
+        tags=["predictions"],
+        summary="DICOM SEG of a segmentation (DICOM input only)",
+        response_class=Response,
+        responses={
+            200: {"content": {"application/dicom": {}}},
+            404: {"description": "not a segmentation"},
+            409: {"description": "input was not DICOM"},
+        },
+    )
+    def seg(prediction_id: str):
+        entry = service.entry(prediction_id)
+        _result_of(entry)
+        _need_dicom(entry, "DICOM SEG")
+        return _dicom_answer(
+            entry,
+            "DICOM SEG",
+            "seg_failed",
+            lambda: entry.rendered("seg_bytes", lambda: _dicom_bytes(_seg(entry))),
+            "seg",
+        )
 
     @app.get("/v1/predictions/{prediction_id}/fhir", tags=["predictions"], summary="FHIR R4 DiagnosticReport")
     def fhir(prediction_id: str):
@@ -506,26 +673,8 @@ def create_app(settings: ServeSettings, *, predictor=None) -> FastAPI:
     )
     def sr(prediction_id: str):
         entry = service.entry(prediction_id)
-        if not entry.sources:
-            raise ApiError(
-                409,
-                "not_dicom",
-                f"the input was {entry.prediction.source.kind}, not DICOM: a DICOM SR needs DICOM input",
-            )
-        try:
-            data = _sr_bytes(entry)
-        except MedlensError as e:
-            raise ApiError(422, "sr_failed", e.problem) from None
-        except Exception as e:  # noqa: BLE001 - source headers highdicom cannot use (e.g. a corrupt upload)
-            log.warning("SR for prediction %s failed (%s)", prediction_id, type(e).__name__)
-            raise ApiError(
-                422, "sr_failed", f"no DICOM SR can be built from the input's headers ({type(e).__name__})"
-            ) from None
-        return Response(
-            data,
-            media_type="application/dicom",
-            headers={"Content-Disposition": f'attachment; filename="{prediction_id}-sr.dcm"'},
-        )
+        _need_dicom(entry, "DICOM SR")
+        return _dicom_answer(entry, "DICOM SR", "sr_failed", lambda: _sr_bytes(entry), "sr")
 
     # -- PACS ------------------------------------------------------------------------------------------
     @app.get("/v1/pacs/studies", tags=["pacs"], summary="Studies in the configured PACS (QIDO-RS)")

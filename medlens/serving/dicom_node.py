@@ -31,7 +31,9 @@ How it works
   Capture of the heatmap over the source image at the source's resolution
   (:func:`medlens.serving.overlay.secondary_capture`, series 9902), both new
   series in the source study, keeps them under ``storage_dir/results/`` and records the
-  prediction in the :class:`~medlens.serving.audit.AuditLog`.
+  prediction in the :class:`~medlens.serving.audit.AuditLog`. A segmentation model's answer is its
+  DICOM SEG (:meth:`~medlens.serving.predictor.PredictionResult.dicom_seg`, series 9903) and the
+  TID 1500 SR referencing it (:func:`medlens.serving.sr.segmentation_report`, series 9904) instead.
 * **Sending.** Results go through a durable outbox (:mod:`medlens.serving.outbox`,
   ``storage_dir/node.sqlite``): the answer and its results are committed together, then sent to
   the :class:`~medlens.serving.pacs.PacsTarget` and retried with exponential backoff
@@ -86,7 +88,7 @@ from medlens.serving.node_logging import UidRedactor, redact_uids
 from medlens.serving.outbox import Outbox
 from medlens.serving.overlay import overlay_for_result, secondary_capture
 from medlens.serving.pacs import PacsTarget
-from medlens.serving.sr import structured_report
+from medlens.serving.sr import segmentation_report, structured_report
 
 log = logging.getLogger("medlens.dicom_node")
 
@@ -169,6 +171,7 @@ class NodeResult:
     finding: str | None = None
     sr_sop_instance_uid: str | None = None  # UIDs of the objects medlens created (no PHI)
     sc_sop_instance_uid: str | None = None
+    seg_sop_instance_uid: str | None = None  # a segmentation's answer: SEG + SR (no SC)
     outputs: list[Path] = field(default_factory=list)
     stored: bool = False  # acknowledged by the PACS (else still in the outbox)
     error: str | None = None
@@ -514,18 +517,26 @@ class DicomNode:
         result.prediction_id, result.finding = pred.id, pred.finding
 
         previous = [_reference(last_sr)] if last_sr else None
-        sr = structured_report(pred, sources, series_number=SR_SERIES_NUMBER, previous_versions=previous)
+        if analysis.mask is not None:  # a segmentation: the SEG (series 9903) and the SR referencing it (9904)
+            seg = analysis.dicom_seg()
+            sr = segmentation_report(pred, seg, sources, previous_versions=previous)
+            objects = {"seg": seg, "sr": sr}
+            result.seg_sop_instance_uid = str(seg.SOPInstanceUID)
+        else:
+            sr = structured_report(pred, sources, series_number=SR_SERIES_NUMBER, previous_versions=previous)
+            rgb, shown = overlay_for_result(analysis)
+            sc = secondary_capture(rgb, pred, shown, series_number=SC_SERIES_NUMBER)
+            objects = {"sr": sr, "sc": sc}
+            result.sc_sop_instance_uid = str(sc.SOPInstanceUID)
         if previous:
             sr.SeriesDescription = "medlens AI result (supersedes an earlier result)"
-        rgb, shown = overlay_for_result(analysis)
-        sc = secondary_capture(rgb, pred, shown, series_number=SC_SERIES_NUMBER)
-        for obj in (sr, sc):
+        for obj in objects.values():
             self.outbox.mark_generated(self._pseudo(str(obj.SeriesInstanceUID)))
-        result.sr_sop_instance_uid, result.sc_sop_instance_uid = str(sr.SOPInstanceUID), str(sc.SOPInstanceUID)
+        result.sr_sop_instance_uid = str(sr.SOPInstanceUID)
 
         out = _private_dir(_private_dir(self.storage_dir / "results") / series)
         outputs = {}
-        for name, obj in (("sr", sr), ("sc", sc)):
+        for name, obj in objects.items():
             path = out / f"{pred.id}-{name}.dcm"
             _write_private(path, _encode(obj))
             outputs[str(obj.SOPInstanceUID)] = path
@@ -561,7 +572,7 @@ class DicomNode:
             self._flush()
             result.stored = all(self.outbox.is_sent(uid) for uid in outputs)
             if result.stored:
-                log.info("series %s: SR and overlay SC stored to %s", series, self.pacs)
+                log.info("series %s: %s stored to %s", series, " and ".join(o.upper() for o in objects), self.pacs)
             else:
                 log.warning(
                     "series %s: results queued in the outbox, %s has not acknowledged them yet", series, self.pacs

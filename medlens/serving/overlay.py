@@ -9,6 +9,9 @@
 * :func:`overlay_for_result` draws a prediction's picture: the source image at its own resolution
   with the heatmap on its pixels (for 3D the source slice where the heatmap peaks), and names the
   source instance it shows.
+* Segmentations: :func:`mask_layer` colours a label map (segment ``n`` in
+  :func:`segment_colour`, background transparent) as an RGBA layer for the image,
+  :func:`display_slices` gives every slice of a segmented volume as grey values.
 """
 
 from __future__ import annotations
@@ -29,6 +32,17 @@ from medlens.inference.prediction import Prediction
 from medlens.serving.headers import complete_source
 
 SC_SERIES_DESCRIPTION = "medlens overlay"
+SEGMENT_COLOURS = (
+    (230, 25, 75),
+    (60, 180, 75),
+    (0, 130, 200),
+    (245, 130, 48),
+    (145, 30, 180),
+    (70, 240, 240),
+    (240, 50, 230),
+    (210, 245, 60),
+)
+"""RGB of segments 1, 2, 3 ... (cycled): saturated hues, none grey, so that a mask reads over a grey image."""
 
 
 def _as_unit_float(a: np.ndarray, what: str) -> np.ndarray:
@@ -198,3 +212,53 @@ def overlay_for_result(result: Any) -> tuple[np.ndarray, Dataset]:
     if image is None or source is None:
         raise MedlensError("an overlay needs the source image and at least one source DICOM instance")
     return overlay_rgb(image, heat), source
+
+
+def segment_colour(number: int) -> str:
+    """The colour of segment ``number`` (1..K) as ``#rrggbb`` (the page's legend; :func:`mask_layer` draws it)."""
+    return "#{:02x}{:02x}{:02x}".format(*SEGMENT_COLOURS[(number - 1) % len(SEGMENT_COLOURS)])
+
+
+def mask_layer(labels_2d: np.ndarray, shape: tuple[int, int] | None = None) -> np.ndarray:
+    """uint8 (H, W, 4): each segment of a 2D label map in its colour, opaque; background transparent.
+
+    ``shape``: the picture's (rows, columns) when it differs from the label map's (nearest
+    neighbour: label values are never blended).
+    """
+    labels = np.asarray(labels_2d)
+    if labels.ndim != 2:
+        raise MedlensError(f"a mask layer needs a 2D label map, got shape {labels.shape}")
+    if shape is not None and tuple(shape) != labels.shape:
+        resized = Image.fromarray(labels.astype(np.uint8), mode="L").resize(
+            (int(shape[1]), int(shape[0])), Image.NEAREST
+        )
+        labels = np.asarray(resized)
+    palette = np.zeros((256, 4), np.uint8)
+    for number in range(1, 256):
+        palette[number] = (*SEGMENT_COLOURS[(number - 1) % len(SEGMENT_COLOURS)], 255)
+    return palette[labels.astype(np.uint8)]
+
+
+def png_bytes(array: np.ndarray) -> bytes:
+    """A uint8 (H, W), (H, W, 3) or (H, W, 4) array as PNG bytes."""
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(array)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def display_slices(model_input: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
+    """Every slice of a segmented volume as grey values in [0, 1], float32 (D, H, W) of ``shape``.
+
+    Made from the model input (C, d, h, w), resampled onto the source's grid when it differs (as
+    the label map is), with one 0.5-99.5 percentile window for the whole volume, so that slices
+    compare while scrolling. The preprocessing's intensity steps are linear (z-score, min-max,
+    scale) or a clip (window), so this is the picture the source gives with the same window.
+    """
+    from medlens.inference.geometry import display_window, to_source_geometry
+
+    x = np.asarray(model_input, dtype=np.float32)
+    if x.ndim != 4:
+        raise MedlensError(f"display slices need a (C, D, H, W) volume, got shape {x.shape}")
+    c, d, h, w = x.shape
+    grey = display_window(x.reshape(c, d * h, w)).reshape(d, h, w)
+    return np.clip(to_source_geometry(grey, shape), 0.0, 1.0)

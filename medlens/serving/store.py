@@ -1,4 +1,4 @@
-"""Recent predictions, kept for the REST API's follow-up requests (JSON, heatmap PNG, SR, FHIR).
+"""Recent predictions, kept for the REST API's follow-up requests (JSON, heatmap PNG, mask, SEG, SR, FHIR).
 
 Two bounded levels: the most recent ``memory`` predictions in memory (and no more than
 ``memory_bytes`` of their images: at source resolution one large radiograph holds tens of MB),
@@ -6,7 +6,9 @@ the most recent ``disk`` ones in a folder (mode 0700; it holds DICOM headers of 
 images themselves). Per prediction the folder holds what every rendering is made from:
 
 * ``prediction.json``: :meth:`Prediction.to_json`;
-* ``arrays.npz``: the display image and the heatmap (uint8, 0-255, the source's resolution);
+* ``arrays.npz``: the display image and the heatmap (uint8, 0-255, the source's resolution); for a
+  segmentation also its :class:`StoredMask` (label map, every slice's display image of a volume,
+  the source's spacing and affine);
 * ``source_NNNN.dcm``: the headers (no pixel data) of the source DICOM instances, the SR's evidence.
 
 Renderings (PNGs, FHIR, SR) are made on first request and cached in memory, so a prediction
@@ -34,6 +36,44 @@ from medlens.errors import MedlensError
 from medlens.inference.prediction import Prediction, SourceInfo
 
 ID_PATTERN = re.compile(r"^[0-9a-f]{32}$")
+SUMMARY_KEYS = ("has_heatmap", "slices", "slice", "segments")  # added to Prediction.to_json by summary()
+
+
+@dataclass
+class StoredMask:
+    """A segmentation's label map and what its pictures and files need.
+
+    ``labels``: uint8, the source's spatial shape ((D, H, W) in the reader's slice order, or
+    (H, W)); ``slices``: a volume's display image of every slice (uint8 (D, H, W), 0-255; None for
+    one image, whose display image is the entry's); ``spacing`` and ``affine`` (voxel -> RAS) as
+    the predictor read them from the source (None when unknown), for the NIfTI mask.
+    """
+
+    labels: np.ndarray
+    slices: np.ndarray | None = None
+    spacing: tuple[float, ...] | None = None
+    affine: np.ndarray | None = None
+
+    @property
+    def depth(self) -> int:
+        """Slices of the label map (1 for one image)."""
+        return self.labels.shape[0] if self.slices is not None else 1
+
+    @property
+    def shown(self) -> int:
+        """The slice the page shows first: the one with the most segmented voxels (the middle when none)."""
+        if self.slices is None:
+            return 0
+        counts = np.count_nonzero(self.labels.reshape(self.depth, -1), axis=1)
+        return int(np.argmax(counts)) if counts.any() else self.depth // 2
+
+    def plane(self, index: int) -> np.ndarray:
+        """The 2D label map of slice ``index`` (the only one of one image)."""
+        return self.labels[index] if self.slices is not None else self.labels.reshape(self.labels.shape[-2:])
+
+    @property
+    def nbytes(self) -> int:
+        return self.labels.nbytes + (0 if self.slices is None else self.slices.nbytes)
 
 
 @dataclass
@@ -44,22 +84,41 @@ class StoredPrediction:
     display_image: np.ndarray | None  # 2D uint8 (0-255 for [0, 1]): a quarter of float32 at source resolution
     heatmap: np.ndarray | None = None  # 2D uint8, on the display image's pixels
     sources: list[pydicom.Dataset] = field(default_factory=list)  # headers only
+    mask: StoredMask | None = None  # segmentations only
     cache: dict[str, Any] = field(default_factory=dict)
-    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    lock: threading.RLock = field(default_factory=threading.RLock, repr=False)  # renderings nest: SR -> SEG
 
     def summary(self) -> dict[str, Any]:
-        """The prediction's JSON (:meth:`Prediction.to_json`), ``has_heatmap`` from the kept heatmap."""
+        """The prediction's JSON (:meth:`Prediction.to_json`), ``has_heatmap`` from the kept heatmap;
+        a segmentation's with ``slices`` (its number of slices), ``slice`` (the one shown first) and
+        ``segments`` (number, label and colour of each)."""
+        from medlens.serving.overlay import segment_colour
+
         d = self.prediction.to_json()
         d["has_heatmap"] = self.heatmap is not None
+        if self.mask is not None:
+            d["slices"], d["slice"] = self.mask.depth, self.mask.shown
+            names = self.prediction.class_names[1:]
+            d["segments"] = [
+                {"segment": n, "label": name, "colour": segment_colour(n)} for n, name in enumerate(names, start=1)
+            ]
         return d
 
     @property
     def nbytes(self) -> int:
         """Bytes of the kept images (what bounds the memory level)."""
-        return sum(a.nbytes for a in (self.display_image, self.heatmap) if a is not None)
+        kept = sum(a.nbytes for a in (self.display_image, self.heatmap) if a is not None)
+        return kept + (0 if self.mask is None else self.mask.nbytes)
 
-    def planes(self) -> tuple[np.ndarray | None, np.ndarray | None]:
-        """(display image, heatmap) as float32 in [0, 1]."""
+    def planes(self, index: int | None = None) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """(display image, heatmap) as float32 in [0, 1]; ``index``: slice ``index`` of a segmented volume
+        (0 is the only slice of any other prediction)."""
+        if index is not None:
+            depth = 1 if self.mask is None else self.mask.depth
+            if not 0 <= index < depth:
+                raise MedlensError(f"slice {index} is outside 0..{depth - 1} (the slices this prediction keeps)")
+            if self.mask is not None and self.mask.slices is not None:
+                return _from_u8(self.mask.slices[index]), None
         return _from_u8(self.display_image), _from_u8(self.heatmap)
 
     def rendered(self, name: str, make):
@@ -125,11 +184,23 @@ class PredictionStore:
 
     # -- writing ---------------------------------------------------------------------------------
     def put(
-        self, prediction: Prediction, display_image: np.ndarray | None, sources=(), *, heatmap: np.ndarray | None = None
+        self,
+        prediction: Prediction,
+        display_image: np.ndarray | None,
+        sources=(),
+        *,
+        heatmap: np.ndarray | None = None,
+        mask: StoredMask | None = None,
     ) -> StoredPrediction:
-        """Keep ``prediction`` with its 2D display image and the 2D heatmap on its pixels (floats in [0, 1])."""
+        """Keep ``prediction`` with its 2D display image and the 2D heatmap on its pixels (floats in [0, 1]),
+        and a segmentation's ``mask`` (its ``slices`` as floats in [0, 1], kept as uint8)."""
         light = dataclasses.replace(prediction, heatmap=None)
-        entry = StoredPrediction(light, _to_u8(display_image), _to_u8(heatmap), [header_only(s) for s in sources])
+        if mask is not None:
+            labels = np.asarray(mask.labels, dtype=np.uint8)
+            mask = StoredMask(labels, _to_u8(mask.slices), mask.spacing, mask.affine)
+        entry = StoredPrediction(
+            light, _to_u8(display_image), _to_u8(heatmap), [header_only(s) for s in sources], mask=mask
+        )
         with self._lock:
             self._memory[prediction.id] = entry
             self._memory.move_to_end(prediction.id)
@@ -144,6 +215,10 @@ class PredictionStore:
         folder.mkdir(exist_ok=True)
         buf = io.BytesIO()
         arrays = {k: v for k, v in (("display", entry.display_image), ("heatmap", entry.heatmap)) if v is not None}
+        if entry.mask is not None:
+            m = entry.mask
+            named = (("labels", m.labels), ("slices", m.slices), ("spacing", m.spacing), ("affine", m.affine))
+            arrays.update({f"mask_{k}": np.asarray(v) for k, v in named if v is not None})
         np.savez_compressed(buf, **arrays)
         (folder / "arrays.npz").write_bytes(buf.getvalue())
         for i, ds in enumerate(entry.sources):
@@ -188,12 +263,17 @@ class PredictionStore:
             with np.load(folder / "arrays.npz") as z:
                 display = z["display"] if "display" in z.files else None
                 heatmap = z["heatmap"] if "heatmap" in z.files else None
+                mask = None
+                if "mask_labels" in z.files:
+                    spacing = tuple(float(v) for v in z["mask_spacing"]) if "mask_spacing" in z.files else None
+                    mask = StoredMask(z["mask_labels"], z.get("mask_slices"), spacing, z.get("mask_affine"))
             sources = [pydicom.dcmread(p, force=True) for p in sorted(folder.glob("source_*.dcm"))]
         except (OSError, ValueError, KeyError):
             return None
-        d.pop("has_heatmap", None)
+        for key in SUMMARY_KEYS:
+            d.pop(key, None)
         d["source"] = SourceInfo(**d["source"])
-        return StoredPrediction(Prediction(**d), display, heatmap, sources)
+        return StoredPrediction(Prediction(**d), display, heatmap, sources, mask=mask)
 
     def recent(self, limit: int = 20) -> list[dict[str, Any]]:
         """JSON summaries of the newest predictions (newest first), from memory and then disk."""

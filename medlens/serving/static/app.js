@@ -1,10 +1,11 @@
-/* medlens web page: upload an image (or pick a PACS study), show the finding with the heatmap.
+/* medlens web page: upload an image (or pick a PACS study), show the finding with the heatmap, or a
+   segmentation's mask over the image (coloured per segment, a slice scroller for volumes) with its measurements.
    Every API call sends the key from this tab (sessionStorage) as X-API-Key when one is set;
    images are fetched with the key and shown from blob URLs. */
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const state = { objectUrls: [] };
+const state = { objectUrls: [], sliceUrls: [], sliceRequest: 0 };
 
 function apiKey() { return sessionStorage.getItem("medlens-key") || ""; }
 
@@ -53,6 +54,8 @@ async function showPrediction(p) {
     reasons.append(li);
   }
   $("finding").textContent = outside ? `not assessed (the model would say ${p.finding})` : p.finding;
+  const segmentation = p.task === "segmentation";
+  $("probability-name").textContent = segmentation ? "Mean probability" : "Probability";
   $("probability").textContent = pct(p.confidence);
   $("uncertainty").textContent = `${p.uncertainty.toFixed(3)} (${p.uncertainty_method})`;
   $("used-model").textContent = p.model;
@@ -64,15 +67,80 @@ async function showPrediction(p) {
     tr.append(cell(name), cell(pct(prob)));
     tbody.append(tr);
   }
+  $("probabilities").hidden = segmentation;
+  showMeasurements(segmentation ? p.measurements || [] : null);
+  showLegend(segmentation ? p.segments || [] : null);
   const base = `/v1/predictions/${p.id}`;
-  $("base-image").src = await blobUrl(`${base}/image.png`);
-  $("heat-layer").hidden = !p.has_heatmap;
-  $("opacity-box").hidden = !p.has_heatmap;
-  if (p.has_heatmap) $("heat-layer").src = await blobUrl(`${base}/heatmap.png?layer=heatmap`);
+  const layer = segmentation || p.has_heatmap;
+  $("heat-layer").hidden = !layer;
+  $("opacity-box").hidden = !layer;
+  $("opacity-label").textContent = segmentation ? "Mask opacity" : "Heatmap opacity";
+  $("slice-box").hidden = !(segmentation && p.slices > 1);
+  if (segmentation) {
+    $("slice").max = String(p.slices - 1);
+    $("slice").value = String(p.slice);
+    $("slice").dataset.prediction = p.id;
+    await showSlice(p.id, p.slice, p.slices);
+  } else {
+    $("base-image").src = await blobUrl(`${base}/image.png`);
+    if (p.has_heatmap) $("heat-layer").src = await blobUrl(`${base}/heatmap.png?layer=heatmap`);
+  }
   $("link-sr").hidden = p.source.kind !== "dicom";
+  $("link-seg").hidden = !(segmentation && p.source.kind === "dicom");
+  $("link-nifti").hidden = !segmentation;
   $("link-fhir").dataset.path = `${base}/fhir`;
   $("link-sr").dataset.path = `${base}/sr`;
+  $("link-seg").dataset.path = `${base}/seg`;
+  $("link-nifti").dataset.path = `${base}/mask.nii.gz`;
   document.body.dataset.prediction = p.id;
+}
+
+/* Slice k of a segmentation: the grey slice and its mask layer; only the latest request is shown. */
+async function showSlice(id, k, slices) {
+  const request = ++state.sliceRequest;
+  const base = `/v1/predictions/${id}`;
+  const [image, mask] = await Promise.all([api(`${base}/image.png?slice=${k}`), api(`${base}/mask.png?slice=${k}`)]);
+  const urls = [URL.createObjectURL(await image.blob()), URL.createObjectURL(await mask.blob())];
+  if (request !== state.sliceRequest) { urls.forEach((u) => URL.revokeObjectURL(u)); return; }
+  state.sliceUrls.forEach((u) => URL.revokeObjectURL(u));
+  state.sliceUrls = urls;
+  $("base-image").src = urls[0];
+  $("heat-layer").src = urls[1];
+  $("slice-value").textContent = `${k + 1} / ${slices}`;
+  document.body.dataset.slice = String(k);
+}
+
+function showMeasurements(items) {
+  $("measurements").hidden = items === null;
+  const tbody = $("measurements").querySelector("tbody");
+  tbody.replaceChildren();
+  for (const m of items || []) {
+    const tr = document.createElement("tr");
+    const value = `${Number(m.value.toPrecision(6))} ${m.unit}`;
+    tr.append(cell(m.label), cell(m.region ? `${m.quantity} (${m.region})` : m.quantity), cell(value));
+    tbody.append(tr);
+  }
+}
+
+function showLegend(segments) {
+  $("legend").hidden = segments === null;
+  const legend = $("legend");
+  legend.replaceChildren();
+  for (const s of segments || []) {
+    const li = document.createElement("li");
+    const swatch = document.createElement("span");
+    swatch.className = "swatch";
+    swatch.style.background = s.colour;
+    li.append(swatch, document.createTextNode(s.label));
+    legend.append(li);
+  }
+}
+
+async function changeSlice() {
+  const slider = $("slice");
+  try {
+    await showSlice(slider.dataset.prediction, Number(slider.value), Number(slider.max) + 1);
+  } catch (e) { setStatus(e.message, true); }
 }
 
 function cell(text) { const td = document.createElement("td"); td.textContent = text; return td; }
@@ -85,7 +153,8 @@ async function download(event) {
     const url = await blobUrl(path);
     const a = document.createElement("a");
     a.href = url;
-    a.download = path.endsWith("/sr") ? "medlens-sr.dcm" : "medlens-fhir.json";
+    const names = { sr: "medlens-sr.dcm", seg: "medlens-seg.dcm", fhir: "medlens-fhir.json", "mask.nii.gz": "medlens-mask.nii.gz" };
+    a.download = names[path.split("/").pop()];
     a.click();
   } catch (e) { setStatus(e.message, true); }
 }
@@ -182,10 +251,13 @@ function init() {
     $("heat-layer").style.opacity = String(v / 100);
     $("opacity-value").textContent = `${v}%`;
   });
+  $("slice").addEventListener("input", changeSlice);
   $("upload-form").addEventListener("submit", submitUpload);
   $("pacs-submit").addEventListener("click", submitStudy);
   $("link-fhir").addEventListener("click", download);
   $("link-sr").addEventListener("click", download);
+  $("link-seg").addEventListener("click", download);
+  $("link-nifti").addEventListener("click", download);
   loadConfig();
   loadRecent();
 }
