@@ -11,7 +11,11 @@ from medlens.cli.common import console
 
 def demo(
     out: Path = typer.Option(
-        Path("runs/demo"), "--out", "-o", help="Run directory (an earlier demo there is replaced)."
+        Path("runs/demo"),
+        "--out",
+        "-o",
+        help="Run directory of the classification study; the segmentation study goes to OUT-seg next to it "
+        "(an earlier demo in either is replaced).",
     ),
     seed: int = typer.Option(0, "--seed", help="The one seed for data, splits, training and the bootstrap."),
     max_samples: int = typer.Option(
@@ -24,11 +28,12 @@ def demo(
     resamples: int = typer.Option(1000, "--resamples", hidden=True, help="Bootstrap resamples."),
     no_progress: bool = typer.Option(False, "--no-progress", help="No progress bars."),
 ) -> None:
-    """Generate synthetic chest X-rays, train and compare classical and deep models, write the report."""
+    """Generate synthetic chest X-rays, train and compare classical and deep classifiers and segmenters of
+    their lesions, write the two reports."""
     from medlens.cli.study import _log, print_summary
     from medlens.study.demo import demo as run_demo
 
-    run, seconds = run_demo(
+    runs = run_demo(
         out,
         seed=seed,
         source=source,
@@ -38,10 +43,11 @@ def demo(
         show_progress=not no_progress,
         log=_log,
     )
-    print_summary(run.root)
-    console.print(f"demo finished in {seconds:.0f} s")
-    if not run.report.is_file():
-        console.print("report: not written (see the messages above)", soft_wrap=True)
+    for run in (runs.classification, runs.segmentation):
+        print_summary(run.root)
+        if not run.report.is_file():
+            console.print(f"report of {run.root}: not written (see the messages above)", soft_wrap=True)
+    console.print(f"demo finished in {runs.seconds:.0f} s")
 
 
 def register(app: typer.Typer) -> None:

@@ -12,7 +12,11 @@ from medlens.cli.common import SOURCE_ARG_HELP, console, err_console
 def compare(
     source: str = typer.Argument(None, help=SOURCE_ARG_HELP),
     suite: str = typer.Option(
-        "quick", "--suite", "-s", help="quick | standard | full, or model names joined by commas."
+        None,
+        "--suite",
+        "-s",
+        help="quick | standard | full (classification), seg-quick | seg | full (segmentation), or model names "
+        "joined by commas. Default: quick, or seg-quick for a segmentation source.",
     ),
     out: Path = typer.Option(None, "--out", "-o", help="Run directory (created; models share its splits.json)."),
     budget_minutes: float = typer.Option(
@@ -82,11 +86,12 @@ def print_suites() -> None:
     from medlens.study.suites import describe_suites
 
     table = Table(title="suites (`medlens compare SOURCE --suite NAME`)")
-    for col in ("suite", "dims", "model", "kind", "epochs"):
+    for col in ("suite", "task", "dims", "model", "kind", "epochs"):
         table.add_column(col)
     for row in describe_suites():
         table.add_row(
             row["suite"],
+            row["task"],
             f"{row['dims']}D",
             row["model"],
             row["kind"],
@@ -104,6 +109,9 @@ def print_summary(run_dir: Path | str) -> None:
 
     run = RunDir(run_dir)
     comparison = read_json(run.comparison)
+    if comparison.get("segmentation"):
+        print_segmentation_summary(run, comparison)
+        return
     split = comparison.get("split", "test")
     rows = summary_rows(comparison)
     table = Table(
@@ -142,6 +150,68 @@ def print_summary(run_dir: Path | str) -> None:
     console.print(f"comparison: {run.comparison}", soft_wrap=True, highlight=False)
     if run.report.is_file():
         console.print(f"report: {run.report}", soft_wrap=True, highlight=False)
+
+
+SEG_HEADERS = {"dice": "Dice", "hd95": "HD95 mm", "nsd": "NSD"}
+
+
+def print_segmentation_summary(run, comparison: dict) -> None:
+    """The summary of a segmentation comparison: per model the mean over classes of Dice, HD95 and
+    NSD with 95% CIs, mean Dice per class, and the paired Wilcoxon tests (Holm-adjusted)."""
+    from rich.table import Table
+
+    seg = comparison["segmentation"]
+    best = (comparison.get("best") or {}).get("model")
+    table = Table(
+        title=f"{comparison.get('source')} — {seg['split']} split, mean over classes, 95% bootstrap CIs "
+        f"({comparison['ci']['n_resamples']} resamples)"
+    )
+    for col in ("model", "kind", "cases", *[SEG_HEADERS[m] + " [95% CI]" for m in seg["metrics"]]):
+        table.add_column(col, justify="left" if col in ("model", "kind") else "right")
+    for model, entry in seg["models"].items():
+        means = entry.get("mean_over_classes") or {}
+        table.add_row(
+            model + (" (serve)" if best == model else ""),
+            (comparison["models"].get(model) or {}).get("kind") or "",
+            str(entry.get("n_cases", "")),
+            *[_seg_ci(means.get(m)) for m in seg["metrics"]],
+        )
+    console.print(table)
+    classes = list(seg.get("classes") or [])
+    if len(classes) > 1:
+        ct = Table(title="Dice per class [95% CI]")
+        for col in ("model", *classes):
+            ct.add_column(col, justify="left" if col == "model" else "right")
+        for model, entry in seg["models"].items():
+            by_class = entry.get("by_class") or {}
+            ct.add_row(model, *[_seg_ci((by_class.get(c) or {}).get("dice")) for c in classes])
+        console.print(ct)
+    tests = (seg.get("pairwise") or {}).get("tests") or []
+    if tests:
+        pt = Table(title="paired tests per case (Wilcoxon signed-rank; p raw / Holm-adjusted over all tests)")
+        for col in ("A", "B", "metric", "class", "diff A-B", "p", "p Holm"):
+            pt.add_column(col, justify="left" if col in ("A", "B", "metric", "class") else "right")
+        for t in tests:
+            mark = " *" if t.get("significant") else ""
+            pt.add_row(
+                t["a"],
+                t["b"],
+                t["metric"],
+                str(t.get("class", "")),
+                _num(t.get("diff"), 3),
+                _p(t.get("p_value")),
+                _p(t.get("p_holm")) + mark,
+            )
+        console.print(pt)
+    console.print(f"comparison: {run.comparison}", soft_wrap=True, highlight=False)
+    if run.report.is_file():
+        console.print(f"report: {run.report}", soft_wrap=True, highlight=False)
+
+
+def _seg_ci(stat: dict | None) -> str:
+    if not stat or stat.get("value") is None:
+        return "-"
+    return f"{stat['value']:.3f} [{_num(stat.get('low'), 3)}, {_num(stat.get('high'), 3)}]"
 
 
 def _ci(row: dict, metric: str) -> str:

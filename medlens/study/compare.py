@@ -1,8 +1,9 @@
 """`medlens compare`: train every model of a suite on identical splits, then evaluate them.
 
 :func:`compare` opens the source once, and every later step uses that one dataset: it chooses
-the suite's models for its dimensions and task (and, with a budget, estimates training time:
-:func:`medlens.study.suites.fit_budget`), writes the run's ``config.yaml`` (source, seed, suite),
+the suite's models for its dimensions and task (with no suite named, ``quick`` for classification
+and ``seg-quick`` for segmentation), with a budget estimates training time
+(:func:`medlens.study.suites.fit_budget`), writes the run's ``config.yaml`` (source, seed, suite),
 trains each model with :func:`medlens.training.run.train` into the same run directory — the
 first model writes ``splits.json`` and every later one reuses it, so all models see the same
 train / val / test ids; models with the same preprocessing share one preprocessed copy of the
@@ -10,6 +11,11 @@ splits (:class:`medlens.training.run.InputCache`) — records the suite, per-mod
 and each model's outcome (trained, failed with its error, interrupted) in ``study.json``; a model
 that fails does not stop the others, and runs :func:`medlens.study.evaluate.evaluate` (comparison.json, model card
 updates, figures, report).
+
+Segmentation runs use the same steps (the ``pixel-forest`` baseline on the same splits);
+evaluation then computes per-case Dice, HD95 and NSD (:mod:`medlens.study.evaluate_segmentation`).
+With ``max_samples`` a segmentation run's ``splits.json`` holds the capped splits, because its
+evaluation scores every case its splits list (a case without a prediction is a warning).
 
 Models already in the run directory from an earlier call are evaluated with the new ones.
 """
@@ -22,14 +28,14 @@ from typing import Any, Callable, Sequence
 
 from medlens.errors import MedlensError
 from medlens.runs import RunDir, read_json, write_json
-from medlens.study.suites import SuiteEntry, fit_budget, suite_entries
+from medlens.study.suites import SuiteEntry, default_suite, fit_budget, suite_entries
 
 Log = Callable[[str], None]
 
 
 def compare(
     source: str,
-    suite: str | Sequence[SuiteEntry | str],
+    suite: str | Sequence[SuiteEntry | str] | None,
     out: str | Path,
     *,
     seed: int = 0,
@@ -43,7 +49,8 @@ def compare(
 ) -> RunDir:
     """Train the models of ``suite`` on ``source`` into ``out`` and evaluate them; returns the run.
 
-    ``suite``: a suite name, comma-separated model names, or a list of :class:`SuiteEntry`.
+    ``suite``: a suite name, comma-separated model names, or a list of :class:`SuiteEntry`;
+    None: the source's task's default suite (:func:`medlens.study.suites.default_suite`).
     ``epochs`` caps every deep model's epochs (quick checks); ``budget_minutes`` scales them
     down to fit (see :mod:`medlens.study.suites`); ``max_samples`` caps each split.
     """
@@ -53,6 +60,9 @@ def compare(
     say = log or (lambda msg: None)
     started = time.perf_counter()
     dataset = open_source(source, seed=seed)
+    segmentation = dataset.task.value == "segmentation"
+    if suite is None:
+        suite = default_suite(dataset.task.value)
     entries = suite_entries(suite, dataset.dims, dataset.task.value)
     if epochs is not None:
         entries = [_cap_epochs(e, epochs) for e in entries]
@@ -70,6 +80,8 @@ def compare(
 
     run = RunDir(out).create()
     write_yaml(run.config, {"source": source, "seed": seed, "suite": _suite_name(suite), "max_samples": max_samples})
+    if segmentation and max_samples and not run.splits.is_file():
+        _write_capped_splits(run, dataset, source, seed=seed, max_samples=max_samples)
     inputs = InputCache()
     study: dict[str, Any] = {
         "source": source,
@@ -115,10 +127,11 @@ def compare(
         seconds = time.perf_counter() - t0
         study["timings"][entry.model] = round(seconds, 2)
         outcomes[entry.model] = {"status": "trained", "seconds": round(seconds, 2)}
-        test_auc = (read_json(run.model(entry.model).metrics).get("test") or {}).get("auc")
+        test = read_json(run.model(entry.model).metrics).get("test") or {}
+        metric, value = ("Dice", test.get("mean_dice")) if segmentation else ("AUC", test.get("auc"))
         say(
             f"[{k}/{len(entries)}] {entry.model} done in {seconds:.1f} s"
-            + (f" (test AUC {test_auc:.3f})" if isinstance(test_auc, (int, float)) else "")
+            + (f" (test {metric} {value:.3f})" if isinstance(value, (int, float)) else "")
         )
         write_json(run.study, study)
     if not any(o["status"] == "trained" for o in outcomes.values()):
@@ -147,6 +160,19 @@ def compare(
 
 def _suite_name(suite: str | Sequence[SuiteEntry | str]) -> Any:
     return suite if isinstance(suite, str) else [e if isinstance(e, str) else e.model for e in suite]
+
+
+def _write_capped_splits(run: RunDir, dataset: Any, source: str, *, seed: int, max_samples: int) -> None:
+    """splits.json with each split capped as training caps it (same ids: :func:`cap_ids`)."""
+    from medlens.data.splits import assign_splits, write_splits
+    from medlens.manifest import record_files
+    from medlens.training.run import cap_ids
+
+    splits = assign_splits(dataset, seed=seed)
+    write_splits(
+        run.splits, {k: cap_ids(v, max_samples, seed=seed) for k, v in splits.items()}, seed=seed, source=source
+    )
+    record_files(run.root, [run.splits], "compare")
 
 
 def _cap_epochs(entry: SuiteEntry, epochs: int) -> SuiteEntry:
@@ -195,8 +221,12 @@ def _fit_budget(
     n_train, n_val = len(splits.get("train", [])), len(splits.get("val", []))
     if max_samples:
         n_train, n_val = min(n_train, max_samples), min(n_val, max_samples)
+    segmentation = dataset.task.value == "segmentation"
+    if segmentation:  # deep models train on patches: this many per case and epoch
+        n_train *= TrainConfig(source=source).patches_per_case
     first = dataset.load(dataset.records[0].id)
-    img_sizes, batch_sizes = {}, {}
+    img_sizes: dict[str, int | list[int]] = {}
+    batch_sizes: dict[str, int] = {}
     for entry in entries:
         spec = get_model(entry.model)
         if spec.kind != "deep":
@@ -205,11 +235,13 @@ def _fit_budget(
         cap = settings.pop("max_img_size", None)
         if cap is not None and "img_size" not in settings:
             settings["img_size"] = min(int(cap), native_size(first.image.shape))
-        cfg = TrainConfig(source=source, model=entry.model).updated(**settings)
+        cfg = TrainConfig(source=source, model=entry.model, task="segmentation" if segmentation else None)
+        cfg = cfg.updated(**settings)
         cfg = resolve_config(
             cfg, spec=spec, dims=dataset.dims, modality=dataset.modality, first_shape=first.image.shape
         )
-        img_sizes[entry.model], batch_sizes[entry.model] = int(cfg.img_size), int(cfg.batch_size)
+        img_sizes[entry.model] = list(cfg.patch_size) if segmentation else int(cfg.img_size)
+        batch_sizes[entry.model] = int(cfg.batch_size)
     return fit_budget(
         entries,
         budget_minutes,
@@ -217,7 +249,8 @@ def _fit_budget(
         n_val=n_val,
         dims=dataset.dims,
         in_channels=int(first.image.shape[0]),
-        num_outputs=len(dataset.class_names),
+        num_outputs=max(len(dataset.class_names), 2),
         img_sizes=img_sizes,
         batch_sizes=batch_sizes,
+        segmentation=segmentation,
     )

@@ -11,6 +11,16 @@ spatial dimension of the data:
 ``full``      every registered model that supports the data's dimensions and task, with
               generous epochs.
 
+Segmentation sources (samples with masks) get their own suites, the same for 2D and 3D:
+
+``seg-quick`` demo-sized: ``unet`` (20 epochs at a high learning rate) and the ``pixel-forest``
+              baseline.
+``seg``       the usual comparison: ``unet`` and ``dynunet`` with more epochs, ``pixel-forest``.
+
+``full`` serves both tasks. A classification suite on a segmentation source, or the reverse, is
+a one-line error naming the suites that fit; :func:`default_suite` is the suite a source gets
+when none is named (``quick`` or ``seg-quick``).
+
 ``--suite`` also accepts a comma-separated list of model names (``elm,cnn-small``): every model
 is then trained with its registry defaults (epochs of the ``standard`` suite for deep models).
 
@@ -32,7 +42,15 @@ from typing import Any, Sequence
 
 from medlens.errors import MedlensError
 
-SUITE_NAMES = ("quick", "standard", "full")
+SUITE_TASKS = {
+    "quick": "classification",
+    "standard": "classification",
+    "seg-quick": "segmentation",
+    "seg": "segmentation",
+    "full": None,  # every model that fits the source's task
+}
+"""Each named suite and the task family it is for (``None``: both)."""
+SUITE_NAMES = tuple(SUITE_TASKS)
 BUDGET_USE = 0.8  # share of the budget planned for training
 VAL_COST = 0.35  # a validation image costs about this fraction of a training image (no backward)
 DEFAULT_EPOCHS = {"quick": 6, "standard": 20, "full": 30}
@@ -43,8 +61,10 @@ CLASSICAL_SECONDS_PER_1K = {
     "logistic-regression": 25.0,
     "random-forest": 40.0,
     "gradient-boosting": 90.0,
+    "pixel-forest": 450.0,  # 32 px masks: every pixel of each image is a training sample
 }
-"""Seconds per 1000 training images (2D 64 px, 2 cores, grid search and features included)."""
+"""Seconds per 1000 training images (2D 64 px, 2 cores, grid search and features included;
+``pixel-forest``: 2D 32 px)."""
 CLASSICAL_3D_FACTOR = 4.0  # 3D features cost about this much more per sample
 
 
@@ -99,6 +119,35 @@ SUITES: dict[str, dict[int, list[SuiteEntry]]] = {
         ],
     },
 }
+# Segmentation suites: the same models for 2D and 3D (every segmentation model takes both).
+# `medlens demo` trains seg-quick on synthetic:chest2d-seg@32, 48 cases per split (medlens/study/demo.py):
+# at the U-Net's default lr (2e-3) 240 optimiser steps still predict background only; 1e-2 learns the lesions.
+_SEG_QUICK = [_e("unet", epochs=20, lr=1e-2, patience=20), _e("pixel-forest")]
+_SEG = [_e("unet", epochs=40), _e("dynunet", epochs=40), _e("pixel-forest")]
+SUITES.update({"seg-quick": {2: _SEG_QUICK, 3: _SEG_QUICK}, "seg": {2: _SEG, 3: _SEG}})
+
+
+def task_family(task: str | None) -> str | None:
+    """The task family: segmentation for the segmentation task, classification for any other."""
+    if not task:
+        return None
+    return "segmentation" if task == "segmentation" else "classification"
+
+
+def default_suite(task: str | None) -> str:
+    """The suite a source of ``task`` gets when none is named: ``seg-quick`` or ``quick``."""
+    return "seg-quick" if task_family(task) == "segmentation" else "quick"
+
+
+def _check_suite_task(name: str, task: str | None) -> None:
+    """A named suite for the other task family is a one-line error naming the suites that fit."""
+    family, suite_family = task_family(task), SUITE_TASKS[name]
+    if family is None or suite_family is None or family == suite_family:
+        return
+    fitting = ", ".join(n for n, f in SUITE_TASKS.items() if f in (family, None))
+    raise MedlensError(
+        f"suite '{name}' is for {suite_family}, but the source's task is {task} (suites for {family}: {fitting})"
+    )
 
 
 def suite_entries(suite: str | Sequence[SuiteEntry | str], dims: int, task: str | None = None) -> list[SuiteEntry]:
@@ -114,6 +163,8 @@ def suite_entries(suite: str | Sequence[SuiteEntry | str], dims: int, task: str 
         entries = [SuiteEntry(e) if isinstance(e, str) else e for e in suite]
         return _checked(entries, dims, task, explicit=True)
     name = suite.strip()
+    if name in SUITE_TASKS:
+        _check_suite_task(name, task)
     if name == "full":
         out = []
         for spec in all_models():
@@ -162,23 +213,28 @@ def _checked(entries: list[SuiteEntry], dims: int, task: str | None, *, explicit
 
 
 def describe_suites() -> list[dict[str, Any]]:
-    """Rows for ``--list-suites``: suite, dims, model, kind and epochs."""
+    """Rows for ``--list-suites``: suite, task family, dims, model, kind and epochs."""
     from medlens.models.registry import get_model
 
     rows = []
-    for name in SUITE_NAMES:
-        for dims in (2, 3):
-            for entry in suite_entries(name, dims):
-                kind = get_model(entry.model).kind
-                rows.append(
-                    {
-                        "suite": name,
-                        "dims": dims,
-                        "model": entry.model,
-                        "kind": kind,
-                        "epochs": entry.epochs if kind == "deep" else None,
-                    }
-                )
+    for name, family in SUITE_TASKS.items():
+        for task in [family] if family else ["classification", "segmentation"]:
+            for dims in (2, 3):
+                task_value = "segmentation" if task == "segmentation" else None
+                for entry in suite_entries(name, dims, task_value):
+                    spec = get_model(entry.model)
+                    if task == "classification" and "segmentation" in spec.tasks:
+                        continue  # full, classification half: no segmentation models
+                    rows.append(
+                        {
+                            "suite": name,
+                            "task": task,
+                            "dims": dims,
+                            "model": entry.model,
+                            "kind": spec.kind,
+                            "epochs": entry.epochs if spec.kind == "deep" else None,
+                        }
+                    )
     return rows
 
 
@@ -198,15 +254,17 @@ def fit_budget(
     dims: int,
     in_channels: int,
     num_outputs: int,
-    img_sizes: dict[str, int],
+    img_sizes: dict[str, int | list[int]],
     batch_sizes: dict[str, int],
     throughput: dict[str, float] | None = None,
+    segmentation: bool = False,
 ) -> tuple[list[SuiteEntry], dict[str, Any]]:
     """Scale the deep models' epochs down so the suite's estimated training time fits the budget.
 
-    ``img_sizes`` / ``batch_sizes`` are the resolved settings per deep model; ``throughput``
-    (training images per second per model) is measured when not given. Returns the new entries
-    and a record of the estimate (written to ``study.json``).
+    ``img_sizes`` / ``batch_sizes`` are the resolved settings per deep model (segmentation: the
+    patch, and ``n_train`` counts patches); ``throughput`` (training images per second
+    per model) is measured when not given. Returns the new entries and a record of the estimate
+    (written to ``study.json``).
     """
     if not budget_minutes > 0:
         raise MedlensError(f"--budget-minutes must be positive, not {budget_minutes}")
@@ -233,6 +291,7 @@ def fit_budget(
                 dims=dims,
                 img_size=img_sizes[entry.model],
                 batch_size=batch_sizes[entry.model],
+                segmentation=segmentation,
             )
         per_epoch = (n_train + VAL_COST * n_val) / max(float(ips), 1e-6)
         epochs = int(entry.settings.get("epochs") or 20)

@@ -97,6 +97,11 @@ def test_real_hippocampus(shared_data):
     s = ds.load("hippocampus_001")
     assert s.image.shape == (1, 35, 51, 35) and s.mask.shape == (35, 51, 35) and s.spacing == (1.0, 1.0, 1.0)
     assert set(np.unique(s.mask)) == {0, 1, 2}
+    # the copy has no dataset.json: the user names the classes (MSD Task04's names)
+    from medlens.data.sources import open_source
+
+    named = open_source(f"{root}?labels=background,anterior,posterior")
+    assert named.class_names == ["background", "anterior", "posterior"] and len(named) == 260
 
 
 def test_real_nifti_ct_example(shared_data):
@@ -108,3 +113,69 @@ def test_real_nifti_ct_example(shared_data):
     np.testing.assert_allclose(s.affine @ [7, 5, 3, 1], src.affine @ [3, 5, 7, 1])
     ds = open_nifti(root)
     assert [r.id for r in ds.records] == ["example_ct_sm", "example_ct_sm_T300_output"]
+
+
+def _labelled(root, values_per_case, dataset_json=None):
+    """images/ + labels/ with one case per entry of ``values_per_case`` (the label values it holds)."""
+    for k, values in enumerate(values_per_case):
+        _vol(root / "images" / f"c{k}.nii.gz")
+        lab = np.zeros((4, 5, 6), np.uint8)
+        for v in values:
+            lab[v, 0, 0] = v
+        (root / "labels").mkdir(parents=True, exist_ok=True)
+        nib.save(nib.Nifti1Image(lab, np.diag([1.0, 1.0, 2.5, 1.0])), root / "labels" / f"c{k}.nii.gz")
+    if dataset_json is not None:
+        (root / "dataset.json").write_text(dataset_json if isinstance(dataset_json, str) else json.dumps(dataset_json))
+    return root
+
+
+def test_labels_option_names_the_label_values(tmp_path):
+    from medlens.data.sources import open_source
+
+    root = _labelled(tmp_path / "h", [(1, 2)] * 2)
+    ds = open_source(f"{root}?labels=background,anterior,posterior")
+    assert ds.class_names == ["background", "anterior", "posterior"] and ds.load("c0").mask.max() == 2
+    assert (
+        open_source(f"{root}?labels=background,anterior+hippocampus,posterior").class_names[1] == "anterior hippocampus"
+    )
+    for value, message in [
+        (
+            "background,anterior",
+            r"2 class names given \(background, anterior\), but the label files hold the values 0..2",
+        ),
+        ("background,a,b,c", "4 class names given"),
+        ("background", "two or more class names"),
+        ("background,,b", "two or more class names"),
+        ("background,a,a", "names a class twice"),
+    ]:
+        with pytest.raises(MedlensError, match=message):
+            open_source(f"{root}?labels={value}")
+    # a value that only later cases hold: every label file is read before more names are refused
+    rare = _labelled(tmp_path / "rare", [(1,)] * 5 + [(1, 2, 3)])
+    assert open_source(f"{rare}?labels=bg,a,b,c").class_names == ["bg", "a", "b", "c"]
+    assert open_nifti(rare).class_names == ["background", "1"]  # without names: the first few labels decide
+    # only an images/ + labels/ NIfTI folder takes it
+    _vol(tmp_path / "plain" / "a.nii.gz")
+    with pytest.raises(MedlensError, match=r"\?labels=...\) apply only to NIfTI folders"):
+        open_source(f"{tmp_path / 'plain'}?labels=background,x")
+
+
+def test_dataset_json_labels_in_msd_and_nnunet_v2_form(tmp_path):
+    from medlens.data.sources import open_source
+
+    msd = {"name": "Hippocampus", "labels": {"0": "background", "1": "Anterior", "2": "Posterior"}}
+    root = _labelled(tmp_path / "msd", [(1, 2)], msd)
+    assert open_nifti(root).class_names == ["background", "Anterior", "Posterior"]
+    v2 = _labelled(tmp_path / "v2", [(1, 2)], {"labels": {"background": 0, "Anterior": 1, "Posterior": 2}})
+    assert open_nifti(v2).class_names == ["background", "Anterior", "Posterior"]
+    # given names replace dataset.json's, in the same number only
+    assert open_source(f"{root}?labels=bg,ant,post").class_names == ["bg", "ant", "post"]
+    with pytest.raises(MedlensError, match=r"dataset.json: 2 class names given, but dataset.json names 3"):
+        open_source(f"{root}?labels=bg,ant")
+    # no "labels" in dataset.json: the values decide; an unreadable one is a one-line error
+    assert open_nifti(_labelled(tmp_path / "other", [(1, 2)], {"name": "x"})).class_names == ["background", "1", "2"]
+    for k, bad in enumerate(
+        ["{not json", json.dumps({"labels": ["background", "x"]}), json.dumps({"labels": {"a": "b"}})]
+    ):
+        with pytest.raises(MedlensError, match="dataset.json: cannot read the class names"):
+            open_nifti(_labelled(tmp_path / f"bad{k}", [(1,)], bad))

@@ -67,6 +67,8 @@ def test_compare_cli_list_suites(cli):
     assert code == 0
     for word in ("quick", "standard", "full", "cnn-small", "resnet18-3d", "cnn-lstm", "svm", "elm"):
         assert word in out
+    for word in ("seg-quick", "segmentation", "unet", "dynunet", "pixel-forest"):
+        assert word in out
 
 
 def _counting(monkeypatch, module, name: str) -> list:
@@ -152,3 +154,60 @@ def test_a_failing_suite_model_is_recorded_and_reported_not_dropped(binary_npz, 
     assert read_json(run.comparison)["order"] == ["elm"]
     page = run.report.read_text()
     assert "logistic-regression is missing from this comparison: its training failed" in page
+
+
+def test_segmentation_suite_through_the_cli(cli, tmp_path):
+    """A segmentation source gets seg-quick by default: U-Net and the pixel forest on the same capped
+    splits, every model's outcome in study.json, the budget estimated on patches, Dice/HD95/NSD in
+    comparison.json, the summary table and the report's segmentation section."""
+    out = tmp_path / "seg"
+    code, stdout, stderr = cli(
+        "compare",
+        "synthetic:chest2d-seg@32",
+        "--out",
+        out,
+        "--max-samples",
+        "16",
+        "--epochs",
+        "1",
+        "--budget-minutes",
+        "5",
+        "--resamples",
+        "100",
+        "--no-progress",
+    )
+    assert code == 0, stderr
+    run = RunDir(out)
+    study = read_json(run.study)
+    assert study["suite"] == "seg-quick" and study["status"] == "evaluated"
+    assert {m: o["status"] for m, o in study["outcomes"].items()} == {"unet": "trained", "pixel-forest": "trained"}
+    budget = study["budget"]["models"]
+    assert (
+        budget["unet"]["kind"] == "deep"
+        and budget["unet"]["epochs"] == 1
+        and budget["pixel-forest"]["kind"] == "classical"
+    )
+    test_ids = read_json(run.splits)["splits"]["test"]
+    assert len(test_ids) == 16  # the capped splits are the run's splits: every listed case is scored
+    for model in ("unet", "pixel-forest"):
+        predicted = sorted(p.stem for p in (run.model(model).root / "segmentations_test").glob("*.npz"))
+        assert predicted == sorted(test_ids)
+    seg = read_json(run.comparison)["segmentation"]
+    assert set(seg["models"]) == {"unet", "pixel-forest"} and seg["classes"] == ["nodule", "opacity"]
+    for entry in seg["models"].values():
+        assert entry["n_cases"] == 16 and 0 <= entry["mean_over_classes"]["dice"]["value"] <= 1
+    assert {t["metric"] for t in seg["pairwise"]["tests"]} == {"dice", "hd95", "nsd"}
+    assert "no segmentation" not in stderr and "test Dice" in stderr
+    assert "Dice [95%" in stdout and "Wilcoxon" in stdout and "AUC" not in stdout
+    assert "Segmentation results" in run.report.read_text()
+    assert verify_manifest(run.root) == []
+
+
+def test_suite_of_the_other_task_is_a_one_line_error(cli, binary_npz, tmp_path):
+    code, _, stderr = cli("compare", "synthetic:chest2d-seg@32", "--suite", "quick", "--out", tmp_path / "a")
+    assert code == 2 and len(stderr.strip().splitlines()) == 1
+    assert "suite 'quick' is for classification" in stderr and "seg-quick" in stderr
+    code, _, stderr = cli("compare", binary_npz, "--suite", "seg", "--out", tmp_path / "b")
+    assert code == 2 and len(stderr.strip().splitlines()) == 1
+    assert "suite 'seg' is for segmentation" in stderr and "quick, standard" in stderr
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

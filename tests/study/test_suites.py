@@ -6,7 +6,7 @@ import pytest
 
 from medlens.errors import MedlensError
 from medlens.models.registry import all_models
-from medlens.study.suites import SuiteEntry, describe_suites, fit_budget, suite_entries
+from medlens.study.suites import SuiteEntry, default_suite, describe_suites, fit_budget, suite_entries
 
 
 def _names(entries):
@@ -42,8 +42,32 @@ def test_model_lists_and_errors():
 
 def test_describe_suites_lists_every_suite():
     rows = describe_suites()
-    assert {r["suite"] for r in rows} == {"quick", "standard", "full"}
+    assert {r["suite"] for r in rows} == {"quick", "standard", "full", "seg-quick", "seg"}
     assert any(r["model"] == "resnet18-3d" and r["dims"] == 3 for r in rows)
+    full_seg = {r["model"] for r in rows if r["suite"] == "full" and r["task"] == "segmentation"}
+    assert full_seg == {s.name for s in all_models() if "segmentation" in s.tasks}
+    assert not any(r["task"] == "classification" and r["model"] == "unet" for r in rows)
+
+
+def test_segmentation_suites_and_the_default_suite_per_task():
+    for dims in (2, 3):
+        assert _names(suite_entries("seg-quick", dims, "segmentation")) == ["unet", "pixel-forest"]
+        seg = _names(suite_entries("seg", dims, "segmentation"))
+        assert "pixel-forest" in seg and {"unet", "dynunet"} <= set(seg)
+        assert set(_names(suite_entries("full", dims, "segmentation"))) == {
+            "unet",
+            "dynunet",
+            "segresnet",
+            "pixel-forest",
+        }
+    assert default_suite("segmentation") == "seg-quick"
+    assert default_suite("binary") == default_suite("multiclass") == "quick"
+    with pytest.raises(MedlensError, match=r"suite 'standard' is for classification.*seg-quick, seg, full"):
+        suite_entries("standard", 2, "segmentation")
+    with pytest.raises(MedlensError, match=r"suite 'seg-quick' is for segmentation.*quick, standard, full"):
+        suite_entries("seg-quick", 3, "multiclass")
+    with pytest.raises(MedlensError, match="does not support 2D segmentation"):
+        suite_entries("svm,unet", 2, "segmentation")
 
 
 def test_budget_scales_deep_epochs_down_only():

@@ -4,8 +4,10 @@ One reader per kind, chosen by URI scheme (``medmnist:``, ``synthetic:``) or by 
 (``.npz``, ``.csv``, NIfTI, DICOM, an image + mask folder, a folder of class sub-folders). Readers are
 imported lazily so that opening one kind never pays for the others' dependencies.
 
-Options follow a path after ``?`` (``chasedb1?annotator=2``); only image + mask folders take one
-(``annotator``), any other option or kind refuses it in one line.
+Options follow a path after ``?`` (``chasedb1?annotator=2``): image + mask folders take
+``annotator``, NIfTI ``images/`` + ``labels/`` folders take ``labels`` (the class names of the
+label values 0, 1, ... joined by commas: ``hippocampus_msd?labels=background,anterior,posterior``);
+any other option, or an option on another kind, is refused in one line.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ SCHEMES = ("medmnist", "synthetic")
 SOURCE_HELP = (
     "a .npz file (MedMNIST layout), medmnist:NAME[@SIZE], a folder of class sub-folders, "
     "an image + mask folder (CHASE_DB1 or HRF layout; FOLDER?annotator=2 for the second annotator), "
-    "a CSV manifest, a DICOM file or folder, a NIfTI file or folder, or synthetic:NAME[-seg][@SIZE]"
+    "a CSV manifest, a DICOM file or folder, a NIfTI file or folder (images/ + labels/: "
+    "FOLDER?labels=background,NAME,... names the label values), or synthetic:NAME[-seg][@SIZE]"
 )
 
 
@@ -53,7 +56,11 @@ def open_source(source: str, *, skip_bad: bool = False, seed: int = 0) -> Datase
     return _open_path(path, skip_bad=skip_bad, options=options)
 
 
-MASK_FOLDER_OPTIONS = ("annotator",)
+SOURCE_OPTIONS = {
+    "annotator": "image + mask folders (CHASE_DB1, HRF)",
+    "labels": "NIfTI folders with images/ and labels/",
+}
+"""Each ``?NAME=VALUE`` option and the kind of source that takes it."""
 
 
 def _options(query: str, source: str) -> dict[str, str]:
@@ -64,18 +71,30 @@ def _options(query: str, source: str) -> dict[str, str]:
         options = dict(parse_qsl(query, keep_blank_values=True, strict_parsing=True))
     except ValueError:
         raise MedlensError(f"malformed options '?{query}' (expected ?NAME=VALUE[&NAME=VALUE])", source) from None
-    unknown = sorted(set(options) - set(MASK_FOLDER_OPTIONS))
+    unknown = sorted(set(options) - set(SOURCE_OPTIONS))
     if unknown:
-        raise MedlensError(f"unknown option(s) {', '.join(unknown)} (known: {', '.join(MASK_FOLDER_OPTIONS)})", source)
+        raise MedlensError(f"unknown option(s) {', '.join(unknown)} (known: {', '.join(SOURCE_OPTIONS)})", source)
     return options
+
+
+def _class_names_option(value: str, path: Path) -> list[str]:
+    """``background,anterior,posterior`` -> the names of the label values 0, 1, 2."""
+    names = [n.strip() for n in value.split(",")]
+    if len(names) < 2 or not all(names):
+        raise MedlensError(f"labels must be two or more class names joined by commas, got '{value}'", path)
+    if len(set(names)) != len(names):
+        raise MedlensError(f"labels names a class twice: '{value}'", path)
+    return names
 
 
 def _open_path(path: Path, *, skip_bad: bool, options: dict[str, str] | None = None) -> Dataset:
     from medlens.data.sources import dicom, folder, manifest, maskfolder, nifti
 
     options = options or {}
-    if options and not (path.is_dir() and maskfolder.looks_like_mask_folder(path)):
-        raise MedlensError("options (?annotator=...) apply only to image + mask folders (CHASE_DB1, HRF)", path)
+    takes = {"annotator": maskfolder.looks_like_mask_folder, "labels": nifti.looks_like_labelled_folder}
+    for option in options:
+        if not (path.is_dir() and takes[option](path)):
+            raise MedlensError(f"options (?{option}=...) apply only to {SOURCE_OPTIONS[option]}", path)
 
     name = path.name.lower()
     if path.is_file():
@@ -97,7 +116,8 @@ def _open_path(path: Path, *, skip_bad: bool, options: dict[str, str] | None = N
     if (path / manifest.MANIFEST_NAME).is_file():  # a folder with manifest.csv is that manifest
         return manifest.open_csv_manifest(path / manifest.MANIFEST_NAME, skip_bad=skip_bad)
     if nifti.looks_like_nifti_folder(path):
-        return nifti.open_nifti(path, skip_bad=skip_bad)
+        names = _class_names_option(options["labels"], path) if "labels" in options else None
+        return nifti.open_nifti(path, skip_bad=skip_bad, class_names=names)
     if maskfolder.looks_like_mask_folder(path):  # before class folders: HRF's images/, manual1/ look like classes
         annotator = options.get("annotator", "1")
         if not annotator.isdigit():

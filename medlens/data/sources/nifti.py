@@ -6,9 +6,14 @@
   :attr:`Task.SEGMENTATION`; image and label are paired by file name and the label volume is
   loaded into ``Sample.mask``. An image without a label or a label without an image is listed
   by name in ``dataset.problems``; it is never dropped silently and never a crash.
-  Class names come from a Decathlon ``dataset.json`` (``"labels"``) when present, else from the
-  values found in the first few label volumes ("background", "1", "2", ...). A label value outside
-  them, or a label of another shape, is a one-line error naming the label file when loaded; a label
+  Class names, in the order of the label values 0, 1, 2, ...: the names the user gives
+  (``FOLDER?labels=background,anterior,posterior``, see :mod:`medlens.data.sources`), else the
+  ``labels`` of a Medical Segmentation Decathlon ``dataset.json`` next to the folders (MSD's
+  ``{"0": "background", "1": "Anterior"}`` or nnU-Net v2's ``{"background": 0, "Anterior": 1}``),
+  else the values found in the first few label volumes ("background", "1", "2", ...). Given
+  names whose count differs from dataset.json's or from the label values found are a one-line
+  error, and so is a dataset.json that cannot be read. A label value outside the classes, or a
+  label of another shape, is a one-line error naming the label file when loaded; a label
   whose header has another spacing or affine than its image is kept and its mismatch noted in
   ``Record.extra["mask_geometry"]`` (reported by ``data info``/``audit``).
 
@@ -29,7 +34,7 @@ from medlens.data.imageio import is_nifti_name, read_image_file, read_label_map,
 from medlens.data.sample import Dataset, Problem, Record, Sample, Task
 from medlens.errors import BadInputError, MedlensError
 
-__all__ = ["is_nifti_name", "looks_like_nifti_folder", "open_nifti", "NiftiDataset"]
+__all__ = ["is_nifti_name", "looks_like_labelled_folder", "looks_like_nifti_folder", "open_nifti", "NiftiDataset"]
 
 IMAGE_DIRS = ("images", "imagesTr")
 LABEL_DIRS = ("labels", "labelsTr")
@@ -64,15 +69,30 @@ def looks_like_nifti_folder(path: Path) -> bool:
     return any(p.is_file() and is_nifti_name(p.name) and not p.name.startswith(".") for p in path.iterdir())
 
 
-def open_nifti(path: Path, *, skip_bad: bool = False) -> "NiftiDataset":
-    """Open a NIfTI file, a folder of NIfTI files, or an images/labels folder (see the module doc)."""
+def looks_like_labelled_folder(path: Path) -> bool:
+    """True for a folder with NIfTI files in ``images/`` and a ``labels/`` (or ``imagesTr/``, ``labelsTr/``)."""
     path = Path(path)
+    return (
+        looks_like_nifti_folder(path)
+        and _find_dir(path, IMAGE_DIRS) is not None
+        and _find_dir(path, LABEL_DIRS) is not None
+    )
+
+
+def open_nifti(path: Path, *, skip_bad: bool = False, class_names: list[str] | None = None) -> "NiftiDataset":
+    """Open a NIfTI file, a folder of NIfTI files, or an images/labels folder (see the module doc).
+
+    ``class_names``: the names of the label values 0, 1, ... of an images/labels folder.
+    """
+    path = Path(path)
+    if class_names is not None and not looks_like_labelled_folder(path):
+        raise MedlensError("class names apply only to a folder with images/ and labels/", path)
     if path.is_file():
         return _unlabelled(path, [path])
     images_dir = _find_dir(path, IMAGE_DIRS)
     labels_dir = _find_dir(path, LABEL_DIRS)
     if images_dir is not None and labels_dir is not None:
-        return _paired(path, images_dir, labels_dir, skip_bad=skip_bad)
+        return _paired(path, images_dir, labels_dir, skip_bad=skip_bad, given=class_names)
     files = _nifti_files(images_dir or path)
     if not files:
         raise MedlensError("no NIfTI files (.nii, .nii.gz) in this folder", path)
@@ -117,7 +137,9 @@ def _unlabelled(root: Path, files: list[Path]) -> NiftiDataset:
     )
 
 
-def _paired(root: Path, images_dir: Path, labels_dir: Path, *, skip_bad: bool) -> NiftiDataset:
+def _paired(
+    root: Path, images_dir: Path, labels_dir: Path, *, skip_bad: bool, given: list[str] | None = None
+) -> NiftiDataset:
     images = {nifti_stem(p.name): p for p in _nifti_files(images_dir)}
     labels = {nifti_stem(p.name): p for p in _nifti_files(labels_dir)}
     problems: list[Problem] = []
@@ -157,7 +179,7 @@ def _paired(root: Path, images_dir: Path, labels_dir: Path, *, skip_bad: bool) -
     if not records:
         raise MedlensError(f"no image/label pairs in {images_dir.name}/ and {labels_dir.name}/", root)
     dims = _header_dims(Path(records[0].extra["image"]))
-    class_names = _class_names(root, [Path(r.extra["label"]) for r in records[:LABEL_SCAN]])
+    class_names = _class_names(root, [Path(r.extra["label"]) for r in records], given)
     return NiftiDataset(
         root.name, records, task=Task.SEGMENTATION, class_names=class_names, dims=dims, problems=problems, uri=str(root)
     )
@@ -196,20 +218,66 @@ def _header_dims(path: Path) -> int:
     return 2 if len(shape) == 2 else 3
 
 
-def _class_names(root: Path, label_files: list[Path]) -> list[str]:
-    meta = root / "dataset.json"
-    if meta.is_file():
-        try:
-            labels = json.loads(meta.read_text()).get("labels")
-            if isinstance(labels, dict) and labels:
-                by_value = {int(k): str(v) for k, v in labels.items()}
-                return [by_value.get(i, str(i)) for i in range(max(by_value) + 1)]
-        except (ValueError, TypeError, AttributeError):
-            pass  # a malformed dataset.json: fall back to the label values
+def _class_names(root: Path, label_files: list[Path], given: list[str] | None) -> list[str]:
+    """The class names (see the module doc); ``label_files`` are every label of the set, of which
+    the first :data:`LABEL_SCAN` are read when the values decide."""
+    known = _dataset_json_names(root / "dataset.json")
+    if given is None:
+        if known is not None:
+            return known
+        return ["background", *[str(i) for i in range(1, _top_label(label_files[:LABEL_SCAN]) + 1)]]
+    if known is None:
+        _check_count(root, given, label_files)
+    elif len(given) != len(known):
+        raise MedlensError(
+            f"{len(given)} class names given, but dataset.json names {len(known)} ({', '.join(known)})",
+            root / "dataset.json",
+        )
+    return given
+
+
+def _check_count(root: Path, given: list[str], label_files: list[Path]) -> None:
+    """Given names must name the label values 0..top: the first few labels are read, and all of
+    them before more names than values found is called an error (a class may be rare)."""
+    top = _top_label(label_files[:LABEL_SCAN])
+    if len(given) > top + 1:
+        top = _top_label(label_files)
+    if len(given) != top + 1:
+        raise MedlensError(
+            f"{len(given)} class names given ({', '.join(given)}), but the label files hold the values 0..{top} "
+            f"({top + 1} classes)",
+            root,
+        )
+
+
+def _top_label(label_files: list[Path]) -> int:
+    """The largest label value of ``label_files`` (at least 1); unreadable files are reported on load."""
     top = 1
     for f in label_files:
         try:
             top = max(top, int(read_mask_file(f).max()))
         except MedlensError:
             continue
-    return ["background"] + [str(i) for i in range(1, top + 1)]
+    return top
+
+
+def _dataset_json_names(meta: Path) -> list[str] | None:
+    """The class names of an MSD ``dataset.json``'s ``labels`` by value; None without the file or
+    without ``labels``; a file that cannot be read is a one-line error."""
+    if not meta.is_file():
+        return None
+    try:
+        labels = json.loads(meta.read_text()).get("labels")
+        if labels is None:
+            return None
+        if not isinstance(labels, dict) or not labels:
+            raise TypeError("not an object")
+        if all(isinstance(v, int) and not isinstance(v, bool) for v in labels.values()):  # nnU-Net v2
+            by_value = {int(v): str(k) for k, v in labels.items()}
+        else:  # MSD: {"0": "background", ...}
+            by_value = {int(k): str(v) for k, v in labels.items()}
+        if min(by_value) < 0:
+            raise ValueError("negative label value")
+    except (OSError, UnicodeDecodeError, ValueError, TypeError, AttributeError) as e:
+        raise MedlensError(f'cannot read the class names (\'labels\': {{"0": "background", ...}}): {e}', meta) from None
+    return [by_value.get(i, str(i)) for i in range(max(by_value) + 1)]
