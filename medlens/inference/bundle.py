@@ -200,12 +200,16 @@ class Bundle:
 
         assert self._tap is not None  # every network bundle has its tap
         parts, feats = [], []
-        with torch.no_grad():
-            for i in range(0, len(x), batch_size):
-                logits = self.net(torch.from_numpy(np.ascontiguousarray(x[i : i + batch_size])))
-                parts.append(logits_to_probs(logits, self.task))
-                if features:
-                    feats.append(self._tap.take())
+        self._tap.want(features)
+        try:
+            with torch.no_grad():
+                for i in range(0, len(x), batch_size):
+                    logits = self.net(torch.from_numpy(np.ascontiguousarray(x[i : i + batch_size])))
+                    parts.append(logits_to_probs(logits, self.task))
+                    if features:
+                        feats.append(self._tap.take())
+        finally:
+            self._tap.want(False)
         probs = np.concatenate(parts) if parts else np.zeros((0, self.card.num_outputs))
         return probs, (np.concatenate(feats) if feats else None)
 
@@ -338,7 +342,13 @@ class _FeatureTap:
         return self  # copies of the network (MC dropout, Grad-CAM) report to the same tap
 
     def _keep(self, _module: Any, inputs: tuple) -> None:
-        self._local.value = inputs[0].detach().flatten(1).double().cpu().numpy()
+        if getattr(self._local, "wanted", False):  # only a caller that asked pays for the copy
+            self._local.value = inputs[0].detach().flatten(1).double().cpu().numpy()
+
+    def want(self, wanted: bool) -> None:
+        """Keep (or stop keeping) features of this thread's forward passes."""
+        self._local.wanted = wanted
+        self._local.value = None
 
     def take(self) -> np.ndarray:
         value = getattr(self._local, "value", None)

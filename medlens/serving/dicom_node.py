@@ -88,11 +88,9 @@ from medlens.serving.node_logging import UidRedactor, redact_uids
 from medlens.serving.outbox import Outbox
 from medlens.serving.overlay import overlay_for_result, secondary_capture
 from medlens.serving.pacs import PacsTarget
-from medlens.serving.sr import segmentation_report, structured_report
 
 log = logging.getLogger("medlens.dicom_node")
 
-SR_SERIES_NUMBER = 9901
 SC_SERIES_NUMBER = 9902
 _STATUS_SUCCESS = 0x0000
 _STATUS_CANNOT_UNDERSTAND = 0xC000  # "Error: cannot understand": corrupt, truncated, no UIDs
@@ -517,13 +515,13 @@ class DicomNode:
         result.prediction_id, result.finding = pred.id, pred.finding
 
         previous = [_reference(last_sr)] if last_sr else None
+        answers = analysis.dicom_results(previous_versions=previous)
         if analysis.mask is not None:  # a segmentation: the SEG (series 9903) and the SR referencing it (9904)
-            seg = analysis.dicom_seg()
-            sr = segmentation_report(pred, seg, sources, previous_versions=previous)
+            seg, sr = answers
             objects = {"seg": seg, "sr": sr}
             result.seg_sop_instance_uid = str(seg.SOPInstanceUID)
-        else:
-            sr = structured_report(pred, sources, series_number=SR_SERIES_NUMBER, previous_versions=previous)
+        else:  # the SR (series 9901) and the overlay's Secondary Capture
+            (sr,) = answers
             rgb, shown = overlay_for_result(analysis)
             sc = secondary_capture(rgb, pred, shown, series_number=SC_SERIES_NUMBER)
             objects = {"sr": sr, "sc": sc}

@@ -121,15 +121,16 @@ class PredictionResult:
             segments.append(Segment(name, property_type=CodedConcept(concept.code, concept.scheme, concept.meaning)))
         return segmentation(self.mask, self.sources, segments, model=pred.model)
 
-    def dicom_results(self) -> list[pydicom.Dataset]:
+    def dicom_results(self, *, previous_versions: Sequence[pydicom.Dataset] | None = None) -> list[pydicom.Dataset]:
         """The DICOM objects of the prediction (DICOM input only): its SR; for a segmentation the
-        SEG and the TID 1500 SR that references it. The CLI, --send-back and the DICOM node send these."""
+        SEG and the TID 1500 SR that references it. The CLI, --send-back and the DICOM node send these;
+        ``previous_versions``: earlier SRs the new one supersedes."""
         from medlens.serving.sr import segmentation_report, structured_report
 
         if self.mask is None:
-            return [structured_report(self.prediction, self.sources)]
+            return [structured_report(self.prediction, self.sources, previous_versions=previous_versions)]
         seg = self.dicom_seg()
-        return [seg, segmentation_report(self.prediction, seg, self.sources)]
+        return [seg, segmentation_report(self.prediction, seg, self.sources, previous_versions=previous_versions)]
 
     def mask_nifti(self):
         """The mask as a nibabel image with the source's affine: a NIfTI input's own, a DICOM

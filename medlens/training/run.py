@@ -553,10 +553,15 @@ def _write_model_artifacts(
         }
     )
     bundle = Bundle(card, net=fitted.get("net"), estimator=fitted.get("estimator"))
-    guard = _fit_guard(config, bundle, dataset, splits, arrays)
+    outputs = {  # one pass per split: the probabilities, and the features the guard's thresholds need
+        split: bundle.raw_proba_and_features(x, features=split == "val")
+        for split, (x, _) in arrays.items()
+        if split in ("val", "test")
+    }
+    probs = {split: p for split, (p, _) in outputs.items()}
+    guard = _fit_guard(config, bundle, dataset, splits, arrays, f_val=outputs.get("val", (None, None))[1])
     guard.save(model_dir.root)
     card = card.model_copy(update={"ood": guard.spec})
-    probs = {split: bundle.raw_proba(x) for split, (x, _) in arrays.items() if split in ("val", "test")}
     threshold = None
     if task == "binary":
         try:
@@ -585,15 +590,18 @@ GUARD_PROFILE_IMAGES = 2000
 """At most this many training images (a seeded sample) give the guard its size and colour profile."""
 
 
-def _fit_guard(config: TrainConfig, bundle: Any, dataset: Dataset, splits: dict, arrays: dict) -> Any:
+def _fit_guard(
+    config: TrainConfig, bundle: Any, dataset: Dataset, splits: dict, arrays: dict, *, f_val: np.ndarray | None
+) -> Any:
     """The out-of-distribution guard (:mod:`medlens.inference.ood`): fitted on the training split,
-    thresholds on validation (on training when there is no validation split, and the card says so)."""
+    thresholds on validation (``f_val``: its features, from the pass that also gave its probabilities;
+    on training when there is no validation split, and the card says so)."""
     from medlens.inference.ood import fit_guard
 
     x_train, y_train = arrays["train"]
-    x_val = arrays["val"][0] if "val" in arrays else x_train
     _, f_train = bundle.raw_proba_and_features(x_train)
-    _, f_val = bundle.raw_proba_and_features(x_val) if "val" in arrays else (None, f_train)
+    x_val = arrays["val"][0] if "val" in arrays else x_train
+    f_val = f_val if "val" in arrays else f_train
     ids = cap_ids(list(splits["train"]), GUARD_PROFILE_IMAGES, seed=config.seed)
     guard = fit_guard(
         images=(dataset.load(i).image for i in ids),
