@@ -12,7 +12,11 @@ medlens's own. Parts (``--only``):
     folder before training, which reuses it). The recipe per seed: for each model of
     ``--candidates`` (default ``unet``), ``medlens plan`` with an equal share of 90% of
     ``--minutes-per-seed`` (default 30) and ``train --plan``; the best checkpoint by validation
-    Dice, and among candidates the highest validation mean Dice. The test split chooses nothing.
+    Dice, test-time mirroring kept when it raises the validation mean Dice (the card's
+    ``mirror_axes``), and among candidates the highest validation mean Dice. The test split
+    chooses nothing. Opened as ``hippocampus_msd?modality=MR`` (the copy lacks MSD's dataset.json,
+    whose modality is "MRI"), so the plan normalises by z-score over nonzero voxels, as nnU-Net
+    does for MR.
     Test: mean Dice of anterior (label 1) and posterior (label 2) with 95% bootstrap CIs, HD95 (mm).
 ``chase``
     CHASE_DB1 vessels, first annotator: the usual 20 training (children 01-10) / 8 test (11-14)
@@ -65,6 +69,7 @@ from benchmarks._record import record_section  # noqa: E402
 
 PARTS = ("hippocampus", "chase", "hrf")
 SOURCES = {"hippocampus": "hippocampus_msd", "chase": "chasedb1", "hrf": "hrf"}
+OPTIONS = {"hippocampus": "?modality=MR"}  # the copy has no dataset.json (MSD's says "MRI")
 SPLIT_SEED = 0  # the one split every seed trains on
 TEST_FRACTION, VAL_OF_TRAINING = 0.2, 0.15
 BUDGET_USE = 0.9  # share of --minutes-per-seed given to the plans (the rest: loading, writing)
@@ -87,7 +92,12 @@ QUICK = {  # tiny settings of --quick: (cases per split, training settings)
 
 
 # -- training ---------------------------------------------------------------------------------------
-def write_fixed_splits(part: str, source: Path, run_dir: Path) -> dict[str, list[str]]:
+def source_of(part: str, args) -> str:
+    """The SOURCE string of ``part``: its folder under ``--data`` with the part's options."""
+    return f"{args.data / SOURCES[part]}{OPTIONS.get(part, '')}"
+
+
+def write_fixed_splits(part: str, source: str, run_dir: Path) -> dict[str, list[str]]:
     """The part's fixed splits (see the module doc), written to ``run_dir/splits.json``."""
     from medlens.data.sources import open_source
     from medlens.data.splits import assign_splits, read_splits, write_splits
@@ -107,7 +117,7 @@ def write_fixed_splits(part: str, source: Path, run_dir: Path) -> dict[str, list
     return splits
 
 
-def train_model(part: str, source: Path, run_dir: Path, model: str, seed: int, minutes: float, args) -> float:
+def train_model(part: str, source: str, run_dir: Path, model: str, seed: int, minutes: float, args) -> float:
     """Train ``model`` into ``run_dir`` (cached); its wall seconds, planning included."""
     from medlens.runs import read_json, write_json
     from medlens.training.config import TrainConfig
@@ -136,7 +146,7 @@ def train_model(part: str, source: Path, run_dir: Path, model: str, seed: int, m
     return seconds
 
 
-def run_part(part: str, source: Path, args) -> dict[str, Any]:
+def run_part(part: str, source: str, args) -> dict[str, Any]:
     """Train the recipe for every seed (and the baseline on the first), evaluate each run folder."""
     from medlens.runs import read_json
     from medlens.study.evaluate import evaluate
@@ -508,14 +518,14 @@ def main(argv: list[str] | None = None) -> int:
     if "hippocampus" in parts:
         from medlens.data.sources import open_source
 
-        res = run_part("hippocampus", args.data / SOURCES["hippocampus"], args)
+        res = run_part("hippocampus", source_of("hippocampus", args), args)
         res["problems"] = [
             f"{Path(p.path).name}: {p.problem}" for p in open_source(str(args.data / SOURCES["hippocampus"])).problems
         ]
         results["hippocampus"] = res
         sections.append(("segmentation-hippocampus", "MSD Hippocampus", hippocampus_md(res, args)))
     if needed & {"chase"}:
-        chase = run_part("chase", args.data / SOURCES["chase"], args)
+        chase = run_part("chase", source_of("chase", args), args)
         first = chase["seeds"][args.seeds[0]]
         test_ids = sorted({r["id"] for r in _test_case_rows(Path(first["run"]), first["chosen"])})
         human = second_annotator(args.data / SOURCES["chase"], test_ids, args.resamples)

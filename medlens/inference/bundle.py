@@ -164,8 +164,8 @@ class Bundle:
     # -- output ----------------------------------------------------------------------------------
     def segment(self, x: np.ndarray) -> np.ndarray:
         """Class probabilities (K, *spatial) float32 (softmax; sliding window over patches of the
-        card's ``patch_size``) for one model input ``x`` (C, *spatial) of a segmentation model.
-        The label map is their argmax over K."""
+        card's ``patch_size``, averaged over the flips of its ``mirror_axes``) for one model input
+        ``x`` (C, *spatial) of a segmentation model. The label map is their argmax over K."""
         if self.task != "segmentation":
             raise MedlensError(f"model '{self.name}' is not a segmentation model (task '{self.task}')")
         from medlens.inference.segment import sliding_window_proba
@@ -179,7 +179,7 @@ class Bundle:
         if self.estimator is not None:  # a classical per-pixel model sees the whole image
             return np.asarray(self.estimator.predict_proba_image(x), dtype=np.float32)
         assert self.card.patch_size is not None  # the card requires it for segmentation networks
-        return sliding_window_proba(self.net, x, self.card.patch_size)
+        return sliding_window_proba(self.net, x, self.card.patch_size, self.card.mirror_axes)
 
     def raw_proba(self, x: np.ndarray, *, batch_size: int = 256) -> np.ndarray:
         """The model's own probabilities (N, K) for model inputs ``x`` (N, C, ...): float64,

@@ -53,6 +53,9 @@ class ModelCard(BaseModel):
     in_channels: int = Field(ge=1)
     img_size: int | list[int] | None = None
     patch_size: list[int] | None = Field(default=None, description="segmentation: the training patch (sliding window)")
+    mirror_axes: list[int] | None = Field(
+        default=None, description="segmentation: spatial axes flipped at inference and averaged (chosen on validation)"
+    )
     modality: str | None = None
     codes: dict[str, Concept] = Field(default_factory=dict, description="class name -> standard code")
     weights_file: str

@@ -6,7 +6,10 @@
   the input overlays the stored image voxel for voxel).
 * :func:`sliding_window_proba` runs a segmentation network over an input of any size with MONAI's
   ``sliding_window_inference`` (patches of the training patch size, Gaussian-weighted overlap,
-  zero padding where the input is smaller than a patch) and returns softmax probabilities.
+  zero padding where the input is smaller than a patch) and returns softmax probabilities;
+  with ``mirror_axes`` it also runs the input flipped along every combination of those spatial
+  axes and averages the probabilities flipped back (test-time mirroring as nnU-Net does it;
+  training chooses it on validation, the card's ``mirror_axes`` records the choice).
 
 Training's validation, the per-case predictions it writes and :meth:`medlens.inference.bundle.Bundle.segment`
 all call these two functions.
@@ -61,11 +64,30 @@ def sliding_window_logits(net: Any, x: Any, patch: Sequence[int]) -> Any:
     )
 
 
-def sliding_window_proba(net: Any, x: np.ndarray, patch: Sequence[int]) -> np.ndarray:
-    """Softmax class probabilities (K, *spatial) float32 for one model input ``x`` (C, *spatial)."""
+def mirror_sets(axes: Sequence[int] | None) -> list[tuple[int, ...]]:
+    """Every combination of the spatial ``axes`` (0-based), the empty one (no flip) first."""
+    from itertools import combinations
+
+    axes = sorted({int(a) for a in axes or []})
+    return [c for r in range(len(axes) + 1) for c in combinations(axes, r)]
+
+
+def sliding_window_proba(
+    net: Any, x: np.ndarray, patch: Sequence[int], mirror_axes: Sequence[int] | None = None
+) -> np.ndarray:
+    """Softmax class probabilities (K, *spatial) float32 for one model input ``x`` (C, *spatial),
+    averaged over the flips of :func:`mirror_sets` of ``mirror_axes`` (None: one pass)."""
     import torch
 
     with torch.no_grad():
         xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)[None])
-        logits = sliding_window_logits(net, xt, patch)
-        return torch.softmax(torch.as_tensor(logits).float(), dim=1)[0].numpy()
+        total = None
+        flips = mirror_sets(mirror_axes)
+        for spatial in flips:
+            dims = [2 + a for a in spatial]
+            logits = torch.as_tensor(sliding_window_logits(net, torch.flip(xt, dims) if dims else xt, patch))
+            proba = torch.softmax(logits.float(), dim=1)
+            proba = torch.flip(proba, dims) if dims else proba
+            total = proba if total is None else total + proba
+        assert total is not None
+        return (total / len(flips))[0].numpy()

@@ -14,7 +14,8 @@
 Segmentation sources (or ``task="segmentation"``) get :func:`segmentation_plan`: the patch from
 the median image size (rounded to the network's step, capped), images kept in their stored
 spacing (no resampling; the reasons say when the spacing is anisotropic), the batch size, and the
-epochs that fit the budget for patch training plus sliding-window validation.
+epochs that fit the budget for patch training plus sliding-window validation (when the epoch cap
+binds, more patches per case per epoch, so that the budget is spent).
 
 The plan is JSON (``plan.json``); ``medlens train SOURCE --plan plan.json`` follows its
 ``config`` section (options given on the command line win).
@@ -328,6 +329,16 @@ def segmentation_plan(
     windows = math.prod(max(1, math.ceil((m - p) / (p * (1 - OVERLAP))) + 1) for m, p in zip(median, patch))
     epoch_s = (n_train * per_case + n_val * windows * VAL_COST) / ips
     epochs = int(max(1, min(MAX_EPOCHS, math.floor(budget_s / epoch_s))))
+    val_s = n_val * windows * VAL_COST / ips
+    if epochs == MAX_EPOCHS and n_train:  # the cap binds: spend the budget on more patches per epoch
+        fill = math.floor((budget_s / MAX_EPOCHS - val_s) * ips / n_train)
+        if fill > per_case:
+            reasons.append(
+                f"{MAX_EPOCHS} epochs of {per_case} patches per case would use "
+                f"{MAX_EPOCHS * epoch_s / 60:.1f} of {budget_s / 60:.1f} min: {fill} patches per case instead"
+            )
+            per_case = fill
+            epoch_s = (n_train * per_case) / ips + val_s
     measurement = {
         "model": name,
         "patch_size": patch,
@@ -356,6 +367,7 @@ def segmentation_plan(
         "patch_size": patch,
         "batch_size": batch,
         "epochs": epochs,
+        "patches_per_case": per_case,
         "patience": max(5, epochs // 3),
         "augment": "light",
         "preprocessing": preprocessing,

@@ -10,8 +10,11 @@ classification.
   one-line error naming the file.
 - :func:`dice_per_class`: Dice of the argmax label map per foreground class for one case; both
   empty counts 1, one empty 0 (the convention of the contract in issue #12).
+- :func:`choose_mirroring`: whether test-time mirroring (every flip of the spatial axes,
+  averaged) raises the validation mean Dice of a network; the card's ``mirror_axes`` keeps the
+  choice (a tie keeps the single pass, which costs 2^dims times less).
 - :func:`write_segmentation_artifacts`: the card (``task: segmentation``, ``patch_size``,
-  ``ood: null``: the out-of-distribution guard reads classification features, a segmentation
+  ``mirror_axes``, ``ood: null``: the out-of-distribution guard reads classification features, a segmentation
   bundle has none), ``segmentations_{val,test}/ID.npz`` (``labels`` uint8 in the stored geometry;
   ``foreground`` float16 for two-class tasks) and ``metrics.json`` (per split: mean Dice per
   class and their mean, computed through :meth:`Bundle.segment`).
@@ -105,6 +108,25 @@ def dice_per_class(labels: np.ndarray, truth: np.ndarray, n_classes: int) -> np.
     return out
 
 
+def choose_mirroring(net: Any, patch: list[int], val: Cases, n_classes: int, dims: int) -> dict[str, Any]:
+    """Validation mean Dice without and with test-time mirroring, and the chosen ``mirror_axes``."""
+    from medlens.inference.segment import sliding_window_proba
+
+    net.eval()
+    axes = list(range(dims))
+    scores: dict[str, list[np.ndarray]] = {"single": [], "mirrored": []}
+    for x, truth in zip(*val):
+        for mode, mirror in (("single", None), ("mirrored", axes)):
+            labels = sliding_window_proba(net, x, patch, mirror).argmax(axis=0).astype(np.uint8)
+            scores[mode].append(dice_per_class(labels, truth, n_classes))
+    means = {mode: float(np.mean(v)) for mode, v in scores.items()}
+    return {
+        "val_mean_dice": means,
+        "mirror_axes": axes if means["mirrored"] > means["single"] else None,
+        "rule": "mirroring at inference is kept when it raises the validation mean Dice",
+    }
+
+
 def write_segmentation_artifacts(
     config: TrainConfig,
     spec: Any,
@@ -121,6 +143,10 @@ def write_segmentation_artifacts(
     from medlens.inference.card import card_from_dict, write_card
     from medlens.inference.codes import concepts_for
 
+    mirroring = None
+    if fitted.get("net") is not None and cases.get("val") and cases["val"][0]:
+        assert config.patch_size is not None  # resolved before a network is built
+        mirroring = choose_mirroring(fitted["net"], list(config.patch_size), cases["val"], len(names), dataset.dims)
     card = card_from_dict(
         {
             "name": spec.name,
@@ -133,6 +159,7 @@ def write_segmentation_artifacts(
             "in_channels": config.channels,
             "img_size": None,
             "patch_size": config.patch_size,
+            "mirror_axes": mirroring and mirroring["mirror_axes"],
             "modality": dataset.modality,
             "codes": concepts_for(names, config.source, overrides=config.codes),
             "preprocessing": config.preprocessing,
@@ -174,6 +201,7 @@ def write_segmentation_artifacts(
             "n_cases": len(scores),
         }
     metrics["dice_rule"] = "argmax label map, per class and case (both empty: 1), then the mean over cases"
+    metrics["mirroring"] = mirroring
     metrics["n"] = {k: len(v) for k, v in splits.items()}
     metrics["n_train_fit"] = fitted.get("n_train_fit")
     metrics["timing"] = fitted.get("timing", {})

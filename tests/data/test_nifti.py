@@ -179,3 +179,18 @@ def test_dataset_json_labels_in_msd_and_nnunet_v2_form(tmp_path):
     ):
         with pytest.raises(MedlensError, match="dataset.json: cannot read the class names"):
             open_nifti(_labelled(tmp_path / f"bad{k}", [(1,)], bad))
+
+
+def test_modality_comes_from_dataset_json_or_the_option(tmp_path):
+    from medlens.data.sources import open_source
+
+    plain = _labelled(tmp_path / "plain", [(1,)] * 2)
+    assert open_source(str(plain)).modality is None  # NIfTI headers do not say
+    assert open_source(f"{plain}?modality=mri").modality == "MR"
+    assert open_source(f"{plain}?modality=CT&labels=background,lesion").modality == "CT"
+    msd = _labelled(tmp_path / "msd", [(1,)] * 2, {"modality": {"0": "MRI"}, "labels": {"0": "background", "1": "a"}})
+    assert open_source(str(msd)).modality == "MR"
+    several = _labelled(tmp_path / "several", [(1,)] * 2, {"modality": {"0": "FLAIR", "1": "CT"}})
+    assert open_source(str(several)).modality is None
+    with pytest.raises(MedlensError, match="DICOM modality code"):
+        open_source(f"{plain}?modality=not a code")

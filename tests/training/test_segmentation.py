@@ -19,7 +19,7 @@ from medlens.manifest import verify_manifest
 from medlens.models.registry import models_for
 from medlens.runs import RunDir, read_json
 from medlens.training import plan as planning
-from medlens.training.config import TrainConfig
+from medlens.training.config import TrainConfig, plan_overrides
 from medlens.training.run import train
 from tests.conftest import run_medlens
 
@@ -102,6 +102,32 @@ def test_3d_unet_trains_through_the_cli_and_writes_a_complete_bundle(run3d, volu
     saved = np.load(model.segmentations("test") / f"{splits['test'][0]}.npz")
     assert saved["labels"].dtype == np.uint8 and saved["labels"].shape == (16, 16, 16)
     assert saved["foreground"].dtype == np.float16  # two classes: the foreground probability too
+    # test-time mirroring: both validation figures recorded, the card follows the rule
+    mirroring = metrics["mirroring"]
+    single, mirrored = mirroring["val_mean_dice"]["single"], mirroring["val_mean_dice"]["mirrored"]
+    assert card["mirror_axes"] == ([0, 1, 2] if mirrored > single else None) == mirroring["mirror_axes"]
+
+
+def test_mirroring_averages_every_flip_of_the_chosen_axes():
+    import torch
+
+    from medlens.inference.segment import mirror_sets, sliding_window_proba
+
+    assert mirror_sets(None) == [()] and mirror_sets([1, 0]) == [(), (0,), (1,), (0, 1)]
+    torch.manual_seed(0)
+    net = torch.nn.Conv2d(1, 3, 3, padding=1).eval()  # not flip-equivariant: flips change its output
+    x = np.random.default_rng(0).normal(size=(1, 8, 8)).astype(np.float32)
+    single = sliding_window_proba(net, x, [8, 8])
+    expected = np.mean(
+        [
+            np.flip(sliding_window_proba(net, np.flip(x, [1 + a for a in f]).copy(), [8, 8]), [1 + a for a in f])
+            for f in mirror_sets([0, 1])
+        ],
+        axis=0,
+    )
+    mirrored = sliding_window_proba(net, x, [8, 8], [0, 1])
+    np.testing.assert_allclose(mirrored, expected, atol=1e-6)
+    assert not np.allclose(mirrored, single, atol=1e-3)
 
 
 def test_bundle_segments_an_image_as_training_did(run3d, volumes):
@@ -204,3 +230,14 @@ def test_plan_chooses_patch_batch_and_epochs_from_the_data_and_budget(volumes, m
     assert config["epochs"] == min(planning.MAX_EPOCHS, math.floor(60 * planning.BUDGET_USE / epoch_s))
     assert any("no resampling" in line for line in plan["reasoning"])
     json.dumps(plan)  # plan.json is plain JSON
+
+
+def test_when_the_epoch_cap_binds_the_plan_spends_the_budget_on_more_patches(volumes, monkeypatch):
+    monkeypatch.setattr(planning, "measure_throughput", lambda *a, **kw: 1000.0)
+    plan = planning.make_plan(str(volumes), budget_minutes=1.0, show_progress=False)
+    config = plan["config"]
+    assert config["epochs"] == planning.MAX_EPOCHS and config["patches_per_case"] > TrainConfig.patches_per_case
+    budget_s = 60 * planning.BUDGET_USE
+    assert budget_s * 0.9 <= plan["estimate_minutes"] * 60 <= budget_s  # the budget is used, not exceeded
+    assert any("patches per case instead" in line for line in plan["reasoning"])
+    assert plan_overrides(plan)["patches_per_case"] == config["patches_per_case"]

@@ -6,8 +6,10 @@ imported lazily so that opening one kind never pays for the others' dependencies
 
 Options follow a path after ``?`` (``chasedb1?annotator=2``): image + mask folders take
 ``annotator``, NIfTI ``images/`` + ``labels/`` folders take ``labels`` (the class names of the
-label values 0, 1, ... joined by commas: ``hippocampus_msd?labels=background,anterior,posterior``);
-any other option, or an option on another kind, is refused in one line.
+label values 0, 1, ... joined by commas: ``hippocampus_msd?labels=background,anterior,posterior``),
+and every file or folder takes ``modality`` (the imaging modality when the files do not say, e.g.
+``?modality=MR`` for NIfTI, which has no such field; it chooses the default normalization); any
+other option, or an option on another kind, is refused in one line.
 """
 
 from __future__ import annotations
@@ -53,12 +55,25 @@ def open_source(source: str, *, skip_bad: bool = False, seed: int = 0) -> Datase
     path = Path(source)
     if not path.exists():
         raise MedlensError("no such file or folder", source)
-    return _open_path(path, skip_bad=skip_bad, options=options)
+    modality = options.pop("modality", None)
+    dataset = _open_path(path, skip_bad=skip_bad, options=options)
+    if modality is not None:
+        dataset.modality = modality_option(modality, path)
+    return dataset
+
+
+def modality_option(value: str, path: Path) -> str:
+    """``mri`` -> ``MR``: a DICOM modality code (letters and digits, at most 16), upper-case."""
+    code = {"MRI": "MR"}.get(value.strip().upper(), value.strip().upper())
+    if not (code.isalnum() and len(code) <= 16):
+        raise MedlensError(f"modality must be a DICOM modality code such as MR, CT or DX, not '{value}'", path)
+    return code
 
 
 SOURCE_OPTIONS = {
     "annotator": "image + mask folders (CHASE_DB1, HRF)",
     "labels": "NIfTI folders with images/ and labels/",
+    "modality": "any file or folder (a DICOM modality code such as MR, CT, DX)",
 }
 """Each ``?NAME=VALUE`` option and the kind of source that takes it."""
 

@@ -10,7 +10,9 @@
   (``FOLDER?labels=background,anterior,posterior``, see :mod:`medlens.data.sources`), else the
   ``labels`` of a Medical Segmentation Decathlon ``dataset.json`` next to the folders (MSD's
   ``{"0": "background", "1": "Anterior"}`` or nnU-Net v2's ``{"background": 0, "Anterior": 1}``),
-  else the values found in the first few label volumes ("background", "1", "2", ...). Given
+  else the values found in the first few label volumes ("background", "1", "2", ...). The
+  modality is dataset.json's ``modality`` when it names one (MSD's ``{"0": "MRI"}`` -> ``MR``),
+  else none (NIfTI headers do not carry it; ``?modality=MR`` gives it). Given
   names whose count differs from dataset.json's or from the label values found are a one-line
   error, and so is a dataset.json that cannot be read. A label value outside the classes, or a
   label of another shape, is a one-line error naming the label file when loaded; a label
@@ -181,7 +183,14 @@ def _paired(
     dims = _header_dims(Path(records[0].extra["image"]))
     class_names = _class_names(root, [Path(r.extra["label"]) for r in records], given)
     return NiftiDataset(
-        root.name, records, task=Task.SEGMENTATION, class_names=class_names, dims=dims, problems=problems, uri=str(root)
+        root.name,
+        records,
+        task=Task.SEGMENTATION,
+        class_names=class_names,
+        dims=dims,
+        problems=problems,
+        uri=str(root),
+        modality=_dataset_json_modality(root / "dataset.json"),
     )
 
 
@@ -259,6 +268,23 @@ def _top_label(label_files: list[Path]) -> int:
         except MedlensError:
             continue
     return top
+
+
+def _dataset_json_modality(meta: Path) -> str | None:
+    """The one modality of an MSD ``dataset.json`` (``{"0": "MRI"}`` -> ``MR``); None without the
+    file, without ``modality`` or with several channels of different modalities."""
+    if not meta.is_file():
+        return None
+    try:
+        meta_json = json.loads(meta.read_text())
+        found = meta_json.get("modality") or meta_json.get("channel_names")  # MSD; nnU-Net v2
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError):
+        return None  # the class names' reader reports a broken file
+    names = {str(v).strip().upper() for v in found.values()} if isinstance(found, dict) else set()
+    if len(names) != 1:
+        return None
+    name = names.pop()
+    return {"MRI": "MR", "T1": "MR", "T2": "MR", "FLAIR": "MR", "ADC": "MR", "T2W": "MR"}.get(name, name)
 
 
 def _dataset_json_names(meta: Path) -> list[str] | None:
