@@ -42,6 +42,7 @@ class Record:
     origin: str  # file path, SOP Instance UID, or "file.npz#train/17"
     split: str | None = None  # the source's own split, if it has one
     extra: dict[str, Any] = field(default_factory=dict)  # reader-specific locator (paths, index)
+    attributes: dict[str, str] = field(default_factory=dict)  # sex, age, view... (medlens.data.attributes)
 
 
 @dataclass
