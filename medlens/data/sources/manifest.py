@@ -14,7 +14,10 @@
 
 Class order: a ``classes.txt`` beside the CSV (one class name per line) fixes the class indices;
 for a binary task the first line is the negative class (e.g. ``normal``), the second the positive
-one. Without it, integers keep numeric order and other names are sorted.
+one. Without it, integers keep numeric order and other names are sorted, except that a binary
+task whose class names include a conventional negative name (``normal``, ``negative``,
+``healthy``, ``benign``, ``no finding``, ``no_finding``; any case) puts it first: ``abnormal,
+normal`` makes ``abnormal`` the positive class (:func:`medlens.data.sample.negative_first`).
 
 A missing file, an empty label, an unknown split or a repeated path is an error naming the CSV,
 the line and the path; with ``skip_bad`` the row is listed in ``dataset.problems`` instead.
@@ -28,7 +31,7 @@ import difflib
 from pathlib import Path
 
 from medlens.data.imageio import choose_channels, is_nifti_name, is_raster_name, read_image_file, read_label_map
-from medlens.data.sample import Dataset, Problem, Record, Sample, Task
+from medlens.data.sample import Dataset, Problem, Record, Sample, Task, negative_first
 from medlens.data.sources.folder import split_of
 from medlens.errors import BadInputError, MedlensError
 
@@ -227,7 +230,7 @@ def _labels(values: list[str] | None, multilabel: bool, *, has_mask: bool, order
             return tuple(hot)
 
         return Task.MULTILABEL, names, encode
-    names = order or _ordered(set(values))
+    names = order or negative_first(_ordered(set(values)))
     index = {n: i for i, n in enumerate(names)}
     return (Task.BINARY if len(names) == 2 else Task.MULTICLASS), names, lambda v: index[v]
 
