@@ -41,7 +41,7 @@ Everything goes through medlens's own study functions: :func:`medlens.study.comp
     attribute, as an AUC with CI) and the plain findings evaluate writes.
 ``external``
     The CHASE_DB1 vessel runs of ``bench_segmentation.py`` (``--chase-runs DIR``, default
-    ``benchmarks/.segmentation/chase`` of the main checkout; one folder ``seed{N}`` per seed) on
+    ``benchmarks/.segmentation/chase`` of this checkout; one folder ``seed{N}`` per seed) on
     HRF through ``evaluate --on`` with ``--scale``. Each run folder is copied to
     ``WORK/external/seed{N}`` first (the original is only read). Scale: the median over HRF's
     images of ``bench_segmentation.hrf_scale`` (CHASE_DB1's pixels per degree: 30° vs 45°
@@ -89,8 +89,8 @@ BY = ("sex", "age", "view_position")
 BANDS = {"age": [55.0, 70.0]}
 MIN_GROUP = 30
 EPOCHS = 20
-DEFAULT_CHASE_RUNS = ROOT.parent / "main" / "benchmarks" / ".segmentation" / "chase"
-QUICK_CHASE_RUNS = ROOT.parent / "main" / "benchmarks" / ".segmentation" / "quick" / "chase"
+DEFAULT_CHASE_RUNS = ROOT / "benchmarks" / ".segmentation" / "chase"
+QUICK_CHASE_RUNS = ROOT / "benchmarks" / ".segmentation" / "quick" / "chase"
 QUICK = {"max_samples": 80, "epochs": 1, "resamples": 200, "min_group": 10, "hrf_images": 2}
 SEGMENTATION_METRICS = ("f1", "auc", "sensitivity", "specificity")
 
