@@ -137,6 +137,15 @@ class ModelDir:
         written by the evaluation stage."""
         return self.root / f"decisions_{split}.csv"
 
+    def external_predictions(self, source_name: str) -> Path:
+        """Per-case predictions on an external source (``medlens evaluate RUN --on SOURCE``); kept
+        apart from the internal ``predictions_*.csv`` / ``decisions_*.csv``, which it never touches."""
+        return self.root / "external" / source_name / "predictions.csv"
+
+    def external_segmentation_cases(self, source_name: str) -> Path:
+        """Per-case, per-class segmentation metrics on an external source (``evaluate --on``)."""
+        return self.root / "external" / source_name / "segmentation_cases.csv"
+
     def segmentations(self, split: str) -> Path:
         """Folder of per-case segmentation predictions on a split (``ID.npz``: ``labels``, and
         ``foreground`` for two-class tasks); written by training."""

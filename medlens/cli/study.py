@@ -8,6 +8,13 @@ import typer
 
 from medlens.cli.common import SOURCE_ARG_HELP, console, err_console
 
+BY_HELP = (
+    "Subgroups (binary tasks): attribute columns joined by commas — a CSV manifest's other columns (sex, age, "
+    "site, ...) or DICOM PatientSex, PatientAge, ViewPosition, Manufacturer, BodyPartExamined."
+)
+BANDS_HELP = "With --by: band edges of a numeric column, e.g. age=40,60,80 (repeatable). Default: its quartiles."
+MIN_GROUP_HELP = "With --by: subgroups with fewer cases (default 30), or under 5 positives or negatives, are too small."
+
 
 def compare(
     source: str = typer.Argument(None, help=SOURCE_ARG_HELP),
@@ -27,6 +34,21 @@ def compare(
     epochs: int = typer.Option(None, "--epochs", help="Cap every deep model's epochs (quick checks)."),
     resamples: int = typer.Option(1000, "--resamples", help="Bootstrap resamples for the confidence intervals."),
     threads: int = typer.Option(None, "--threads", help="CPU threads for torch (default: one per core)."),
+    resplit: str = typer.Option(
+        None,
+        "--resplit",
+        help="patient: ignore the source's splits and make a seeded, stratified patient-level split "
+        "(no patient in two splits). Default: the source's splits.",
+    ),
+    drop_duplicates: str = typer.Option(
+        None,
+        "--drop-duplicates",
+        help="exact | near: drop the images whose exact (or near) copy `data audit` finds in an earlier split "
+        "(train, val, test); listed in RUN/dropped.csv.",
+    ),
+    by: str = typer.Option(None, "--by", help=BY_HELP),
+    bands: list[str] = typer.Option(None, "--bands", help=BANDS_HELP),
+    min_group: int = typer.Option(None, "--min-group", help=MIN_GROUP_HELP),
     list_suites: bool = typer.Option(False, "--list-suites", help="Print the suites and their models, then exit."),
     no_progress: bool = typer.Option(False, "--no-progress", help="No progress bars."),
 ) -> None:
@@ -53,6 +75,9 @@ def compare(
         n_resamples=resamples,
         threads=threads,
         log=_log,
+        resplit=resplit,
+        drop_duplicates=drop_duplicates,
+        **_subgroup_args(by, bands, min_group),
     )
     print_summary(run.root)
 
@@ -66,14 +91,60 @@ def evaluate(
         0.05, "--target-risk", help="Abstention: error rate to reach among answered cases (chosen on val)."
     ),
     no_report: bool = typer.Option(False, "--no-report", help="Do not (re)build report.html."),
+    on: str = typer.Option(
+        None,
+        "--on",
+        help="External validation: apply every model unchanged (its preprocessing, temperature and threshold) "
+        "to all images of this other labelled SOURCE, classes matched by name; adds comparison.json's external.",
+    ),
+    class_map: Path = typer.Option(
+        None, "--class-map", help="With --on: a JSON object or CSV (header external,model) mapping class names."
+    ),
+    scale: float = typer.Option(
+        None,
+        "--scale",
+        help="With --on, segmentation runs: resize each external image by this factor before segmenting "
+        "(another camera resolution or field of view); scored at native size.",
+    ),
+    by: str = typer.Option(None, "--by", help=BY_HELP),
+    bands: list[str] = typer.Option(None, "--bands", help=BANDS_HELP),
+    min_group: int = typer.Option(None, "--min-group", help=MIN_GROUP_HELP),
 ) -> None:
     """Rebuild comparison.json (CIs, tests, calibration, abstention, localization) from a run's artifacts."""
+    if on is not None or class_map is not None or scale is not None:
+        from medlens.cli.external import evaluate_on
+
+        others = [o for o, given in (("--split", split != "test"), ("--by", by is not None)) if given]
+        evaluate_on(
+            run, on, class_map, others, scale=scale, resamples=resamples, seed=seed, report=not no_report, log=_log
+        )
+        return
     from medlens.study.evaluate import evaluate as run_evaluate
 
     run_evaluate(
-        run, split=split, n_resamples=resamples, seed=seed, target_risk=target_risk, report=not no_report, log=_log
+        run,
+        split=split,
+        n_resamples=resamples,
+        seed=seed,
+        target_risk=target_risk,
+        report=not no_report,
+        log=_log,
+        **_subgroup_args(by, bands, min_group),
     )
     print_summary(run)
+
+
+def _subgroup_args(by: str | None, bands: list[str] | None, min_group: int | None) -> dict:
+    """evaluate()'s subgroup keywords from the options (a one-line error for a bad one)."""
+    from medlens.errors import MedlensError
+    from medlens.study.subgroups import parse_bands
+
+    columns = [c.strip() for c in (by or "").split(",") if c.strip()]
+    if bands and not columns:
+        raise MedlensError("--bands needs --by")
+    if min_group is not None and min_group < 1:
+        raise MedlensError(f"--min-group must be at least 1, not {min_group}")
+    return {"by": columns, "bands": parse_bands(bands), **({} if min_group is None else {"min_group": min_group})}
 
 
 def _log(message: str) -> None:
@@ -147,6 +218,10 @@ def print_summary(run_dir: Path | str) -> None:
                 t["a"], t["b"], t["metric"], method, _num(t.get("diff"), 3), _p(t.get("p_value")), _p(p_holm) + mark
             )
         console.print(pt)
+    from medlens.study.subgroups import gap_lines
+
+    for line in gap_lines(comparison):
+        console.print(line, soft_wrap=True, highlight=False, markup=False)
     console.print(f"comparison: {run.comparison}", soft_wrap=True, highlight=False)
     if run.report.is_file():
         console.print(f"report: {run.report}", soft_wrap=True, highlight=False)

@@ -20,8 +20,9 @@
     ``{"n_groups", "samples_with_copy_in_other_split": {split: count}}``: how many samples of each
     split have an exact or near copy in another split of the source.
 ``patient_leakage``
-    ``{"n_patients", "patients": [{"patient_id", "splits": {split: count}}]}``: patients with
-    samples in more than one source split.
+    ``{"n_patients", "n_images", "patients": [{"patient_id", "splits": {split: count}, "n_images"}]}``:
+    every patient with samples in more than one of the source's given splits (:func:`patient_leakage`),
+    with the images per split; ``medlens compare --resplit patient`` removes them.
 ``class_imbalance``
     ``{"counts", "ratio", "warning"}`` (max/min class count; a warning above
     :data:`IMBALANCE_WARNING`) or ``None`` for tasks without class labels.
@@ -110,7 +111,7 @@ def audit_dataset(dataset: Dataset, *, show_progress: bool = True, near_duplicat
     near_groups, distances = _near_groups(phashes, exact_groups, near_duplicate_distance)
     exact = [_group(dataset, "exact", g, 0) for g in exact_groups]
     near = [_group(dataset, "near", g, d) for g, d in near_groups]
-    patients = _patient_leakage(dataset)
+    patients = patient_leakage(dataset)
     imbalance = _class_imbalance(dataset)
     conflicting = [g for g in exact + near if g["conflicting_labels"]]
 
@@ -312,13 +313,18 @@ def _split_problems(problems: list[Problem]) -> tuple[list[dict], list[dict]]:
     return unreadable, unpaired
 
 
-def _patient_leakage(dataset: Dataset) -> dict[str, Any]:
+def patient_leakage(dataset: Dataset) -> dict[str, Any]:
+    """Patients with samples in more than one of the source's given splits (see the module doc)."""
     per_patient: dict[str, Counter] = defaultdict(Counter)
     for r in dataset.records:
         if r.split is not None:
             per_patient[r.patient_id][r.split] += 1
-    leaks = [{"patient_id": p, "splits": dict(c)} for p, c in sorted(per_patient.items()) if len(c) > 1]
-    return {"n_patients": len(leaks), "patients": leaks}
+    leaks = [
+        {"patient_id": p, "splits": dict(c), "n_images": sum(c.values())}
+        for p, c in sorted(per_patient.items())
+        if len(c) > 1
+    ]
+    return {"n_patients": len(leaks), "n_images": sum(p["n_images"] for p in leaks), "patients": leaks}
 
 
 def _class_imbalance(dataset: Dataset) -> dict[str, Any] | None:
@@ -437,15 +443,19 @@ def render_audit(report: dict[str, Any], console, *, max_groups: int = 10) -> No
             console.print(f"[yellow]{title}:[/yellow]")
             for p in report[key]:
                 console.print(printable(f"  {p['path']}: {p['problem']}"), markup=False, highlight=False)
-    leaks = report["patient_leakage"]["patients"]
-    if leaks:
-        console.print("[yellow]Patients in more than one split:[/yellow]")
-        for p in leaks[:max_groups]:
-            console.print(
-                f"  {p['patient_id']}: " + ", ".join(f"{k} {v}" for k, v in p["splits"].items()),
-                markup=False,
-                highlight=False,
-            )
+    leaks = report["patient_leakage"]
+    if leaks["patients"]:  # every one is named: they are what a patient-level re-split moves
+        console.print(
+            f"[yellow]Patients in more than one split: {leaks['n_patients']} ({leaks['n_images']} images)[/yellow]",
+            highlight=False,
+        )
+        table = Table()
+        for col in ("patient", "splits (images)", "images"):
+            table.add_column(col, justify="right" if col == "images" else "left")
+        for p in leaks["patients"]:
+            splits = ", ".join(f"{k} {v}" for k, v in p["splits"].items())
+            table.add_row(printable(str(p["patient_id"])), splits, str(p["n_images"]))
+        console.print(table)
 
 
 def _member_text(member: dict[str, Any]) -> str:

@@ -37,6 +37,7 @@ import numpy as np
 import pydicom
 from pydicom.errors import BytesLengthException, InvalidDicomError
 
+from medlens.data.attributes import dicom_attributes
 from medlens.data.limits import check_size
 from medlens.data.sample import ImageData, Problem
 from medlens.errors import BadInputError
@@ -95,6 +96,9 @@ READ_TAGS: list = [
     "Manufacturer",
     "BodyPartExamined",
     "PatientID",
+    "PatientSex",
+    "PatientAge",
+    "ViewPosition",
     "ImageType",
     "ImagePositionPatient",
     "ImageOrientationPatient",
@@ -679,6 +683,7 @@ class SeriesInfo:
     spacing: tuple[float, float, float]
     is_2d: bool
     key: str  # series UID, with '#2', '#3' ... when one series splits into several volumes
+    attributes: dict[str, str] = field(default_factory=dict)  # medlens.data.attributes.dicom_attributes
 
 
 def _split_key(ds) -> tuple:
@@ -762,6 +767,7 @@ def _info_fields(members, frames, layout, dims, key: str) -> dict:
         spacing=tuple(float(s) for s in layout.spacing),
         is_2d=_is_2d(members, frames),
         key=key,
+        attributes=dicom_attributes(ds0),
     )
 
 

@@ -47,6 +47,10 @@ Keys (``schema`` = ``"medlens.fingerprint/1"``):
     "max"}}} (fraction of each case's voxels, over all cases with a mask), "undeclared_values":
     [label values beyond class_names], "geometry_mismatches": [{"id", "path", "problem"}]}`` (image
     and mask of another shape, or, for NIfTI, another spacing or affine); ``None`` otherwise.
+``attributes``
+    Per record attribute (sex, age, view position, ...; :mod:`medlens.data.attributes`):
+    ``{"n_missing", "numeric": {"min", "median", "max"}}`` or ``{"n_missing", "counts": {value: n}}``
+    (:func:`medlens.data.attributes.attribute_distribution`); ``{}`` for a source without them.
 ``problems``
     ``[{"path": str, "problem": str}]``: the reader's problems (unreadable or unpaired files) plus,
     with ``skip_bad``, samples that failed to load here.
@@ -64,6 +68,7 @@ from typing import Any
 import numpy as np
 
 from medlens import progress
+from medlens.data.attributes import attribute_distribution
 from medlens.data.sample import Dataset, Problem, Record, Sample, Task
 from medlens.errors import MedlensError
 
@@ -164,6 +169,7 @@ def compute_fingerprint(
         "spacings": _spacing_summary(spacings),
         "intensity": stats.summary(of=n, seed=seed),
         "masks": masks.summary(),
+        "attributes": attribute_distribution([r for k, r in enumerate(dataset.records) if k not in unreadable]),
         "problems": problems,
         "samples": listing if want_listing else None,
     }
@@ -569,6 +575,8 @@ def render_fingerprint(fp: dict[str, Any], console) -> None:
         console.print(table)
     if fp.get("masks"):
         render_masks(fp["masks"], console)
+    if fp.get("attributes"):
+        render_attributes(fp["attributes"], console)
 
     if fp.get("samples"):
         listing = Table(title="Samples", title_justify="left")
@@ -586,6 +594,24 @@ def render_fingerprint(fp: dict[str, Any], console) -> None:
         console.print(f"[yellow]{len(fp['problems'])} problem(s):[/yellow]")
         for p in fp["problems"]:
             console.print(f"  {p['path']}: {p['problem']}", markup=False, highlight=False)
+
+
+def render_attributes(attributes: dict[str, Any], console) -> None:
+    """The attributes' distribution: numeric min / median / max or the counts of each value, and missing."""
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table(title="Attributes (subgroups: `medlens evaluate RUN --by NAME`)", title_justify="left")
+    for col in ("attribute", "distribution", "missing"):
+        table.add_column(col, justify="right" if col == "missing" else "left", overflow="fold")
+    for name, entry in attributes.items():
+        if "numeric" in entry:
+            n = entry["numeric"]
+            text = f"min {n['min']:g}, median {n['median']:g}, max {n['max']:g}"
+        else:
+            text = ", ".join(f"{value} {count}" for value, count in entry["counts"].items())
+        table.add_row(Text(name), Text(text), str(entry["n_missing"]))  # values as written, not markup
+    console.print(table)
 
 
 def _from_text(shapes: dict[str, Any]) -> str:

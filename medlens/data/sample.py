@@ -31,6 +31,20 @@ class Task(str, Enum):
 Label = int | tuple[int, ...] | None
 """A class index (binary, multi-class, ordinal), a multi-hot tuple (multi-label), or None."""
 
+NEGATIVE_CLASS_NAMES = frozenset({"normal", "negative", "healthy", "benign", "no finding", "no_finding"})
+"""Conventional names of a binary task's negative class (compared case-insensitively)."""
+
+
+def negative_first(names: Sequence[str]) -> list[str]:
+    """Two class names with a conventional negative name (:data:`NEGATIVE_CLASS_NAMES`) put first
+    (index 0, the negative class), so ``abnormal, normal`` makes ``abnormal`` the positive class;
+    other lists are returned unchanged."""
+    names = list(names)
+    if len(names) == 2 and names[1].strip().lower() in NEGATIVE_CLASS_NAMES:
+        if names[0].strip().lower() not in NEGATIVE_CLASS_NAMES:
+            return [names[1], names[0]]
+    return names
+
 
 @dataclass
 class Record:
@@ -42,6 +56,7 @@ class Record:
     origin: str  # file path, SOP Instance UID, or "file.npz#train/17"
     split: str | None = None  # the source's own split, if it has one
     extra: dict[str, Any] = field(default_factory=dict)  # reader-specific locator (paths, index)
+    attributes: dict[str, str] = field(default_factory=dict)  # sex, age, view... (medlens.data.attributes)
 
 
 @dataclass

@@ -8,6 +8,9 @@
   of the train records, patient-level and stratified.
 * A source without splits is split into ``1 - val - test`` / ``val`` / ``test``.
 * Records without a split in a source that has some are distributed over all three splits.
+* ``resplit=True`` ignores the source's splits: every record is split as if it had none (a
+  patient-level re-split of a source whose given split shares patients, see
+  :mod:`medlens.data.leakage`).
 
 Splitting is patient-level (all samples of one patient land in one split, so nothing leaks)
 and stratified by a seeded greedy assignment: patients, shuffled by the seed and then taken
@@ -18,7 +21,8 @@ only offers fractions of the form 1/k. Multi-label data stratifies on the positi
 every label plus a "no label" count; unlabelled data (segmentation) only on sizes.
 The same seed gives the same splits.
 
-``splits.json`` is ``{"seed": int, "source": str, "splits": {"train": [ids], "val": [...], "test": [...]}}``.
+``splits.json`` is ``{"seed": int, "source": str, "splits": {"train": [ids], "val": [...], "test": [...]}}``
+plus, when written by a study, ``"splitting"``: how the splits were made (:mod:`medlens.data.leakage`).
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ from medlens.runs import write_json
 
 
 def assign_splits(
-    dataset: Dataset, *, seed: int, val_fraction: float = 0.15, test_fraction: float = 0.15
+    dataset: Dataset, *, seed: int, val_fraction: float = 0.15, test_fraction: float = 0.15, resplit: bool = False
 ) -> dict[str, list[str]]:
     """Sample ids per split ("train", "val", "test"), in the dataset's record order (see module doc)."""
     if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
@@ -46,8 +50,8 @@ def assign_splits(
     fractions = {"train": 1 - val_fraction - test_fraction, "val": val_fraction, "test": test_fraction}
     rng = np.random.default_rng(seed)
     assigned: dict[str, str] = {}
-    source = {r.split for r in dataset.records if r.split in SPLITS}
-    unsplit = [r for r in dataset.records if r.split not in SPLITS]
+    source = set() if resplit else {r.split for r in dataset.records if r.split in SPLITS}
+    unsplit = list(dataset.records) if resplit else [r for r in dataset.records if r.split not in SPLITS]
     if source:
         for r in dataset.records:
             if r.split in SPLITS:
@@ -111,13 +115,24 @@ def _greedy(
 
 
 # -- splits.json --------------------------------------------------------------------------------
-def write_splits(path: str | Path, splits: dict[str, Sequence[str]], *, seed: int, source: str) -> None:
-    """Write ``splits.json`` atomically."""
-    write_json(path, {"seed": int(seed), "source": str(source), "splits": {k: list(v) for k, v in splits.items()}})
+def write_splits(
+    path: str | Path,
+    splits: dict[str, Sequence[str]],
+    *,
+    seed: int,
+    source: str,
+    splitting: dict[str, Any] | None = None,
+) -> None:
+    """Write ``splits.json`` atomically (``splitting``: how they were made, when a study says)."""
+    obj: dict[str, Any] = {"seed": int(seed), "source": str(source), "splits": {k: list(v) for k, v in splits.items()}}
+    if splitting is not None:
+        obj["splitting"] = splitting
+    write_json(path, obj)
 
 
 def read_splits(path: str | Path) -> dict[str, Any]:
-    """Read and check ``splits.json``; returns ``{"seed", "source", "splits": {name: [ids]}}``."""
+    """Read and check ``splits.json``; returns ``{"seed", "source", "splits": {name: [ids]}, "splitting"}``
+    (``splitting`` None when the file does not say)."""
     path = Path(path)
     try:
         obj = json.loads(path.read_text())
@@ -135,7 +150,8 @@ def read_splits(path: str | Path) -> dict[str, Any]:
             if i in owner:
                 raise BadInputError(f"sample {i} is in both '{owner[i]}' and '{name}'", path)
             owner[i] = name
-    return {"seed": obj["seed"], "source": obj.get("source"), "splits": obj["splits"]}
+    splitting = obj.get("splitting") if isinstance(obj.get("splitting"), dict) else None
+    return {"seed": obj["seed"], "source": obj.get("source"), "splits": obj["splits"], "splitting": splitting}
 
 
 def check_splits(dataset: Dataset, splits: dict[str, Sequence[str]]) -> None:

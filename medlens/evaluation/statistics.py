@@ -14,6 +14,9 @@ Hand-written here because no dependency of the project has them in this form:
 * :func:`holm_correction` — Holm's step-down adjustment of p-values.
 * :func:`paired_bootstrap_test` — paired bootstrap test of a metric difference (e.g. the macro
   one-vs-rest AUC of two multi-class models, where DeLong per class is not standard).
+* :func:`unpaired_bootstrap_difference` — interval of a metric difference between two
+  independent samples (subgroups of a test set; an external set against the internal one), each
+  resampled on its own.
 
 Undefined resamples: a resample on which a metric is undefined (NaN, or a ``ValueError`` from a
 metric function, e.g. a class missing from a non-stratified resample) is skipped when computing
@@ -38,6 +41,7 @@ __all__ = [
     "bootstrap_ci",
     "bootstrap_metrics",
     "paired_bootstrap_test",
+    "unpaired_bootstrap_difference",
     "delong_test",
     "delong_ci",
     "mcnemar_test",
@@ -348,6 +352,35 @@ def paired_bootstrap_test(
         "n_resamples": n_resamples,
         "n_undefined": ci.n_undefined,
     }
+
+
+def unpaired_bootstrap_difference(
+    y_a: Any,
+    probs_a: Any,
+    y_b: Any,
+    probs_b: Any,
+    task: Task | str,
+    metrics: Sequence[str],
+    *,
+    threshold: float | None = None,
+    n_resamples: int = 1000,
+    seed: int = 0,
+    alpha: float = 0.05,
+) -> dict[str, BootstrapCI]:
+    """Percentile intervals of ``metric(a) - metric(b)`` for two independent samples, per metric name.
+
+    Each sample is resampled on its own (class-stratified, independent seeds) and the metrics of
+    the two resample sets are subtracted pairwise; ``point`` is the difference on the full samples.
+    """
+    task = M._task(task)
+    ya, pa = M._check(y_a, probs_a, task)
+    yb, pb = M._check(y_b, probs_b, task)
+    rng_a, rng_b = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(2))
+    reps_a = _resampled_in_chunks(ya, pa, task, threshold, resample_indices(ya, n_resamples, rng_a))
+    reps_b = _resampled_in_chunks(yb, pb, task, threshold, resample_indices(yb, n_resamples, rng_b))
+    point_a = M.classification_metrics(ya, pa, task, threshold)
+    point_b = M.classification_metrics(yb, pb, task, threshold)
+    return {m: _percentile_ci(point_a[m] - point_b[m], reps_a[m] - reps_b[m], alpha) for m in metrics}
 
 
 # -- DeLong ---------------------------------------------------------------------------------

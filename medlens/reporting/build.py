@@ -22,7 +22,10 @@ from typing import Any
 
 from medlens.errors import MedlensError
 from medlens.reporting import sections
+from medlens.reporting.external import SECTION as EXTERNAL_SECTION
 from medlens.reporting.segmentation import SECTION as SEGMENTATION_SECTION
+from medlens.reporting.shortcuts import SECTION as SHORTCUTS_SECTION
+from medlens.reporting.subgroups import SECTION as SUBGROUPS_SECTION
 from medlens.runs import RunDir, atomic_write_bytes, read_json, read_yaml, write_json
 
 TEMPLATE = "report.html.j2"
@@ -75,7 +78,11 @@ def build_report(
     if not arts.infos and not arts.comparison:
         raise MedlensError("nothing to report: no comparison.json and no trained model (models/*/model.json)", run.root)
     _record_in_manifest(run, arts.written)  # audit.json / montage the report just added
-    context = sections.report_context(arts, task_sections={"segmentation": SEGMENTATION_SECTION})
+    context = sections.report_context(
+        arts,
+        task_sections={"segmentation": SEGMENTATION_SECTION},
+        optional_sections=[SUBGROUPS_SECTION, EXTERNAL_SECTION, SHORTCUTS_SECTION],
+    )
     context["generated"] = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     page = render(context)
     path = Path(out) if out is not None else run.report

@@ -377,3 +377,51 @@ def segmentation_overlay(
 
 def _fmt(value: Any, digits: int = 3) -> str:
     return "n/a" if value is None else f"{float(value):.{digits}f}"
+
+
+# -- subgroups -----------------------------------------------------------------------------------
+FOREST_METRICS = (("auc", "AUC"), ("sensitivity", "Sensitivity"), ("specificity", "Specificity"))
+
+
+def forest_plot(column: Mapping[str, Any], colors: Mapping[str, str], title: str = "") -> bytes:
+    """Forest plot of one subgroup column: a row per group and model with its 95% CI bar, a panel per
+    metric; groups too small to score are rows with their n and no bar. ``column`` is a column of
+    comparison.json's ``subgroups`` section (``order`` and ``models`` -> ``groups``)."""
+    order = list(column["order"])
+    models = [m for m in colors if m in column["models"]]
+    step = 1.0 / (len(models) + 1)
+    rows = len(order)
+    with _figure(9.5, 0.9 + 0.34 * rows * max(1, len(models)), 1, 3, sharey=True) as (fig, axes):
+        for ax, (metric, label) in zip(axes[0], FOREST_METRICS):
+            for j, model in enumerate(models):
+                groups = column["models"][model]["groups"]
+                labelled = False
+                for i, g in enumerate(order):
+                    ci = (groups.get(g) or {}).get(metric)
+                    y = rows - i - (j + 1) * step  # the models' rows share their group's band
+                    if not ci or ci.get("value") is None:
+                        continue
+                    low, high = ci.get("low"), ci.get("high")
+                    if low is not None and high is not None:
+                        ax.plot([low, high], [y, y], color=colors[model], lw=1.6)
+                    ax.plot(ci["value"], y, "o", color=colors[model], ms=4, label=None if labelled else model)
+                    labelled = True
+            ax.set_xlim(-0.02, 1.02)
+            ax.set_ylim(0, rows)
+            ax.set_xlabel(label)
+            ax.grid(axis="y", visible=False)
+            for i in range(1, rows):
+                ax.axhline(i, color="#e3e3e3", lw=0.6)
+        first = column["models"][models[0]]["groups"] if models else {}
+        names = []
+        for g in order:
+            entry = first.get(g) or {}
+            small = "" if entry.get("status") == "ok" else ", too small"
+            names.append(f"{_short(str(g), 20)} (n={entry.get('n', '?')}{small})")
+        axes[0][0].set_yticks([rows - 1 - i + 0.5 for i in range(rows)], names)
+        axes[0][0].tick_params(axis="y", length=0)
+        if title:
+            axes[0][0].set_title(title, loc="left")
+        if len(models) > 1:
+            axes[0][2].legend(loc="lower right", bbox_to_anchor=(1.0, 1.0), ncol=min(len(models), 3))
+        return _png(fig)

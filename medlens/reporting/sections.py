@@ -76,11 +76,17 @@ def _value(ci: Any) -> float | None:
 
 
 # -- context -----------------------------------------------------------------------------------
-def report_context(arts, task_sections: dict[str, tuple[str, str, Callable]] | None = None) -> dict[str, Any]:
+def report_context(
+    arts,
+    task_sections: dict[str, tuple[str, str, Callable]] | None = None,
+    optional_sections: Iterable[tuple[str, str, Callable]] = (),
+) -> dict[str, Any]:
     """Everything the template needs: title, key findings, sections in reading order.
 
     ``task_sections``: {task: (id, title, builder)}, the section of a task without the
     classification statistics, shown in their place (e.g. segmentation's).
+    ``optional_sections``: (id, title, builder) shown after "referral" only when comparison.json
+    has a key of that id (e.g. ``subgroups``, written by ``evaluate --by``).
     """
     builders: list[tuple[str, str, Callable[[Any], dict[str, Any]]]] = [
         ("data", "Data", data_section),
@@ -96,6 +102,9 @@ def report_context(arts, task_sections: dict[str, tuple[str, str, Callable]] | N
         ("cards", "Model cards", model_cards_section),
         ("provenance", "Provenance", provenance_section),
     ]
+    present = [b for b in optional_sections if (arts.comparison or {}).get(b[0])]
+    at = next(i for i, b in enumerate(builders) if b[0] == "referral") + 1
+    builders[at:at] = present
     task_section = (task_sections or {}).get(str((arts.comparison or {}).get("task")))
     if task_section:
         builders = [b for b in builders if b[0] not in CLASSIFICATION_ONLY]
@@ -244,6 +253,7 @@ def key_findings(arts) -> list[str]:
                 "Caution — " + spanning[0].lower() + spanning[1:] + " Near-identical images on both sides "
                 "of a split can make results look better than they are."
             )
+    out += leak_and_shortcut_findings(arts.comparison or {})
     for name in names:
         for warning in (((arts.comparison or {}).get("models") or {}).get(name) or {}).get("warnings") or []:
             out.append(f"Caution — {name}: {warning}.")
@@ -265,6 +275,31 @@ def key_findings(arts) -> list[str]:
         out.append(
             "These results are on generated (synthetic) images: they check the pipeline, not clinical performance."
         )
+    return out
+
+
+def splitting_line(splitting: dict[str, Any] | None) -> str | None:
+    """``split: ...`` of comparison.json's ``splitting``, with the patients found in more than one
+    of this run's splits (and of the source's given splits, after a re-split)."""
+    if not splitting:
+        return None
+    text = str(splitting.get("description") or "split: given")
+    across, given = splitting.get("patients_across_splits"), splitting.get("patients_across_given_splits")
+    if across is not None:
+        text += f"; {across} patient(s) in more than one of this run's splits"
+        if given is not None and splitting.get("method") == "patient":
+            text += f" (the source's given split had {given})"
+    return text + "."
+
+
+def leak_and_shortcut_findings(comparison: dict[str, Any]) -> list[str]:
+    """This run's split (a caution when patients span its splits) and the shortcut checks' findings."""
+    out = []
+    line = splitting_line(comparison.get("splitting"))
+    if line:
+        leaked = bool((comparison.get("splitting") or {}).get("patients_across_splits"))
+        out.append(("Caution — this" if leaked else "This") + f" run's {line}")
+    out += [f"Caution — {f}" for f in (comparison.get("shortcuts") or {}).get("findings") or []]
     return out
 
 

@@ -10,7 +10,9 @@ train / val / test ids; models with the same preprocessing share one preprocesse
 splits (:class:`medlens.training.run.InputCache`) — records the suite, per-model wall times
 and each model's outcome (trained, failed with its error, interrupted) in ``study.json``; a model
 that fails does not stop the others, and runs :func:`medlens.study.evaluate.evaluate` (comparison.json, model card
-updates, figures, report).
+updates, figures, report). ``resplit="patient"`` and ``drop_duplicates`` reach every model through
+its :class:`~medlens.training.config.TrainConfig`: the first model's splits.json (and dropped.csv)
+is made by :func:`medlens.data.leakage.plan_splits`, and every later model reuses it.
 
 Segmentation runs use the same steps (the ``pixel-forest`` baseline on the same splits);
 evaluation then computes per-case Dice, HD95 and NSD (:mod:`medlens.study.evaluate_segmentation`).
@@ -27,6 +29,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from medlens.errors import MedlensError
+from medlens.evaluation.subgroups import MIN_GROUP
 from medlens.runs import RunDir, read_json, write_json
 from medlens.study.suites import SuiteEntry, default_suite, fit_budget, suite_entries
 
@@ -46,6 +49,11 @@ def compare(
     n_resamples: int = 1000,
     threads: int | None = None,
     log: Log | None = None,
+    resplit: str | None = None,
+    drop_duplicates: str | None = None,
+    by: Sequence[str] = (),
+    bands: dict[str, list[float]] | None = None,
+    min_group: int = MIN_GROUP,
 ) -> RunDir:
     """Train the models of ``suite`` on ``source`` into ``out`` and evaluate them; returns the run.
 
@@ -53,14 +61,24 @@ def compare(
     None: the source's task's default suite (:func:`medlens.study.suites.default_suite`).
     ``epochs`` caps every deep model's epochs (quick checks); ``budget_minutes`` scales them
     down to fit (see :mod:`medlens.study.suites`); ``max_samples`` caps each split.
+    ``resplit`` ("patient") and ``drop_duplicates`` ("exact", "near"): see :mod:`medlens.data.leakage`.
+    ``by``, ``bands``, ``min_group``: the evaluation's subgroups (:mod:`medlens.study.subgroups`),
+    checked before training.
     """
+    from medlens.data.leakage import check_choices
     from medlens.data.sources import open_source
     from medlens.study.evaluate import evaluate
 
     say = log or (lambda msg: None)
     started = time.perf_counter()
+    check_choices(resplit, drop_duplicates)
+    splitting = {"resplit": resplit, "drop_duplicates": drop_duplicates}
     dataset = open_source(source, seed=seed)
     segmentation = dataset.task.value == "segmentation"
+    if by:  # an unknown column fails before training
+        from medlens.study.subgroups import check_request
+
+        check_request(dataset, by, bands)
     if suite is None:
         suite = default_suite(dataset.task.value)
     entries = suite_entries(suite, dataset.dims, dataset.task.value)
@@ -68,7 +86,9 @@ def compare(
         entries = [_cap_epochs(e, epochs) for e in entries]
     budget = None
     if budget_minutes is not None:
-        entries, budget = _fit_budget(dataset, source, entries, budget_minutes, seed=seed, max_samples=max_samples)
+        entries, budget = _fit_budget(
+            dataset, source, entries, budget_minutes, seed=seed, max_samples=max_samples, resplit=resplit
+        )
         say(
             f"budget {budget_minutes:g} min: estimated training {budget['estimated_training_seconds']:.0f} s, "
             f"epoch scale {budget['epoch_scale']:.2f}"
@@ -79,15 +99,19 @@ def compare(
     from medlens.training.run import InputCache
 
     run = RunDir(out).create()
-    write_yaml(run.config, {"source": source, "seed": seed, "suite": _suite_name(suite), "max_samples": max_samples})
+    write_yaml(
+        run.config,
+        {"source": source, "seed": seed, "suite": _suite_name(suite), "max_samples": max_samples, **splitting},
+    )
     if segmentation and max_samples and not run.splits.is_file():
-        _write_capped_splits(run, dataset, source, seed=seed, max_samples=max_samples)
+        _write_capped_splits(run, dataset, source, seed=seed, max_samples=max_samples, **splitting)
     inputs = InputCache()
     study: dict[str, Any] = {
         "source": source,
         "suite": _suite_name(suite),
         "seed": seed,
         "max_samples": max_samples,
+        **splitting,
         "entries": [e.to_dict() for e in entries],
         "budget": budget,
         "timings": {},
@@ -112,6 +136,7 @@ def compare(
                 max_samples=max_samples,
                 show_progress=show_progress,
                 threads=threads,
+                splitting=splitting,
             )
         except KeyboardInterrupt:
             outcomes[entry.model] = {"status": "interrupted", "seconds": round(time.perf_counter() - t0, 2)}
@@ -147,7 +172,9 @@ def compare(
     write_json(run.study, study)  # evaluate copies study.json into comparison.json
     say("evaluating")
     t0 = time.perf_counter()
-    evaluate(run.root, seed=seed, n_resamples=n_resamples, log=say, dataset=dataset)
+    evaluate(
+        run.root, seed=seed, n_resamples=n_resamples, log=say, dataset=dataset, by=by, bands=bands, min_group=min_group
+    )
     study["status"] = "evaluated"
     study["timings"]["evaluation"] = round(time.perf_counter() - t0, 2)
     study["timings"]["total"] = round(time.perf_counter() - started, 2)
@@ -162,17 +189,24 @@ def _suite_name(suite: str | Sequence[SuiteEntry | str]) -> Any:
     return suite if isinstance(suite, str) else [e if isinstance(e, str) else e.model for e in suite]
 
 
-def _write_capped_splits(run: RunDir, dataset: Any, source: str, *, seed: int, max_samples: int) -> None:
+def _write_capped_splits(
+    run: RunDir,
+    dataset: Any,
+    source: str,
+    *,
+    seed: int,
+    max_samples: int,
+    resplit: str | None,
+    drop_duplicates: str | None,
+) -> None:
     """splits.json with each split capped as training caps it (same ids: :func:`cap_ids`)."""
-    from medlens.data.splits import assign_splits, write_splits
+    from medlens.data.leakage import plan_splits, write_plan
     from medlens.manifest import record_files
     from medlens.training.run import cap_ids
 
-    splits = assign_splits(dataset, seed=seed)
-    write_splits(
-        run.splits, {k: cap_ids(v, max_samples, seed=seed) for k, v in splits.items()}, seed=seed, source=source
-    )
-    record_files(run.root, [run.splits], "compare")
+    plan = plan_splits(dataset, seed=seed, resplit=resplit, drop_duplicates=drop_duplicates)
+    plan.splits = {k: cap_ids(v, max_samples, seed=seed) for k, v in plan.splits.items()}
+    record_files(run.root, write_plan(run.root, plan, seed=seed, source=source), "compare")
 
 
 def _cap_epochs(entry: SuiteEntry, epochs: int) -> SuiteEntry:
@@ -195,6 +229,7 @@ def _train_one(
     max_samples: int | None,
     show_progress: bool,
     threads: int | None,
+    splitting: dict[str, str | None],
 ) -> None:
     from medlens.training.config import TrainConfig, native_size
     from medlens.training.run import train
@@ -205,19 +240,26 @@ def _train_one(
         first = dataset.load(dataset.records[0].id).image
         settings["img_size"] = min(int(cap), native_size(first.shape))
     config = TrainConfig(source=source, model=entry.model, out=str(run.root), seed=seed, progress=show_progress)
-    config = config.updated(**settings, max_samples=max_samples, threads=threads)
+    config = config.updated(**settings, max_samples=max_samples, threads=threads, **splitting)
     train(config, explicit=set(settings), dataset=dataset, inputs=inputs)
 
 
 def _fit_budget(
-    dataset, source: str, entries: list[SuiteEntry], budget_minutes: float, *, seed: int, max_samples: int | None
+    dataset,
+    source: str,
+    entries: list[SuiteEntry],
+    budget_minutes: float,
+    *,
+    seed: int,
+    max_samples: int | None,
+    resplit: str | None = None,
 ) -> tuple[list[SuiteEntry], dict[str, Any]]:
     """Resolve each deep model's input size and batch size as training will, then fit the budget."""
     from medlens.data.splits import assign_splits
     from medlens.models.registry import get_model
     from medlens.training.config import TrainConfig, native_size, resolve_config
 
-    splits = assign_splits(dataset, seed=seed)
+    splits = assign_splits(dataset, seed=seed, resplit=resplit == "patient")
     n_train, n_val = len(splits.get("train", [])), len(splits.get("val", []))
     if max_samples:
         n_train, n_val = min(n_train, max_samples), min(n_val, max_samples)

@@ -30,10 +30,20 @@ Top level::
                  occlusion being costly), "pointing_tolerance_px",
                  "iou_threshold", "explained_class", "methods": {"deep": "grad-cam",
                  "classical": "occlusion"}}; per-model scores are in MODEL["localization"]
+  splitting     how the run's splits.json was made (:mod:`medlens.data.leakage`): {"method":
+                "given"|"patient", "moved_patients", "drop_duplicates", "n_dropped", "dropped_file",
+                "description", "patients_across_splits" (this run's), "patients_across_given_splits"}
+  shortcuts     metadata-only baseline and how well each score predicts each attribute
+                (:mod:`medlens.study.shortcuts`), or {"available": false, "reason"}
   figures       {"dir": "figures", "gradcam_gallery": [{"model", "file" (relative to the run),
                  "id", "label", "predicted", "probability", "correct"}]}
   summary       [{"model", "kind", "auc", "auc_low", "auc_high", "acc", "acc_low", "acc_high",
                  "best": [metrics this model is best in]}]: what the summary table prints
+  external      {name: ...} (only after `medlens evaluate RUN --on SOURCE`): internal and external
+                metrics side by side per model; schema in :mod:`medlens.study.external`
+  subgroups     (only with `evaluate --by` / `compare --by`) per attribute column, model and group:
+                n, prevalence, AUC, sensitivity, specificity with CIs; gaps with CIs and Holm-adjusted
+                tests; equalized-odds gap; schema in :mod:`medlens.study.subgroups`
 
 MODEL::
 
@@ -500,6 +510,29 @@ def summary_rows(comparison: dict[str, Any]) -> list[dict[str, Any]]:
         row["best"] = sorted(k for k, b in by_metric.items() if name in b.get("tied", [b.get("model")]))
         rows.append(row)
     return rows
+
+
+def kept_external(path: Any, models: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
+    """The ``external`` entries of the comparison.json at ``path`` that a rerun of the internal
+    evaluation keeps: those whose models still decide with the same temperature and threshold
+    (``models``: the new MODEL entries); None when none is left."""
+    from medlens.runs import read_json
+
+    try:
+        old = read_json(path).get("external")
+    except (OSError, ValueError, AttributeError):  # absent or unreadable: nothing to keep
+        return None
+
+    def unchanged(entry: dict[str, Any]) -> bool:
+        return all(
+            name in models
+            and models[name].get("temperature") == m.get("temperature")
+            and models[name].get("decision_threshold") == m.get("decision_threshold")
+            for name, m in (entry.get("models") or {}).items()
+        )
+
+    kept = {k: v for k, v in (old or {}).items() if isinstance(v, dict) and unchanged(v)}
+    return kept or None
 
 
 def task_of(value: Any) -> str:

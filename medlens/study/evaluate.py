@@ -28,11 +28,12 @@ import io
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
 from medlens.errors import MedlensError
+from medlens.evaluation.subgroups import MIN_GROUP
 from medlens.inference.bundle import best_by_val_auc
 from medlens.inference.card import write_card
 from medlens.runs import ModelDir, RunDir, atomic_write_bytes, read_json, write_json
@@ -60,11 +61,16 @@ def evaluate(
     report: bool = True,
     log: Log | None = None,
     dataset: Any = None,
+    by: Sequence[str] = (),
+    bands: Mapping[str, Sequence[float]] | None = None,
+    min_group: int = MIN_GROUP,
 ) -> dict[str, Any]:
     """Evaluate every model of ``run_dir`` on ``split``; write comparison.json; return it.
 
     ``dataset``: the run's source, already opened (``compare`` passes it); else opened here when
-    localization or the report needs it.
+    localization, the report or subgroups need it. ``by``: attribute columns for the subgroup
+    analysis (:mod:`medlens.study.subgroups`), ``bands`` their numeric band edges, ``min_group``
+    the smallest group that is scored.
     """
     say = log or (lambda msg: None)
     run = RunDir(run_dir)
@@ -86,6 +92,8 @@ def evaluate(
     from medlens.study import evaluate_segmentation as seg
 
     if seg.is_segmentation_run(run, names):  # per-case label maps, not probabilities: their own statistics
+        if by:
+            say("subgroups need a binary classification task: --by is ignored for a segmentation run")
         return seg.evaluate_segmentation(
             run, names, split=split, n_resamples=n_resamples, seed=seed, report=report, log=say, dataset=dataset
         )
@@ -96,6 +104,11 @@ def evaluate(
         raise MedlensError(f"the run mixes tasks ({', '.join(sorted(tasks))}): models cannot be compared", run.root)
     task = tasks.pop()
     names = sorted(names, key=lambda n: (infos[n].get("kind") != "classical", n))
+    source = _Source(str(infos[names[0]].get("source")), int(infos[names[0]].get("seed") or 0), dataset)
+    if by:  # an unknown column fails before any work
+        from medlens.study import subgroups as SG
+
+        SG.check_request(source.open(), by, bands)
 
     preds = {n: (_read_predictions(run.model(n), "val"), _read_predictions(run.model(n), split)) for n in names}
     models: dict[str, dict[str, Any]] = {}
@@ -135,10 +148,39 @@ def evaluate(
         models[name] = entry
 
     pairwise = _pairwise(names, preds, models, task, split, n_resamples, seed)
-    source = _Source(str(infos[names[0]].get("source")), int(infos[names[0]].get("seed") or 0), dataset)
+    from medlens.study.shortcuts import leak_checks
+
+    leaks = leak_checks(  # splitting (leaked splits) and shortcuts, from the source's attributes
+        run,
+        source.open,
+        task=task,
+        class_names=list(infos[names[0]]["class_names"]),
+        evaluated={n: preds[n][1] for n in names},
+        label_auc={n: ((models[n]["metrics"].get(split) or {}).get("auc") or {}).get("value") for n in names},
+        split=split,
+        n_resamples=n_resamples,
+        seed=seed,
+        log=say,
+    )
+    subgroups, subgroup_figures = None, []
+    if by:
+        say(f"subgroups: {', '.join(by)}")
+        evaluated = {n: (*preds[n][1][:2], models[n]["_calibrated"], models[n]["decision_threshold"]) for n in names}
+        subgroups, subgroup_figures = SG.subgroups_section(
+            run,
+            source.open(),
+            by,
+            bands,
+            task,
+            evaluated,
+            split=split,
+            min_group=min_group,
+            n_resamples=n_resamples,
+            seed=seed,
+        )
     localization, gallery = _localization(run, names, infos, preds, models, split, seed, n_localization, say, source)
 
-    written: list[Path] = [run.comparison, *(run.root / g["file"] for g in gallery)]
+    written: list[Path] = [run.comparison, *(run.root / g["file"] for g in gallery), *subgroup_figures]
     for name in names:
         model_dir = run.model(name)
         written += _write_decisions(model_dir, cards[name], preds[name], models[name], split)
@@ -172,7 +214,12 @@ def evaluate(
         "localization": localization,
         "figures": {"dir": run.figures.name, "gradcam_gallery": gallery},
     }
+    if subgroups is not None:
+        comparison["subgroups"] = subgroups
+    comparison.update(leaks)
     comparison["summary"] = C.summary_rows(comparison)
+    if (external := C.kept_external(run.comparison, models)) is not None:  # `evaluate --on` results, still valid
+        comparison["external"] = external
     write_json(run.comparison, comparison)
     say(f"wrote {run.comparison}")
     from medlens.manifest import record_files

@@ -8,7 +8,8 @@ and computes the metrics of :mod:`medlens.evaluation.segmentation`.
 
 Writes: per model ``segmentation_cases_{SPLIT}.csv`` (one row per case and foreground class);
 ``comparison.json`` with a ``segmentation`` section (per model and class the mean of each metric
-with a bootstrap interval over cases, Wilcoxon + Holm tests between models, the overlay files);
+with a bootstrap interval over cases, Wilcoxon + Holm tests between models, the overlay files;
+the ``external`` entries of ``evaluate --on`` are kept);
 ``figures/segmentation_MODEL_{best,median,worst}.png`` (image with truth and prediction contours,
 ranked by the case's mean Dice; 3D: the slice with the most truth foreground); ``report.html``.
 The manifest records these files as the ``evaluate`` stage. The served model (``best``) is the
@@ -34,7 +35,7 @@ import numpy as np
 from medlens.errors import MedlensError
 from medlens.evaluation import segmentation as S
 from medlens.runs import ModelDir, RunDir, atomic_write_bytes, read_json, write_json
-from medlens.study.comparison import ALPHA, SCHEMA
+from medlens.study.comparison import ALPHA, SCHEMA, kept_external
 
 OVERLAY_RANKS = ("best", "median", "worst")
 
@@ -81,10 +82,7 @@ def evaluate_segmentation(
     for name in names:
         say(f"segmentation metrics: {name}")
         model_dir = run.model(name)
-        rows = []
-        for case_id, pred, foreground, path in _predictions(model_dir, split):
-            truth, spacing, fov = truths.get(case_id, path)
-            rows += _rows(case_id, truth, pred, class_names, spacing, fov, foreground, tolerance_mm, path)
+        rows = model_case_rows(model_dir, split, truths, class_names, tolerance_mm)
         tables[name] = rows
         atomic_write_bytes(model_dir.segmentation_cases(split), _csv(rows))
         written.append(model_dir.segmentation_cases(split))
@@ -148,6 +146,8 @@ def evaluate_segmentation(
         "best": {"model": best, "criterion": "highest mean Dice on validation (the model `medlens serve` loads)"},
         "segmentation": section,
     }
+    if (external := kept_external(run.comparison, models)) is not None:  # `evaluate --on` results
+        comparison["external"] = external
     write_json(run.comparison, comparison)
     say(f"wrote {run.comparison}")
     from medlens.manifest import record_files
@@ -159,6 +159,17 @@ def evaluate_segmentation(
 
 
 # -- reading ----------------------------------------------------------------------------------
+def model_case_rows(
+    model_dir: ModelDir, split: str, truths: "_Truths", class_names: list[str], tolerance_mm: float
+) -> list[dict[str, Any]]:
+    """The per-case table of one model on ``split``: its stored predictions against the truth."""
+    rows = []
+    for case_id, pred, foreground, path in _predictions(model_dir, split):
+        truth, spacing, fov = truths.get(case_id, path)
+        rows += _rows(case_id, truth, pred, class_names, spacing, fov, foreground, tolerance_mm, path)
+    return rows
+
+
 def _predictions(model_dir: ModelDir, split: str):
     """(id, labels, foreground or None, path) of each ``segmentations_SPLIT/ID.npz``, by id."""
     folder = model_dir.segmentations(split)

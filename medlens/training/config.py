@@ -56,6 +56,8 @@ class TrainConfig:
     val_fraction: float = 0.15
     test_fraction: float = 0.15
     max_samples: int | None = None  # cap per split (a seeded random subset), for quick runs
+    resplit: str | None = None  # "patient": ignore the source's splits (medlens.data.leakage); None: given
+    drop_duplicates: str | None = None  # "exact" | "near": drop cross-split duplicates (medlens.data.leakage)
     channels: int | None = None  # input channels (None: as stored)
     preprocessing: dict[str, Any] | None = None  # None: default_preprocessing(modality, dims, size)
     augmentation: dict[str, Any] | None = None  # None: default_augmentation(dims, augment)
@@ -116,6 +118,9 @@ class TrainConfig:
                 raise MedlensError(f"--{key.replace('_', '-')} must be one of {', '.join(allowed)}, not '{value}'")
         if self.epochs < 1:
             raise MedlensError(f"--epochs must be at least 1, not {self.epochs}")
+        from medlens.data.leakage import check_choices
+
+        check_choices(self.resplit, self.drop_duplicates)
         for key in ("batch_size", "img_size", "max_samples", "channels", "threads", "patches_per_case"):
             value = getattr(self, key)
             if value is not None and int(value) < 1:

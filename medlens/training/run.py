@@ -6,7 +6,9 @@
    source with masks: :mod:`medlens.training.segmentation`) and the task's default model; check
    the model fits its dimensions and task;
 2. splits: reuse ``splits.json`` of the run directory when there is one (several models of one
-   run share identical splits), else :func:`assign_splits` and write it;
+   run share identical splits), else :func:`medlens.data.leakage.plan_splits` (the source's
+   splits, or a patient-level re-split, less cross-split duplicates: ``resplit``,
+   ``drop_duplicates``) and write it (with ``dropped.csv`` when duplicates were dropped);
 3. ``fingerprint.json`` and the run's ``config.yaml`` (once per run), this model's resolved
    ``models/MODEL/config.yaml``;
 4. load the three splits into memory with the inference core's loader
@@ -230,24 +232,31 @@ def _prepare_model_dir(model_dir: ModelDir, *, resume: bool) -> None:
 def _splits(
     run: RunDir, dataset: Dataset, config: TrainConfig, *, write: bool, written: list[Path]
 ) -> dict[str, list[str]]:
-    """The run's splits: reused from splits.json when present, else assigned (and written)."""
-    from medlens.data.splits import assign_splits, check_splits, read_splits, write_splits
+    """The run's splits: reused from splits.json when present, else planned (and written)."""
+    from medlens.data.leakage import check_reuse, plan_splits, write_plan
+    from medlens.data.splits import check_splits, read_splits
 
     if run.splits.is_file():
-        splits = _only_splits(read_splits(run.splits))
+        stored = read_splits(run.splits)
+        check_reuse(stored["splitting"], config.resplit, config.drop_duplicates, run.splits)
+        splits = _only_splits(stored)
         try:
             check_splits(dataset, splits)
         except MedlensError as e:
             raise MedlensError(f"{e.problem}: was this run made from another source?", run.splits) from None
     else:
-        splits = _only_splits(
-            assign_splits(
-                dataset, seed=config.seed, val_fraction=config.val_fraction, test_fraction=config.test_fraction
-            )
+        plan = plan_splits(
+            dataset,
+            seed=config.seed,
+            val_fraction=config.val_fraction,
+            test_fraction=config.test_fraction,
+            resplit=config.resplit,
+            drop_duplicates=config.drop_duplicates,
+            show_progress=config.progress and write,
         )
+        splits = _only_splits(plan.splits)
         if write:
-            write_splits(run.splits, splits, seed=config.seed, source=config.source)
-            written.append(run.splits)
+            written += write_plan(run.root, plan, seed=config.seed, source=config.source)
     for name in ("train", "val"):
         if not splits.get(name):
             raise MedlensError(f"the '{name}' split is empty: too few samples to train", dataset.uri)

@@ -66,8 +66,30 @@ def test_patient_leakage():
     ds = make_classification((4, 4))
     add_sample(ds, "other_view", blob_image(77), 0, "test", patient="p_c0_000")
     report = _audit(ds)
-    assert report["patient_leakage"]["patients"] == [{"patient_id": "p_c0_000", "splits": {"train": 1, "test": 1}}]
+    leaks = report["patient_leakage"]
+    assert leaks["patients"] == [{"patient_id": "p_c0_000", "splits": {"train": 1, "test": 1}, "n_images": 2}]
+    assert leaks["n_patients"] == 1 and leaks["n_images"] == 2
     assert report["leakage_found"] is True
+    out = io.StringIO()
+    render_audit(report, Console(file=out, width=120))
+    assert "Patients in more than one split: 1 (2 images)" in out.getvalue()
+    assert "p_c0_000" in out.getvalue() and "train 1, test 1" in out.getvalue()
+
+
+def test_nih_patients_in_more_than_one_given_split(shared_data):
+    """The shared NIH subset: exactly 30 patients appear in more than one given split, each named."""
+    from medlens.data.audit import patient_leakage
+    from medlens.data.sources import open_source
+    from tests.conftest import need
+
+    ds = open_source(str(need(shared_data / "nih_cxr_1000" / "metadata.csv")))
+    leaks = patient_leakage(ds)
+    assert leaks["n_patients"] == 30 == len(leaks["patients"])
+    assert all(len(p["splits"]) > 1 and p["n_images"] == sum(p["splits"].values()) for p in leaks["patients"])
+    by_patient: dict[str, set] = {}
+    for r in ds.records:
+        by_patient.setdefault(r.patient_id, set()).add(r.split)
+    assert {p["patient_id"] for p in leaks["patients"]} == {p for p, s in by_patient.items() if len(s) > 1}
 
 
 def test_unreadable_and_unpaired_and_blank():

@@ -92,8 +92,18 @@ def test_bad_manifests(tmp_path):
         open_csv_manifest(_csv(tmp_path / "3.csv", "path,label,split\na.png,x,holdout\n"))
     with pytest.raises(BadInputError, match="listed twice"):
         open_csv_manifest(_csv(tmp_path / "4.csv", "path,label\na.png,x\na.png,y\n"))
-    with pytest.raises(BadInputError, match="unknown column"):
-        open_csv_manifest(_csv(tmp_path / "5.csv", "path,label,age\na.png,x,3\n"))
+    with pytest.raises(BadInputError, match="column 'lable': did you mean 'label'"):
+        open_csv_manifest(_csv(tmp_path / "5.csv", "path,lable\na.png,x\n"))
+    with pytest.raises(BadInputError, match="appears twice"):
+        open_csv_manifest(_csv(tmp_path / "6.csv", "path,label,age,age\na.png,x,3,4\n"))
+
+
+def test_other_columns_are_attributes(tmp_path):
+    _img(tmp_path / "a.png")
+    _img(tmp_path / "b.png")
+    ds = open_csv_manifest(_csv(tmp_path / "m.csv", "path,label,Sex,age,site\na.png,x,F,56,\nb.png,y,M,,north\n"))
+    by_id = {r.id: r.attributes for r in ds.records}
+    assert by_id == {"a.png": {"sex": "F", "age": "56"}, "b.png": {"sex": "M", "site": "north"}}  # empty: missing
 
 
 def test_folder_with_manifest_opens_it(tmp_path):
@@ -114,11 +124,50 @@ def test_classes_txt_fixes_class_order(tmp_path):
     for name in ("a.png", "b.png"):
         Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / name)
     (tmp_path / "manifest.csv").write_text("path,label\na.png,normal\nb.png,nodule\n")
-    assert open_csv_manifest(tmp_path / "manifest.csv").class_names == ["nodule", "normal"]  # sorted by default
-    (tmp_path / "classes.txt").write_text("normal\nnodule\n")
+    assert open_csv_manifest(tmp_path / "manifest.csv").class_names == ["normal", "nodule"]  # negative name first
+    (tmp_path / "classes.txt").write_text("nodule\nnormal\n")  # classes.txt wins over the negative name
     ds = open_csv_manifest(tmp_path / "manifest.csv")
-    assert ds.class_names == ["normal", "nodule"]
-    assert [r.label for r in ds.records] == [0, 1]
+    assert ds.class_names == ["nodule", "normal"]
+    assert [r.label for r in ds.records] == [1, 0]
     (tmp_path / "classes.txt").write_text("normal\n")
     with pytest.raises(MedlensError, match="nodule"):
         open_csv_manifest(tmp_path / "manifest.csv")
+
+
+def test_dicom_headers_give_attributes():
+    from types import SimpleNamespace
+
+    from medlens.data.attributes import attribute_key, dicom_age_years, dicom_attributes
+
+    header = {"PatientSex": "F", "PatientAge": "056Y", "ViewPosition": "AP", "Manufacturer": " GE ", "Modality": "DX"}
+    ds = SimpleNamespace(get=header.get)
+    assert dicom_attributes(ds) == {"sex": "F", "age": "56", "view_position": "AP", "manufacturer": "GE"}
+    assert [dicom_age_years(v) for v in ("018M", "003W", "7Y", "56", "")] == ["1.50", "0.06", "7", None, None]
+    assert attribute_key("PatientSex") == "sex" and attribute_key("site") == "site"
+
+
+@pytest.mark.parametrize(
+    ("labels", "expected"),
+    [
+        (("abnormal", "normal"), ["normal", "abnormal"]),
+        (("Tumour", "Healthy"), ["Healthy", "Tumour"]),
+        (("positive", "NEGATIVE"), ["NEGATIVE", "positive"]),
+        (("effusion", "No Finding"), ["No Finding", "effusion"]),
+        (("malignant", "benign"), ["benign", "malignant"]),
+        (("cat", "dog"), ["cat", "dog"]),  # no negative name: sorted
+        (("a", "b", "normal"), ["a", "b", "normal"]),  # not binary: sorted
+    ],
+)
+def test_binary_negative_name_comes_first(tmp_path, labels, expected):
+    """A conventional negative class name is index 0 in a manifest and in an image folder."""
+    from medlens.data.sources.folder import open_image_folder
+
+    rows = []
+    for i, label in enumerate(labels * 2):
+        _img(tmp_path / "m" / f"{i}.png", i)
+        _img(tmp_path / "f" / label / f"{i}.png", i)
+        rows.append(f"{i}.png,{label}")
+    ds = open_csv_manifest(_csv(tmp_path / "m" / "manifest.csv", "path,label\n" + "\n".join(rows) + "\n"))
+    assert ds.class_names == expected
+    assert [ds.class_names[r.label] for r in ds.records] == list(labels * 2)
+    assert open_image_folder(tmp_path / "f").class_names == expected

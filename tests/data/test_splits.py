@@ -90,7 +90,7 @@ def test_splits_json_roundtrip_and_errors(tmp_path):
     sp = assign_splits(ds, seed=7)
     write_splits(tmp_path / "splits.json", sp, seed=7, source="synthetic:x")
     back = read_splits(tmp_path / "splits.json")
-    assert back == {"seed": 7, "source": "synthetic:x", "splits": sp}
+    assert back == {"seed": 7, "source": "synthetic:x", "splits": sp, "splitting": None}
     check_splits(ds, back["splits"])
     with pytest.raises(MedlensError, match="not in"):
         check_splits(ds, {"train": ["nope"]})
@@ -100,3 +100,18 @@ def test_splits_json_roundtrip_and_errors(tmp_path):
     (tmp_path / "dup.json").write_text('{"seed": 1, "splits": {"train": ["a"], "test": ["a"]}}')
     with pytest.raises(BadInputError, match="in both 'train' and 'test'"):
         read_splits(tmp_path / "dup.json")
+
+
+def test_nih_patient_resplit_shares_no_patient_and_keeps_the_given_proportions(shared_data):
+    from medlens.data.leakage import plan_splits, splitting_summary
+    from medlens.data.sources import open_source
+    from tests.conftest import need
+
+    ds = open_source(str(need(shared_data / "nih_cxr_1000" / "metadata.csv")))
+    given = {name: sum(r.split == name for r in ds.records) for name in ("train", "val", "test")}
+    plan = plan_splits(ds, seed=0, resplit="patient")
+    assert {k: len(v) for k, v in plan.splits.items()} == given  # 600 / 200 / 200
+    summary = splitting_summary({"splits": plan.splits, "splitting": plan.splitting()}, ds)
+    assert summary["patients_across_splits"] == 0 and summary["patients_across_given_splits"] == 30
+    assert summary["description"] == f"split: patient-level re-split, {plan.moved_patients} patients moved"
+    assert plan.moved_patients >= 30

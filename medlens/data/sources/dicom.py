@@ -131,6 +131,7 @@ def open_dicom(path: Path, *, skip_bad: bool) -> Dataset:
                     "spacing": list(s.spacing),
                     "is_2d": s.is_2d,
                 },
+                attributes=dict(s.attributes),
             )
         )
     class_names = _attach_segs(segs, records, problems) if segs else []

@@ -3,7 +3,10 @@
 Split folder names are matched case-insensitively: train/training, val/valid/validation,
 test/testing; the source's split is kept in ``Record.split``. Class names are the sorted class
 folder names (the union over splits); two classes give :attr:`Task.BINARY`, more
-:attr:`Task.MULTICLASS`.
+:attr:`Task.MULTICLASS`. Of two classes, a conventional negative name (``normal``, ``negative``,
+``healthy``, ``benign``, ``no finding``, ``no_finding``; any case) comes first, as the negative
+class (:func:`medlens.data.sample.negative_first`): ``abnormal/`` and ``normal/`` make
+``abnormal`` the positive class.
 
 Channel policy (one per dataset): up to 32 images, evenly spaced over the sorted file list, are
 inspected; when all are gray-valued (a gray mode, or RGB with three equal channels) every sample
@@ -24,7 +27,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from medlens.data.imageio import choose_channels, is_raster_name, read_image_file
-from medlens.data.sample import Dataset, Problem, Record, Sample, Task
+from medlens.data.sample import Dataset, Problem, Record, Sample, Task, negative_first
 from medlens.errors import BadInputError, MedlensError
 
 SPLIT_ALIASES = {
@@ -111,7 +114,7 @@ def open_image_folder(path: Path, *, skip_bad: bool = False) -> "ImageFolderData
     if not entries:
         raise MedlensError("no images in class sub-folders", path)
 
-    class_names = sorted({c for _, c, _ in entries})
+    class_names = negative_first(sorted({c for _, c, _ in entries}))
     index = {c: i for i, c in enumerate(class_names)}
     records = []
     for split, cls, f in entries:

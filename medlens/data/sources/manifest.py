@@ -9,10 +9,15 @@
   is a ``mask`` column, else :attr:`Task.NONE`.
 * ``patient_id`` (default: the file stem), ``split`` (train/training, val/valid/validation,
   test/testing, or empty), ``mask`` (a mask image or volume, loaded into ``Sample.mask``).
+* any other column (``sex``, ``age``, ``view_position``, ``site``, ...): the record's
+  ``attributes`` (see :mod:`medlens.data.attributes`); empty cells are missing.
 
 Class order: a ``classes.txt`` beside the CSV (one class name per line) fixes the class indices;
 for a binary task the first line is the negative class (e.g. ``normal``), the second the positive
-one. Without it, integers keep numeric order and other names are sorted.
+one. Without it, integers keep numeric order and other names are sorted, except that a binary
+task whose class names include a conventional negative name (``normal``, ``negative``,
+``healthy``, ``benign``, ``no finding``, ``no_finding``; any case) puts it first: ``abnormal,
+normal`` makes ``abnormal`` the positive class (:func:`medlens.data.sample.negative_first`).
 
 A missing file, an empty label, an unknown split or a repeated path is an error naming the CSV,
 the line and the path; with ``skip_bad`` the row is listed in ``dataset.problems`` instead.
@@ -22,10 +27,11 @@ the line and the path; with ``skip_bad`` the row is listed in ``dataset.problems
 from __future__ import annotations
 
 import csv
+import difflib
 from pathlib import Path
 
 from medlens.data.imageio import choose_channels, is_nifti_name, is_raster_name, read_image_file, read_label_map
-from medlens.data.sample import Dataset, Problem, Record, Sample, Task
+from medlens.data.sample import Dataset, Problem, Record, Sample, Task, negative_first
 from medlens.data.sources.folder import split_of
 from medlens.errors import BadInputError, MedlensError
 
@@ -97,6 +103,9 @@ def open_csv_manifest(path: Path, *, skip_bad: bool = False) -> "ManifestDataset
                 origin=str(file),
                 split=split_of(split) if split else None,
                 extra=extra,
+                attributes={
+                    k.strip(): v.strip() for k, v in row.items() if k and k.strip() not in COLUMNS and (v or "").strip()
+                },
             )
         )
     first = Path(records[0].extra["path"])
@@ -160,9 +169,12 @@ def _read_rows(path: Path) -> list[tuple[int, dict[str, str]]]:
             fields = [(n or "").strip().lower() for n in reader.fieldnames]
             if "path" not in fields:
                 raise BadInputError(f"manifest has no 'path' column (columns: {', '.join(fields)})", path)
-            unknown = [n for n in fields if n not in COLUMNS]
-            if unknown:
-                raise BadInputError(f"unknown column(s) {', '.join(unknown)} (expected {', '.join(COLUMNS)})", path)
+            for name in fields:  # other columns are attributes; a near-miss of ours is a typo
+                close = difflib.get_close_matches(name, COLUMNS, n=1, cutoff=0.8) if name not in COLUMNS else []
+                if close:
+                    raise BadInputError(f"column '{name}': did you mean '{close[0]}'?", path)
+            if len(set(fields)) != len(fields):
+                raise BadInputError(f"a column name appears twice (columns: {', '.join(fields)})", path)
             rows = []
             for row in reader:
                 clean = {(k or "").strip().lower(): (v or "") for k, v in row.items() if k is not None}
@@ -218,7 +230,7 @@ def _labels(values: list[str] | None, multilabel: bool, *, has_mask: bool, order
             return tuple(hot)
 
         return Task.MULTILABEL, names, encode
-    names = order or _ordered(set(values))
+    names = order or negative_first(_ordered(set(values)))
     index = {n: i for i, n in enumerate(names)}
     return (Task.BINARY if len(names) == 2 else Task.MULTICLASS), names, lambda v: index[v]
 
