@@ -21,6 +21,8 @@ from typing import Any
 
 import yaml
 
+from medlens.errors import MedlensError
+
 OOD_GUARD_FILE = "ood.safetensors"
 
 
@@ -88,6 +90,16 @@ class RunDir:
         if not self.models_dir.is_dir():
             return []
         return sorted(p.name for p in self.models_dir.iterdir() if (p / "model.json").is_file())
+
+    def trained_models(self) -> list[str]:
+        """:meth:`model_names`, or a one-line MedlensError when the folder or its models are missing."""
+
+        if not self.root.is_dir():
+            raise MedlensError("no such run directory", self.root)
+        names = self.model_names()
+        if not names:
+            raise MedlensError("no trained model in the run (models/*/model.json)", self.root)
+        return names
 
     def create(self) -> "RunDir":
         self.models_dir.mkdir(parents=True, exist_ok=True)

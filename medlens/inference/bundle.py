@@ -434,9 +434,7 @@ def _abstention_rule(card: ModelCard, uncertainty: str | None) -> unc.Abstention
 # -- choosing and verifying a bundle ---------------------------------------------------------------
 def choose_model(run: RunDir, model: str | None) -> str:
     """The model to load: ``model``, the only one, or comparison.json's best (by validation AUC)."""
-    names = run.model_names()
-    if not names:
-        raise MedlensError("no trained model in the run (models/*/model.json)", run.root)
+    names = run.trained_models()
     if model is not None:
         if model not in names:
             raise MedlensError(f"no model '{model}' in the run (models: {', '.join(names)})", run.root)

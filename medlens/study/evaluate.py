@@ -74,11 +74,7 @@ def evaluate(
     """
     say = log or (lambda msg: None)
     run = RunDir(run_dir)
-    if not run.root.is_dir():
-        raise MedlensError("no such run directory", run.root)
-    names = run.model_names()
-    if not names:
-        raise MedlensError("no trained model in the run (models/*/model.json)", run.root)
+    names = run.trained_models()
     if split not in ("val", "test"):
         raise MedlensError(f"--split must be val or test, not '{split}'")
     if n_resamples < 100:

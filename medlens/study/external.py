@@ -87,11 +87,7 @@ def evaluate_external(
 
     say = log or (lambda msg: None)
     run = RunDir(run_dir)
-    if not run.root.is_dir():
-        raise MedlensError("no such run directory", run.root)
-    names = run.model_names()
-    if not names:
-        raise MedlensError("no trained model in the run (models/*/model.json)", run.root)
+    names = run.trained_models()
     infos = {n: read_json(run.model(n).info) for n in names}
     segmentation = any(i.get("task") == "segmentation" for i in infos.values())
     if scale is not None and not segmentation:
