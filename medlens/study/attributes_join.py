@@ -9,12 +9,10 @@ one-line error listing the attributes the source has.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Sequence
 
 from medlens.data.attributes import attribute_key
 from medlens.errors import MedlensError
-from medlens.runs import RunDir, read_json, read_yaml
 
 
 def available_attributes(dataset: Any) -> list[str]:
@@ -45,17 +43,3 @@ def attribute_columns(dataset: Any, ids: Sequence[str], columns: Sequence[str]) 
         except KeyError:
             raise MedlensError(f"the run's sample '{i}' is not in its source: was the source changed?") from None
     return {c: [r.attributes.get(c) for r in records] for c in columns}
-
-
-def open_run_source(run_dir: str | Path) -> Any:
-    """The source a run was trained on (config.yaml's ``source`` and ``seed``, else the first model card's)."""
-    from medlens.data.sources import open_source
-
-    run = RunDir(run_dir)
-    config = read_yaml(run.config) if run.config.is_file() else {}
-    if not (config or {}).get("source"):
-        names = run.model_names()
-        config = read_json(run.model(names[0]).info) if names else {}
-    if not (config or {}).get("source"):
-        raise MedlensError("the run does not record its source (config.yaml or models/*/model.json)", run.root)
-    return open_source(str(config["source"]), seed=int(config.get("seed") or 0))

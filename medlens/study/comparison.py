@@ -222,8 +222,8 @@ def model_statistics(
         "calibrated_metrics": calibrated,
         "operating_points": operating,
         "reliability": {
-            "before": _reliability(reliability_curve(y_eval, p_eval, N_BINS, task)),
-            "after": _reliability(reliability_curve(y_eval, c_eval, N_BINS, task)),
+            "before": reliability_entry(reliability_curve(y_eval, p_eval, N_BINS, task)),
+            "after": reliability_entry(reliability_curve(y_eval, c_eval, N_BINS, task)),
         },
         **_selective(task, y_val, c_val, y_eval, c_eval, decision, target_risk),
         "curves": roc_pr_curves(y_eval, p_eval, task, class_names),
@@ -265,7 +265,7 @@ def _threshold(y: np.ndarray, p: np.ndarray, method: str = "youden", target: flo
         return 0.5
 
 
-def _reliability(curve: dict[str, Any]) -> dict[str, Any]:
+def reliability_entry(curve: dict[str, Any]) -> dict[str, Any]:
     return {
         k: np.asarray(curve[k]).tolist() if k != "ece" else float(curve[k])
         for k in ("bin_centers", "accuracy", "confidence", "counts", "ece")

@@ -106,7 +106,7 @@ def evaluate(
 
         SG.check_request(source.open(), by, bands)
 
-    preds = {n: (_read_predictions(run.model(n), "val"), _read_predictions(run.model(n), split)) for n in names}
+    preds = {n: (read_predictions(run.model(n), "val"), read_predictions(run.model(n), split)) for n in names}
     models: dict[str, dict[str, Any]] = {}
     for name in names:
         say(f"statistics: {name}")
@@ -222,12 +222,14 @@ def evaluate(
 
     record_files(run.root, written, "evaluate")
     if report:
-        _build_report(run, say, source)
+        from medlens.study.report_writer import write_report
+
+        write_report(run, say, source.opened)
     return read_json(run.comparison)
 
 
 # -- reading artifacts --------------------------------------------------------------------------
-def _read_predictions(model_dir: ModelDir, split: str) -> tuple[list[str], np.ndarray, np.ndarray]:
+def read_predictions(model_dir: ModelDir, split: str) -> tuple[list[str], np.ndarray, np.ndarray]:
     """(ids, labels, probabilities) of predictions_SPLIT.csv."""
     path = model_dir.predictions(split)
     if not path.is_file():
@@ -497,13 +499,3 @@ def _display(x: np.ndarray, heat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 # -- report ----------------------------------------------------------------------------------
-def _build_report(run: RunDir, say: Log, source: _Source) -> None:
-    """report.html (given the source when this stage opened it, so it is not opened twice)."""
-    from medlens.reporting import build_report
-
-    try:
-        path = build_report(run.root, dataset=source.opened)
-    except Exception as e:  # noqa: BLE001 - the report's failure must not lose comparison.json or the manifest
-        say(f"report not written: {type(e).__name__}: {e}")
-        return
-    say(f"wrote {path or run.report}")

@@ -154,7 +154,9 @@ def evaluate_segmentation(
 
     record_files(run.root, written, "evaluate")
     if report:
-        _build_report(run, say, dataset)
+        from medlens.study.report_writer import write_report
+
+        write_report(run, say, dataset)
     return read_json(run.comparison)
 
 
@@ -312,15 +314,3 @@ def _overlays(run: RunDir, names, tables, truths: _Truths, class_names, split: s
             atomic_write_bytes(run.root / rel, png)
             out.append({"model": name, "rank": rank, "id": case_id, "dice": means[case_id], "file": rel})
     return out
-
-
-def _build_report(run: RunDir, say: Log, dataset: Any) -> None:
-    """report.html (the source already open is passed on, so it is not opened twice)."""
-    from medlens.reporting import build_report
-
-    try:
-        path = build_report(run.root, dataset=dataset)
-    except Exception as e:  # noqa: BLE001 - the report's failure must not lose comparison.json or the manifest
-        say(f"report not written: {type(e).__name__}: {e}")
-        return
-    say(f"wrote {path}")

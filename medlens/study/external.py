@@ -121,7 +121,7 @@ def evaluate_external(
             log=say,
         )
         result["class_map"] = None if class_map is None else str(class_map)
-        return _record(run, name, result, report, say, str(infos[names[0]].get("source")))
+        return _record(run, name, result, report, say)
     _check_labelled(dataset)
     splits = dict(sorted(Counter(r.split or "unsplit" for r in dataset.records).items()))
     ids = [r.id for r in dataset.records]
@@ -166,10 +166,10 @@ def evaluate_external(
         },
         "models": models,
     }
-    return _record(run, name, result, report, say, str(infos[names[0]].get("source")))
+    return _record(run, name, result, report, say)
 
 
-def _record(run: RunDir, name: str, result: dict[str, Any], report: bool, say: Log, run_source: str) -> dict[str, Any]:
+def _record(run: RunDir, name: str, result: dict[str, Any], report: bool, say: Log) -> dict[str, Any]:
     """Add ``result`` to comparison.json as ``external[name]``, record it, rebuild the report; return it."""
     from medlens.manifest import record_files
 
@@ -179,9 +179,9 @@ def _record(run: RunDir, name: str, result: dict[str, Any], report: bool, say: L
     record_files(run.root, [run.comparison], "evaluate")
     say(f"wrote {run.comparison} (external.{name})")
     if report:
-        from medlens.study.evaluate import _build_report, _Source
+        from medlens.study.report_writer import write_report
 
-        _build_report(run, say, _Source(run_source, 0))
+        write_report(run, say)
     return read_json(run.comparison)["external"][name]
 
 
@@ -296,7 +296,7 @@ def _model_entry(
     from medlens.evaluation.calibration import reliability_curve
     from medlens.evaluation.selective import selective_risk, uncertainty_scores
     from medlens.evaluation.statistics import bootstrap_metrics, unpaired_bootstrap_difference
-    from medlens.study.evaluate import _read_predictions
+    from medlens.study.evaluate import read_predictions
 
     internal = (comparison.get("models") or {}).get(model)
     if not internal:
@@ -310,7 +310,7 @@ def _model_entry(
             run.comparison,
         )
     split, task, threshold = comparison.get("split", "test"), bundle.task, bundle.card.decision_threshold
-    _, y_int, raw_int = _read_predictions(run.model(model), split)
+    _, y_int, raw_int = read_predictions(run.model(model), split)
     c_int = bundle.calibrate(raw_int)
 
     def cis(y: np.ndarray, p: np.ndarray) -> dict[str, Any]:
@@ -353,8 +353,8 @@ def _model_entry(
         "chosen_on": "val (internal), applied unchanged",
         "metrics": metrics,
         "reliability": {
-            "internal": C._reliability(reliability_curve(y_int, c_int, C.N_BINS, task)),
-            "external": C._reliability(reliability_curve(y_ext, c_ext, C.N_BINS, task)),
+            "internal": C.reliability_entry(reliability_curve(y_int, c_int, C.N_BINS, task)),
+            "external": C.reliability_entry(reliability_curve(y_ext, c_ext, C.N_BINS, task)),
         },
         "abstention": {
             "method": rule.get("method"),
