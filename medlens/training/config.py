@@ -256,14 +256,39 @@ def default_patch(first_shape: tuple[int, ...], dims: int, defaults: dict[str, A
 
 
 def segmentation_augmentation(dims: int, augment: str, patch: list[int]) -> dict[str, Any]:
-    """Flips along every spatial axis and, when the last two patch sides are equal, in-plane
-    quarter turns, each with probability 0.5 (``none``: nothing); image and mask move together."""
+    """Training-patch augmentation (image and mask move together; ``none``: nothing).
+
+    ``light``: flips along every spatial axis and, when the last two patch sides are equal,
+    in-plane quarter turns, each with probability 0.5. ``standard`` adds nnU-Net's default
+    spatial and intensity augmentation at its probabilities: a random rotation (up to 15 degrees
+    about each axis) and scaling (0.85-1.25) with probability 0.2 each, multiplicative brightness
+    (0.75-1.25, p 0.15), gamma (0.7-1.5, p 0.3) and Gaussian noise (std up to 0.1 of the
+    normalised intensities, p 0.1).
+    """
     if augment == "none":
         return {}
     if augment == "gan":
         raise MedlensError("--augment gan is for classification; segmentation takes none, light or standard")
     square = patch[-1] == patch[-2]
-    return {"prob": 0.5, "flip_axes": list(range(dims)), "rotate90_axes": [dims - 2, dims - 1] if square else None}
+    config: dict[str, Any] = {
+        "prob": 0.5,
+        "flip_axes": list(range(dims)),
+        "rotate90_axes": [dims - 2, dims - 1] if square else None,
+    }
+    if augment == "standard":
+        config.update(
+            rotate_degrees=15.0,
+            rotate_prob=0.2,
+            scale_range=[0.85, 1.25],
+            scale_prob=0.2,
+            brightness=[0.75, 1.25],
+            brightness_prob=0.15,
+            gamma=[0.7, 1.5],
+            gamma_prob=0.3,
+            noise_std=0.1,
+            noise_prob=0.1,
+        )
+    return config
 
 
 def _int_if_digits(value: int | str) -> int | str:

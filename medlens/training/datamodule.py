@@ -115,8 +115,9 @@ class PatchDataset(Dataset):
     else on a random voxel (as MONAI's ``RandCropByPosNegLabel`` with pos/neg ratio, hand-written
     here so that only the foreground indices, not every background voxel, are kept per case).
     Cases smaller than the patch are zero-padded. ``augmentation`` (see
-    :func:`medlens.training.config.segmentation_augmentation`) applies MONAI's ``RandFlipd`` and
-    ``RandRotate90d`` to image and mask together.
+    :func:`medlens.training.config.segmentation_augmentation`) applies MONAI dictionary transforms
+    (flips, quarter turns; for ``standard`` also rotation, scaling and intensity changes) to image
+    and mask together.
     """
 
     def __init__(
@@ -166,13 +167,45 @@ class PatchDataset(Dataset):
 
 
 def _patch_augmentation(config: dict | None, seed: int):
-    """MONAI dictionary transforms flipping / turning image and label together (None: no augmentation)."""
+    """MONAI dictionary transforms moving image and label together (None: no augmentation); see
+    :func:`medlens.training.config.segmentation_augmentation` for the keys."""
     if not config:
         return None
-    from monai.transforms import Compose, RandFlipd, RandRotate90d
+    import math
+
+    from monai.transforms import (
+        Compose,
+        RandAdjustContrastd,
+        RandAffined,
+        RandFlipd,
+        RandGaussianNoised,
+        RandRotate90d,
+        RandScaleIntensityd,
+    )
 
     keys, prob = ["image", "label"], float(config.get("prob", 0.5))
-    steps: list = [RandFlipd(keys, prob=prob, spatial_axis=int(a)) for a in config.get("flip_axes") or []]
+    steps: list = []
+    if config.get("rotate_prob") or config.get("scale_prob"):
+        dims = len(config.get("flip_axes") or [0, 0])
+        angle = math.radians(float(config.get("rotate_degrees", 0.0)))
+        low, high = config.get("scale_range", [1.0, 1.0])
+        # one RandAffined per kind so that each fires with its own probability, as in nnU-Net
+        if config.get("rotate_prob"):
+            rotate = (angle,) if dims == 2 else (angle, angle, angle)
+            steps.append(_affine(RandAffined, keys, float(config["rotate_prob"]), rotate_range=rotate))
+        if config.get("scale_prob"):
+            # MONAI's scale_range is added to 1: (low - 1, high - 1) gives factors in [low, high]
+            steps.append(
+                _affine(RandAffined, keys, float(config["scale_prob"]), scale_range=[(low - 1, high - 1)] * dims)
+            )
+    if config.get("brightness_prob"):
+        low, high = config["brightness"]
+        steps.append(RandScaleIntensityd("image", factors=(low - 1, high - 1), prob=float(config["brightness_prob"])))
+    if config.get("gamma_prob"):
+        steps.append(RandAdjustContrastd("image", gamma=tuple(config["gamma"]), prob=float(config["gamma_prob"])))
+    if config.get("noise_prob"):
+        steps.append(RandGaussianNoised("image", std=float(config["noise_std"]), prob=float(config["noise_prob"])))
+    steps += [RandFlipd(keys, prob=prob, spatial_axis=int(a)) for a in config.get("flip_axes") or []]
     if config.get("rotate90_axes"):
         steps.append(RandRotate90d(keys, prob=prob, max_k=3, spatial_axes=tuple(config["rotate90_axes"])))
     compose = Compose(steps, map_items=False).set_random_state(seed=seed)
@@ -182,6 +215,11 @@ def _patch_augmentation(config: dict | None, seed: int):
         return {k: np.asarray(v) for k, v in out.items()}
 
     return apply
+
+
+def _affine(cls, keys: list[str], prob: float, **ranges):
+    """A MONAI ``RandAffined``: bilinear for the image, nearest for the label, zeros outside."""
+    return cls(keys, prob=prob, mode=("bilinear", "nearest"), padding_mode="zeros", **ranges)
 
 
 class CaseDataset(Dataset):

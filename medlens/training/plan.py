@@ -13,9 +13,11 @@
 
 Segmentation sources (or ``task="segmentation"``) get :func:`segmentation_plan`: the patch from
 the median image size (rounded to the network's step, capped), images kept in their stored
-spacing (no resampling; the reasons say when the spacing is anisotropic), the batch size, and the
-epochs that fit the budget for patch training plus sliding-window validation (when the epoch cap
-binds, more patches per case per epoch, so that the budget is spent).
+spacing (no resampling; the reasons say when the spacing is anisotropic), the batch size, the
+augmentation (``standard``, nnU-Net's spatial and intensity set, below 2000 training cases), and
+the epochs that fit the budget for patch training plus sliding-window validation: the network's
+step and the cost of drawing an augmented patch are both measured here (when the epoch cap binds,
+more patches per case per epoch, so that the budget is spent).
 
 The plan is JSON (``plan.json``); ``medlens train SOURCE --plan plan.json`` follows its
 ``config`` section (options given on the command line win).
@@ -94,6 +96,33 @@ def measure_throughput(
         step()
         steps += 1
     return steps * batch_size / (time.perf_counter() - started)
+
+
+def measure_patch_sampling(dataset: Any, patch: list[int], augmentation: dict, *, cases: int = 4, n: int = 24) -> float:
+    """Seconds to draw one augmented training patch from the first ``cases`` cases with masks
+    (the training loader's cost per patch, which the network's step does not include)."""
+    import numpy as np
+
+    from medlens.training.datamodule import PatchDataset
+
+    images, masks = [], []
+    for index in range(min(len(dataset), cases * 4)):
+        sample = dataset.load(index)
+        if sample.mask is not None and np.asarray(sample.mask).shape == sample.image.shape[1:]:
+            images.append(np.asarray(sample.image, dtype=np.float32))
+            masks.append(np.asarray(sample.mask).astype(np.uint8))
+        if len(images) == cases:
+            break
+    if not images:
+        return 0.0
+    patches = PatchDataset(
+        images, masks, patch=patch, patches_per_case=n, pos_fraction=0.5, augmentation=augmentation, seed=0
+    )
+    patches[0]  # warm-up: imports, first allocation
+    started = time.perf_counter()
+    for index in range(n):
+        patches[index]
+    return (time.perf_counter() - started) / n
 
 
 def _n_splits(dataset: Any, seed: int) -> dict[str, int]:
@@ -285,7 +314,7 @@ def segmentation_plan(
     from medlens.data.transforms import default_preprocessing, looks_label_like, looks_like_hounsfield
     from medlens.inference.segment import OVERLAP
     from medlens.models.registry import check_task, get_model
-    from medlens.training.config import SEGMENTATION_GEOMETRY, TrainConfig, default_patch
+    from medlens.training.config import SEGMENTATION_GEOMETRY, TrainConfig, default_patch, segmentation_augmentation
 
     dims = int(fp.get("dims") or dataset.dims)
     name = model or "unet"
@@ -317,7 +346,8 @@ def segmentation_plan(
     reasons.append(f"patch {patch}: the median size rounded down to {name}'s step {spec.defaults.get('divisor', 1)}")
     batch = SEG_BATCH[dims]
     per_case = TrainConfig.patches_per_case
-    ips = measure_throughput(
+    augment = "standard" if n_train < 2000 else "light"
+    net_ips = measure_throughput(
         name,
         in_channels=channels,
         num_outputs=max(len(dataset.class_names), 2),
@@ -325,6 +355,13 @@ def segmentation_plan(
         img_size=patch,
         batch_size=batch,
         segmentation=True,
+    )
+    sampling_s = measure_patch_sampling(dataset, patch, segmentation_augmentation(dims, augment, patch))
+    ips = 1.0 / (1.0 / net_ips + sampling_s)
+    reasons.append(
+        f"augmentation '{augment}' ("
+        + ("a small training set needs more variety" if augment == "standard" else "enough data")
+        + f"): drawing an augmented patch takes {sampling_s * 1000:.1f} ms beside the network's step"
     )
     windows = math.prod(max(1, math.ceil((m - p) / (p * (1 - OVERLAP))) + 1) for m, p in zip(median, patch))
     epoch_s = (n_train * per_case + n_val * windows * VAL_COST) / ips
@@ -344,6 +381,8 @@ def segmentation_plan(
         "patch_size": patch,
         "batch_size": batch,
         "images_per_second": round(ips, 1),
+        "network_images_per_second": round(net_ips, 1),
+        "sampling_ms": round(sampling_s * 1000, 2),
         "epoch_seconds": round(epoch_s, 2),
         "affordable_epochs": epochs,
     }
@@ -369,7 +408,7 @@ def segmentation_plan(
         "epochs": epochs,
         "patches_per_case": per_case,
         "patience": max(5, epochs // 3),
-        "augment": "light",
+        "augment": augment,
         "preprocessing": preprocessing,
         "scheduler": "cosine",
         "seed": seed,

@@ -19,7 +19,8 @@ from medlens.manifest import verify_manifest
 from medlens.models.registry import models_for
 from medlens.runs import RunDir, read_json
 from medlens.training import plan as planning
-from medlens.training.config import TrainConfig, plan_overrides
+from medlens.training.config import TrainConfig, plan_overrides, segmentation_augmentation
+from medlens.training.datamodule import PatchDataset
 from medlens.training.run import train
 from tests.conftest import run_medlens
 
@@ -218,22 +219,74 @@ def test_models_are_offered_for_their_own_task_only():
 def test_plan_chooses_patch_batch_and_epochs_from_the_data_and_budget(volumes, monkeypatch):
     def measure(model, *, img_size, segmentation=False, **kw):
         assert segmentation and img_size == [16, 16, 16]
-        return 10.0  # patches per second
+        return 10.0  # network patches per second
+
+    def sampling(dataset, patch, augmentation, **kw):
+        assert patch == [16, 16, 16] and augmentation["rotate_prob"] > 0  # the plan's own augmentation
+        return 0.05  # seconds to draw one augmented patch
 
     monkeypatch.setattr(planning, "measure_throughput", measure)
+    monkeypatch.setattr(planning, "measure_patch_sampling", sampling)
     plan = planning.make_plan(str(volumes), budget_minutes=1.0, show_progress=False)
     config = plan["config"]
     assert config["task"] == "segmentation" and config["model"] == "unet" and config["patch_size"] == [16, 16, 16]
     assert config["batch_size"] == planning.SEG_BATCH[3]
+    assert config["augment"] == "standard"  # 10 cases: a small training set
     n_train, n_val = plan["data"]["n_train"], plan["data"]["n_val"]
-    epoch_s = (n_train * 4 + n_val * planning.VAL_COST) / 10.0
+    ips = 1 / (1 / 10.0 + 0.05)  # the network's step and the drawing of a patch, one after the other
+    epoch_s = (n_train * 4 + n_val * planning.VAL_COST) / ips
     assert config["epochs"] == min(planning.MAX_EPOCHS, math.floor(60 * planning.BUDGET_USE / epoch_s))
+    assert plan["measurements"][0]["sampling_ms"] == 50.0
     assert any("no resampling" in line for line in plan["reasoning"])
     json.dumps(plan)  # plan.json is plain JSON
 
 
+def test_the_plan_measures_drawing_real_augmented_patches(volumes):
+    dataset = open_source(str(volumes))
+    light = planning.measure_patch_sampling(dataset, [16, 16, 16], {}, n=8)
+    standard = planning.measure_patch_sampling(
+        dataset, [16, 16, 16], segmentation_augmentation(3, "standard", [16, 16, 16]), n=8
+    )
+    assert 0 < light < 0.5 and 0 < standard < 0.5
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_standard_augmentation_moves_image_and_mask_together(dims):
+    """Rotation and scaling on every patch: the image (a copy of the mask) still matches the mask
+    and the mask keeps its label values."""
+    rng = np.random.default_rng(0)
+    shape = (40,) * dims
+    grid = np.indices(shape)
+    mask = (sum((g - 20.0) ** 2 for g in grid) <= 100).astype(np.uint8) * 2
+    config = segmentation_augmentation(dims, "standard", [24] * dims)
+    config.update(rotate_prob=1.0, scale_prob=1.0, brightness_prob=0.0, gamma_prob=0.0, noise_prob=0.0)
+    patches = PatchDataset(
+        [mask[None].astype(np.float32)],
+        [mask],
+        patch=[24] * dims,
+        patches_per_case=12,
+        pos_fraction=1.0,
+        augmentation=config,
+        seed=int(rng.integers(100)),
+    )
+    changed = 0
+    for index in range(len(patches)):
+        x, y = patches[index]
+        assert set(np.unique(y.numpy())) <= {0, 2}
+        inside, outside = x[y == 2], x[y == 0]
+        assert inside.numel() and float(inside.mean()) > 1.5 and float(outside.mean()) < 0.5
+        changed += int(not np.isin(x.numpy(), [0.0, 2.0]).all())  # interpolated: the patch was resampled
+    assert changed == len(patches)
+
+
+def test_light_augmentation_only_flips():
+    assert set(segmentation_augmentation(3, "light", [16, 16, 16])) == {"prob", "flip_axes", "rotate90_axes"}
+    assert segmentation_augmentation(3, "none", [16, 16, 16]) == {}
+
+
 def test_when_the_epoch_cap_binds_the_plan_spends_the_budget_on_more_patches(volumes, monkeypatch):
     monkeypatch.setattr(planning, "measure_throughput", lambda *a, **kw: 1000.0)
+    monkeypatch.setattr(planning, "measure_patch_sampling", lambda *a, **kw: 0.0)
     plan = planning.make_plan(str(volumes), budget_minutes=1.0, show_progress=False)
     config = plan["config"]
     assert config["epochs"] == planning.MAX_EPOCHS and config["patches_per_case"] > TrainConfig.patches_per_case
