@@ -98,6 +98,14 @@ def measure_throughput(
     return steps * batch_size / (time.perf_counter() - started)
 
 
+SMALL_TRAINING_SET = 2000  # below this many training cases (or images) the plan augments more
+
+
+def augment_for(n_train: int) -> str:
+    """The plan's augmentation strength: ``standard`` for a small training set, else ``light``."""
+    return "standard" if n_train < SMALL_TRAINING_SET else "light"
+
+
 def measure_patch_sampling(dataset: Any, patch: list[int], augmentation: dict, *, cases: int = 4, n: int = 24) -> float:
     """Seconds to draw one augmented training patch from the first ``cases`` cases with masks
     (the training loader's cost per patch, which the network's step does not include)."""
@@ -241,7 +249,7 @@ def make_plan(
         f"{chosen['batch_size']}, {chosen['epoch_seconds']:.1f} s per epoch -> {epochs} epochs "
         f"(cap {MAX_EPOCHS}) in about {epochs * chosen['epoch_seconds'] / 60:.1f} min"
     )
-    augment = "standard" if n_train < 2000 else "light"
+    augment = augment_for(n_train)
     reasons.append(
         f"augmentation '{augment}': "
         + ("a small training set needs more variety" if augment == "standard" else "enough data; light augmentation")
@@ -346,7 +354,7 @@ def segmentation_plan(
     reasons.append(f"patch {patch}: the median size rounded down to {name}'s step {spec.defaults.get('divisor', 1)}")
     batch = SEG_BATCH[dims]
     per_case = TrainConfig.patches_per_case
-    augment = "standard" if n_train < 2000 else "light"
+    augment = augment_for(n_train)
     net_ips = measure_throughput(
         name,
         in_channels=channels,
