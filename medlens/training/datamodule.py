@@ -176,7 +176,6 @@ def _patch_augmentation(config: dict | None, seed: int):
     from monai.transforms import (
         Compose,
         RandAdjustContrastd,
-        RandAffined,
         RandFlipd,
         RandGaussianNoised,
         RandRotate90d,
@@ -192,12 +191,10 @@ def _patch_augmentation(config: dict | None, seed: int):
         # one RandAffined per kind so that each fires with its own probability, as in nnU-Net
         if config.get("rotate_prob"):
             rotate = (angle,) if dims == 2 else (angle, angle, angle)
-            steps.append(_affine(RandAffined, keys, float(config["rotate_prob"]), rotate_range=rotate))
+            steps.append(_affine(keys, float(config["rotate_prob"]), rotate_range=rotate))
         if config.get("scale_prob"):
             # MONAI's scale_range is added to 1: (low - 1, high - 1) gives factors in [low, high]
-            steps.append(
-                _affine(RandAffined, keys, float(config["scale_prob"]), scale_range=[(low - 1, high - 1)] * dims)
-            )
+            steps.append(_affine(keys, float(config["scale_prob"]), scale_range=[(low - 1, high - 1)] * dims))
     if config.get("brightness_prob"):
         low, high = config["brightness"]
         steps.append(RandScaleIntensityd("image", factors=(low - 1, high - 1), prob=float(config["brightness_prob"])))
@@ -217,9 +214,11 @@ def _patch_augmentation(config: dict | None, seed: int):
     return apply
 
 
-def _affine(cls, keys: list[str], prob: float, **ranges):
+def _affine(keys: list[str], prob: float, **ranges):
     """A MONAI ``RandAffined``: bilinear for the image, nearest for the label, zeros outside."""
-    return cls(keys, prob=prob, mode=("bilinear", "nearest"), padding_mode="zeros", **ranges)
+    from monai.transforms import RandAffined
+
+    return RandAffined(keys, prob=prob, mode=("bilinear", "nearest"), padding_mode="zeros", **ranges)
 
 
 class CaseDataset(Dataset):
