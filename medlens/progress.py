@@ -32,6 +32,7 @@ LIBRARY_LOGGERS = (
     "lightning.fabric",
     "lightning.pytorch.utilities.rank_zero",
     "lightning.fabric.utilities.rank_zero",
+    "lightning.fabric.utilities.distributed",  # "Initializing distributed: GLOBAL_RANK ..." from every rank
     "lightning_utilities",
     "pytorch_lightning",
     "lightning_fabric",

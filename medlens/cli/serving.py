@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+import os
 from pathlib import Path
 
 import typer
@@ -10,8 +10,10 @@ import typer
 from medlens.cli.common import err_console, print_json
 from medlens.errors import MedlensError
 
-FORMATS = ("json", "sr", "fhir", "seg", "nifti")
-SEGMENTATION_FORMATS = ("seg", "nifti")  # need a label map: segmentation models only
+MAX_FILE_LINES = 20  # up to this many inputs each written file is named on stderr; above, a progress bar
+
+# --format's values live with the writer (medlens.serving.outputs); imported where used, as every
+# serving module is, so that `medlens --help` stays fast
 
 
 # ============================================================================================
@@ -20,7 +22,8 @@ SEGMENTATION_FORMATS = ("seg", "nifti")  # need a label map: segmentation models
 def predict(
     run: Path = typer.Argument(..., help="Run directory holding the trained model (models/MODEL/ + manifest.json)."),
     inputs: list[Path] = typer.Argument(
-        None, help="DICOM files, series or study folders, NIfTI, PNG or JPEG files (or none, with --pacs)."
+        None,
+        help="DICOM files, series or study folders, NIfTI, PNG or JPEG files, or a .csv listing them in a 'path' column (or none, with --pacs).",
     ),
     model: str = typer.Option(
         None, "--model", "-m", help="Model of the run (default: the only one, or the best by validation AUC)."
@@ -63,6 +66,18 @@ def predict(
         "--move-port",
         help="With a DICOM --pacs: retrieve by C-MOVE to a temporary Storage SCP on this port (the PACS must know --aet at this host and port); default C-GET.",
     ),
+    batch_size: int = typer.Option(64, "--batch-size", min=1, help="Inputs per pass through the network."),
+    workers: int = typer.Option(
+        None,
+        "--workers",
+        min=0,
+        help="Processes reading and preprocessing inputs beside the network (default: one per core beyond the first, at most 4; 0 reads in the main process).",
+    ),
+    devices: int = typer.Option(
+        1, "--devices", min=1, help="With --out: processes (CPU) or GPUs per machine, under DDP when more than one."
+    ),
+    num_nodes: int = typer.Option(1, "--num-nodes", min=1, help="With --out: machines, under DDP (Lightning's)."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar (with --out)."),
 ) -> None:
     """Predict the finding, its probability and uncertainty for each input (one per DICOM series).
 
@@ -78,65 +93,128 @@ def predict(
     With --pacs and --patient-id, --accession or --study-uid: finds the studies in the PACS, retrieves and
     predicts each series the model can read (the others are named on stderr as skipped, with the reason), and
     with --send-back stores each DICOM SR (a segmentation's SEG and SR) into the same study in the PACS.
+
+    With --out DIR the inputs are answered a batch at a time and each one's files are written whole;
+    DIR/.predict/ records each answer, so a rerun after a kill skips what is done. --devices N and
+    --num-nodes M run the batches under DDP (Lightning's predict loop), each input answered by exactly
+    one process.
     """
-    from medlens.errors import printable
-    from medlens.serving.predictor import Predictor, find_inputs
+    from medlens.serving.outputs import FORMATS
 
     if fmt not in FORMATS:
         raise MedlensError(f"--format must be one of {', '.join(FORMATS)}, not '{fmt}'")
+    if (devices > 1 or num_nodes > 1) and (out is None or pacs):
+        raise MedlensError("--devices and --num-nodes need --out DIR (and INPUT paths, not --pacs)")
     source = _pacs_source(inputs, pacs, patient_id, accession, study_uid, send_back, aet, move_port)
+    from medlens.serving.predictor import Predictor, find_inputs
+
     predictor = Predictor.from_run(run, model)
     _check_format(predictor, fmt, explain)
     items, found = (
         find_inputs(inputs) if source is None else _pacs_series(source, predictor, patient_id, accession, study_uid)
     )
-    failures: list[str] = []
+    if source is None and out is not None:
+        outcome = _predict_folder(
+            predictor, items, out, fmt, explain, batch_size, workers, devices, num_nodes, progress
+        )
+        if outcome is None:  # a rank other than 0 of a DDP run: rank 0 reports
+            return
+        for problem in found:  # after the batch: DDP's other ranks rerun this command and must stay quiet
+            _error(problem)
+        failed, done, internal = len(found) + len(outcome.failures), outcome.answered, outcome.internal
+        if outcome.skipped:
+            _say(f"skipped {outcome.skipped} input(s) already predicted into {out} by an earlier run")
+    else:
+        for problem in found:
+            _error(problem)
+        failed, done, internal = _predict_each(predictor, items, source, fmt, out, explain, send_back, batch_size)
+        failed += len(found)
+    if failed:
+        if done + failed > 1:
+            err_console.print(f"{failed} input(s) failed, {done} predicted", highlight=False, markup=False)
+        raise typer.Exit(1 if internal else 2)
 
-    def fail(text: str) -> None:
-        failures.append(printable(text))
-        err_console.print(f"error: {failures[-1]}", highlight=False, markup=False, soft_wrap=True)
 
-    for problem in found:
-        fail(problem)
-    documents, internal, done = [], False, 0
-    for item in items:
+def _error(text: str) -> None:
+    from medlens.errors import printable
+
+    err_console.print(f"error: {printable(text)}", highlight=False, markup=False, soft_wrap=True)
+
+
+def _referred(label: str, result) -> None:
+    if result.prediction.out_of_scope:
+        _say(f"warning: referred {label}: {result.prediction.abstain_reason}")
+
+
+def _predict_folder(predictor, items, out, fmt, explain, batch_size, workers, devices, num_nodes, progress):
+    """Batch prediction into --out (medlens.serving.batch): resumable, DDP with --devices/--num-nodes."""
+    if workers is None:
+        workers = min(4, max(0, (os.cpu_count() or 1) - 1)) if len(items) > batch_size else 0
+
+    def wrote(item, result, written):
+        _referred(item.label, result)
+        if len(items) <= MAX_FILE_LINES:
+            for path in written:
+                _say(f"wrote {path}")
+
+    options = dict(
+        fmt=fmt, explain=explain, batch_size=batch_size, workers=workers,
+        progress=progress and len(items) > MAX_FILE_LINES, on_result=wrote, on_failure=lambda f: _error(f.text),
+    )  # fmt: skip
+    if devices * num_nodes > 1:
+        from medlens.serving.batch_ddp import predict_ddp
+
+        return predict_ddp(predictor, items, out, devices=devices, num_nodes=num_nodes, **options)
+    from medlens.serving.batch import predict_folder
+
+    return predict_folder(predictor, items, out, **options)
+
+
+def _predict_each(predictor, items, source, fmt, out, explain, send_back, batch_size) -> tuple[int, int, bool]:
+    """Inputs answered in order, documents to stdout or files (no --out), or from a PACS; returns
+    (failed, predicted, whether a failure was medlens's fault)."""
+    from medlens.serving.batch import failure
+    from medlens.serving.outputs import write_outputs
+
+    def answers():
+        if source is None:
+            yield from predictor.predict_items(items, batch_size=batch_size, explain=explain)
+            return
+        for item in items:
+            try:
+                yield item, predictor.predict_dicom(source.retrieve(item), explain=explain)
+            except Exception as e:  # noqa: BLE001 - a batch goes on past any one series
+                yield item, e
+
+    documents, failed, done, internal = [], 0, 0, False
+    for item, result in answers():
         try:
-            if source is not None:
-                result = predictor.predict_dicom(source.retrieve(item), explain=explain)
-            elif item.files:
-                result = predictor.predict_files(item.files, explain=explain)
-            else:
-                result = predictor.predict_path(item.path, explain=explain)
-            document, written = _render(result, item.name, fmt=fmt, out=out, explain=explain)
-        except MedlensError as e:
-            fail(str(e) if e.path else f"{item.label}: {e}")
-            continue
+            if isinstance(result, Exception):
+                raise result
+            document, written = write_outputs(result, item.name, fmt=fmt, out=out, explain=explain)
         except Exception as e:  # noqa: BLE001 - a batch goes on past any one input, and names it
-            internal = True
-            fail(f"{item.label}: unexpected {type(e).__name__} ({str(e).splitlines()[0][:200] if str(e) else ''})")
+            why = failure(item, e)
+            failed, internal = failed + 1, internal or why.internal
+            _error(why.text)
             continue
         done += 1
-        if result.prediction.out_of_scope:
-            notice = f"referred {item.label}: {result.prediction.abstain_reason}"
-            err_console.print(f"warning: {printable(notice)}", highlight=False, markup=False, soft_wrap=True)
+        _referred(item.label, result)
         if document is not None:
             documents.append(document)
         for path in written:
-            err_console.print(f"wrote {printable(str(path))}", highlight=False, markup=False, soft_wrap=True)
+            _say(f"wrote {path}")
         if send_back:
             try:
                 _send_back(source, result, item.label)
             except Exception as e:  # noqa: BLE001 - the prediction stands; the missing SR is a failure
                 what = "SEG and SR" if result.mask is not None else "SR"
-                fail(
+                failed += 1
+                _error(
                     f"{item.label}: {what} not stored in the PACS: {e if isinstance(e, MedlensError) else type(e).__name__}"
                 )
     if documents:
         print_json(documents[0] if len(documents) == 1 else documents)
-    if failures:
-        if done + len(failures) > 1:
-            err_console.print(f"{len(failures)} input(s) failed, {done} predicted", highlight=False, markup=False)
-        raise typer.Exit(1 if internal else 2)
+    return failed, done, internal
 
 
 def _pacs_source(inputs, pacs, patient_id, accession, study_uid, send_back, aet, move_port):
@@ -185,6 +263,8 @@ def _pacs_series(source, predictor, patient_id, accession, study_uid):
 def _check_format(predictor, fmt: str, explain: bool) -> None:
     """Refuse, before any input is read, an output the model cannot give."""
     segmenter = predictor.card.task == "segmentation"
+    from medlens.serving.outputs import SEGMENTATION_FORMATS
+
     if fmt in SEGMENTATION_FORMATS and not segmenter:
         raise MedlensError(
             f"--format {fmt} needs a segmentation model; model '{predictor.model_id}' is a {predictor.card.task} classifier"
@@ -206,53 +286,6 @@ def _say(text: str) -> None:
     from medlens.errors import printable
 
     err_console.print(printable(text), highlight=False, markup=False, soft_wrap=True)
-
-
-def _render(result, name: str, *, fmt: str, out: Path | None, explain: bool) -> tuple[dict | None, list[Path]]:
-    """Write the outputs of one prediction; returns (document for stdout or None, files written)."""
-    from medlens.runs import atomic_write_bytes
-
-    pred = result.prediction
-    written: list[Path] = []
-    folder = out if out is not None else Path(".")
-    document = None
-    if fmt in ("sr", "seg"):
-        if not result.sources:
-            what = "a DICOM SR" if fmt == "sr" else "a DICOM SEG"
-            raise MedlensError(f"--format {fmt} needs DICOM input ({what} references the source images)")
-        datasets = [result.dicom_seg()] if fmt == "seg" else result.dicom_results()
-        folder.mkdir(parents=True, exist_ok=True)
-        for ds in datasets:
-            path = folder / f"{name}.{'seg' if ds.Modality == 'SEG' else 'sr'}.dcm"
-            ds.save_as(path, enforce_file_format=True)
-            written.append(path)
-    elif fmt == "nifti":
-        import nibabel as nib
-
-        path = folder / f"{name}.mask.nii.gz"
-        folder.mkdir(parents=True, exist_ok=True)
-        nib.save(result.mask_nifti(), path)
-        written.append(path)
-    else:
-        if fmt == "fhir":
-            from medlens.serving.fhir import diagnostic_report
-
-            document = diagnostic_report(pred)
-            path = folder / f"{name}.fhir.json"
-        else:
-            document = pred.to_json()
-            path = folder / f"{name}.json"
-        if out is not None:
-            from medlens.runs import _json_default
-
-            atomic_write_bytes(path, (json.dumps(document, indent=2, default=_json_default) + "\n").encode())
-            written.append(path)
-            document = None
-    if explain and pred.heatmap is not None:
-        path = folder / f"{name}.heatmap.png"
-        atomic_write_bytes(path, result.overlay_png())
-        written.append(path)
-    return document, written
 
 
 # ============================================================================================

@@ -274,20 +274,26 @@ class Bundle:
         index = int(decided)
         return self.class_names[index], index, float(probs[index])
 
-    def uncertainty(self, x: np.ndarray, probs: np.ndarray, confidence: float) -> Doubt:
-        """Uncertainty of one model input ``x`` (C, ...) with calibrated ``probs`` (K,), and the
-        abstention rule's verdict (MC dropout or test-time augmentation draws when the method needs them)."""
+    def uncertainty(self, x: np.ndarray, probs: np.ndarray, confidences: np.ndarray) -> list[Doubt]:
+        """Uncertainty of model inputs ``x`` (N, C, ...) with calibrated ``probs`` (N, K) and the
+        findings' ``confidences`` (N,), and the abstention rule's verdict for each. The draws (MC
+        dropout or test-time augmentation, when the method needs them) come from one batched pass
+        and do not depend on the batch: an input gets the same answer alone or with others."""
+        probs = np.asarray(probs, dtype=np.float64)
         samples = None
         if self.net is not None and unc.needs_samples(self.abstention.method):
             import torch
 
-            xt = torch.from_numpy(np.ascontiguousarray(x[None], dtype=np.float32))
+            xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
             logits = self._mc.logits(xt, seed=self.card.seed) if self._mc is not None else unc.tta_logits(self.net, xt)
             samples = np.stack([self.calibrate(logits_to_probs(z, self.task)) for z in logits])
         multilabel = self.task == "multilabel"
-        u = float(unc.score(probs[None], self.abstention.method, samples=samples, multilabel=multilabel)[0])
-        abstain, reason = self.abstention.decide(u, confidence)
-        return Doubt(u, self.abstention.method, abstain, reason)
+        scores = unc.score(probs, self.abstention.method, samples=samples, multilabel=multilabel)
+        doubts = []
+        for u, confidence in zip(scores, confidences):
+            abstain, reason = self.abstention.decide(float(u), float(confidence))
+            doubts.append(Doubt(float(u), self.abstention.method, abstain, reason))
+        return doubts
 
     def explain(self, x: np.ndarray, classes: np.ndarray | int) -> np.ndarray:
         """Heatmaps in [0, 1] with the inputs' spatial shape for a batch ``x`` (N, C, ...):

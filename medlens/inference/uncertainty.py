@@ -2,10 +2,10 @@
 
 Stochastic draws (S forward passes whose spread measures the model's doubt):
 
-* **MC dropout** (Gal & Ghahramani, 2016) for deep models that have dropout layers: only the
-  dropout layers of a private copy are switched to training mode (BatchNorm keeps its running
-  statistics) and S copies of the input get their own dropout masks (:class:`MCDropout`). The
-  masks are drawn from a fixed seed, so one input always gets the same answer.
+* **MC dropout** (Gal & Ghahramani, 2016) for deep models that have dropout layers: a private
+  copy of the network in eval mode (BatchNorm keeps its running statistics) whose dropout layers
+  apply S seeded masks (:class:`MCDropout`). Draw s uses the same mask for every input, so an
+  input gets the same answer alone or in any batch, and always the same answer.
 * **Test-time augmentation** for deep models without dropout: the identity and a flip of each
   spatial axis (S = 1 + spatial dims).
 * Classical models give one deterministic draw (their probabilities).
@@ -40,10 +40,9 @@ DEFAULT_MIN_CONFIDENCE = 0.6
 """Default rule without a validated threshold: abstain when the finding's probability is below this."""
 MC_PASSES = 20
 MC_SEED = 0
-MC_CHUNK = 32  # rows (input copies) per forward pass, bounding memory for 3D inputs
-DROPOUT_TYPES = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout)
-
-_RNG_LOCK = threading.Lock()  # dropout masks come from torch's global generator: one seeded user at a time
+MC_CHUNK = 32  # rows (input copies) per forward pass when the whole input is repeated (bounds memory for 3D)
+DROPOUT_TYPES = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d)
+CHANNEL_DROPOUT = (nn.Dropout1d, nn.Dropout2d, nn.Dropout3d)  # one mask value per channel
 
 
 def has_dropout(net: nn.Module) -> bool:
@@ -52,48 +51,64 @@ def has_dropout(net: nn.Module) -> bool:
 
 
 def mc_dropout_copy(net: nn.Module) -> nn.Module:
-    """A copy of ``net`` in eval mode except its dropout layers (the shared ``net`` is not touched)."""
+    """A frozen copy of ``net`` in eval mode (the shared ``net`` is not touched)."""
     mc = copy.deepcopy(net).eval()
-    for m in mc.modules():
-        if isinstance(m, DROPOUT_TYPES):
-            m.train()
     for p in mc.parameters():
         p.requires_grad_(False)
     return mc
 
 
 class MCDropout:
-    """Seeded MC-dropout draws on a private copy of a network.
+    """Seeded MC-dropout draws on a private copy of a network, the same for any batch.
 
-    The layers before the first dropout are deterministic, so they run once: a pre-hook on each
-    dropout layer repeats its input ``passes`` times when it still has the caller's batch size, and
-    every copy then gets its own dropout mask. This is the same distribution as repeating the input
-    (each copy is masked independently from the first dropout on) at a fraction of the cost (for
-    cnn-small, 20 draws cost about one forward pass). Whether the network's forward allows the
-    early expansion is checked once on ``example`` with dropout off (the draws must equal the
-    plain output); when it does not (e.g. a forward that reshapes with the input's batch size),
-    the whole input is repeated instead.
+    Each dropout layer stays in eval mode (an identity); a pre-hook multiplies its input by the
+    mask of each draw, drawn from a generator seeded with (seed, layer), scaled by 1 / (1 - p) as
+    dropout does, one value per element (``Dropout``) or per channel (``Dropout1d/2d/3d``). Rows
+    ``i*S .. i*S+S-1`` are input i's S draws and draw s has one mask for every input: an input's
+    answer does not depend on the batch it came in (batched prediction equals one at a time).
+
+    The layers before the first dropout are deterministic, so they run once: the first dropout
+    layer's hook repeats its input S times while it still has the caller's batch size (for
+    cnn-small, 20 draws cost about one forward pass). Whether the network's forward allows this
+    early expansion is checked once on ``example`` without masks (the draws must equal the plain
+    output); when it does not (e.g. a forward that reshapes with the input's batch size), the
+    whole input is repeated instead.
     """
 
     def __init__(self, net: nn.Module, example: torch.Tensor, *, passes: int = MC_PASSES):
         self.net = mc_dropout_copy(net)
         self.passes = int(passes)
         self._dropouts = [m for m in self.net.modules() if isinstance(m, DROPOUT_TYPES)]
+        self._lock = threading.Lock()  # the hooks read this call's state: one caller at a time
         self._batch: int | None = None  # the caller's batch size during an expanded call
-        for m in self._dropouts:
-            m.register_forward_pre_hook(self._expand)
+        self._seed: int | None = None  # masks on (the seed of this call) or off (None)
+        for index, m in enumerate(self._dropouts):
+            m.register_forward_pre_hook(self._hook(index))
         self.expands = self._check(net, example)
 
-    def _expand(self, module: nn.Module, args: tuple):
-        x = args[0]
-        if self._batch is not None and x.shape[0] == self._batch:
-            return (x.repeat_interleave(self.passes, dim=0), *args[1:])
-        return None
+    def _hook(self, index: int):
+        def apply(module: nn.Module, args: tuple):
+            x = args[0]
+            if self._batch is not None and x.shape[0] == self._batch:
+                x = x.repeat_interleave(self.passes, dim=0)
+            if self._seed is not None:
+                x = x * self._mask(module, index, x).repeat(x.shape[0] // self.passes, *[1] * (x.ndim - 1))
+            return (x, *args[1:])
+
+        return apply
+
+    def _mask(self, module: nn.Module, index: int, x: torch.Tensor) -> torch.Tensor:
+        """The S masks (S, ...) of dropout layer ``index`` for rows shaped like ``x``'s, scaled."""
+        p = float(module.p)  # type: ignore[arg-type]
+        if x.shape[0] % self.passes:
+            raise MedlensError(f"MC dropout: {x.shape[0]} rows are not whole groups of {self.passes} draws")
+        shape = (x.shape[1], *[1] * (x.ndim - 2)) if isinstance(module, CHANNEL_DROPOUT) else tuple(x.shape[1:])
+        generator = torch.Generator().manual_seed(int(self._seed or 0) * 1000 + index)
+        keep = torch.rand((self.passes, *shape), generator=generator) >= p
+        return keep.to(x.dtype) / max(1.0 - p, 1e-12)
 
     @torch.no_grad()
     def _check(self, net: nn.Module, example: torch.Tensor) -> bool:
-        for m in self._dropouts:
-            m.eval()
         self._batch = len(example)
         try:
             out = self.net(example)
@@ -103,24 +118,23 @@ class MCDropout:
             return False
         finally:
             self._batch = None
-            for m in self._dropouts:
-                m.train()
 
     @torch.no_grad()
     def logits(self, x: torch.Tensor, *, seed: int = MC_SEED) -> torch.Tensor:
         """Logits of ``passes`` dropout draws for a batch ``x`` (N, C, ...): (S, N, K); seeded."""
         n = len(x)
-        with _RNG_LOCK, torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            if self.expands:
-                self._batch = n
-                try:
+        with self._lock:
+            self._seed = int(seed)
+            try:
+                if self.expands:
+                    self._batch = n
                     out = self.net(x)
-                finally:
-                    self._batch = None
-            else:  # sample i's draws are rows i*S .. i*S+S-1
-                reps = x.repeat_interleave(self.passes, dim=0)
-                out = torch.cat([self.net(reps[i : i + MC_CHUNK]) for i in range(0, len(reps), MC_CHUNK)])
+                else:  # sample i's draws are rows i*S .. i*S+S-1; chunks hold whole samples
+                    reps = x.repeat_interleave(self.passes, dim=0)
+                    chunk = self.passes * max(1, MC_CHUNK // self.passes)
+                    out = torch.cat([self.net(reps[i : i + chunk]) for i in range(0, len(reps), chunk)])
+            finally:
+                self._batch = self._seed = None
         return out.reshape(n, self.passes, -1).transpose(0, 1)
 
 

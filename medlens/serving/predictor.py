@@ -26,7 +26,7 @@ import tempfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 import pydicom
@@ -157,6 +157,15 @@ class _Input:
     affine: np.ndarray | None = None  # voxel index (slice, row, column) -> RAS mm, as read
 
 
+@dataclass
+class _Prepared:
+    """An input after the model's checks (``arr``) and preprocessing (``x``, the model input)."""
+
+    inp: _Input
+    arr: np.ndarray
+    x: np.ndarray
+
+
 class Predictor:
     """A verified model bundle that reads inputs and answers. Build it with :meth:`from_run`."""
 
@@ -191,6 +200,11 @@ class Predictor:
     def model_id(self) -> str:
         """The model's name in its run (the bundle folder name)."""
         return self.bundle.name
+
+    @property
+    def pseudonym_key(self) -> str:
+        """The key of this predictor's patient pseudonyms (processes that must agree share it)."""
+        return self._pseudonym_key
 
     @property
     def model_sha256(self) -> str:
@@ -351,40 +365,101 @@ class Predictor:
 
     # -- the answer -------------------------------------------------------------------------------
     def _predict(self, inp: _Input, *, explain: bool) -> PredictionResult:
-        bundle = self.bundle
+        return self._answer([self._prepare(inp)], explain=explain)[0]
+
+    def _prepare(self, inp: _Input) -> _Prepared:
+        """Checks and preprocessing of one input; raises a one-line error naming it."""
         arr = self.check_input(inp.array, inp.source.modality, inp.name)
-        x = bundle.preprocess(arr, name=inp.name)
+        return _Prepared(inp, arr, self.bundle.preprocess(arr, name=inp.name))
+
+    def _answer(self, batch: Sequence[_Prepared], *, explain: bool) -> list[PredictionResult]:
+        """The answers for prepared inputs: one batched pass of the network (probabilities,
+        features for the guard, uncertainty draws) for a classification; each input's sliding
+        window for a segmentation. An input's answer does not depend on the batch it is in."""
         if self.card.task == "segmentation":
-            return self._segment(inp, arr, x)
-        raw, features = bundle.raw_proba_and_features(x[None], features=bundle.guard is not None)
-        raw = raw[0]
-        scope = bundle.scope(arr, x, None if features is None else features[0])
-        probs = bundle.calibrate(raw[None])[0]
-        finding, index, confidence = bundle.finding(probs)
-        doubt = bundle.uncertainty(x, probs, confidence)
-        refer = [r for r in (scope.describe(), doubt.reason if doubt.abstain else None) if r]
-        heatmap = bundle.explain(x[None], index)[0] if explain else None
-        pred = Prediction(
-            model=self.model_id,
-            model_sha256=self.model_sha256,
-            task=self.card.task,
-            class_names=bundle.class_names,
-            probabilities={c: round(float(p), 6) for c, p in zip(bundle.class_names, probs)},
-            raw_probabilities={c: round(float(p), 6) for c, p in zip(bundle.class_names, raw)},
-            codes={c: concept.model_dump() for c, concept in self.card.codes.items()},
-            finding=finding,
-            confidence=float(confidence),
-            uncertainty=doubt.uncertainty,
-            uncertainty_method=doubt.method,
-            abstain=bool(refer),
-            abstain_reason="; ".join(refer) or None,
-            out_of_scope=[dict(r) for r in scope.reasons],
-            scope_checked=scope.checked,
-            source=inp.source,
-            heatmap=heatmap,
-        )
-        view = source_view(arr, heatmap, window=inp.window, preprocessing=self.card.preprocessing)
-        return PredictionResult(pred, list(inp.sources), view, slice_uids=inp.slice_uids, model_input=x)
+            return [self._segment(p.inp, p.arr, p.x) for p in batch]
+        if not batch:
+            return []
+        bundle = self.bundle
+        x = np.stack([p.x for p in batch])
+        raw, features = bundle.raw_proba_and_features(x, features=bundle.guard is not None)
+        probs = bundle.calibrate(raw)
+        findings = [bundle.finding(row) for row in probs]
+        doubts = bundle.uncertainty(x, probs, np.array([f[2] for f in findings]))
+        heatmaps = bundle.explain(x, np.array([f[1] for f in findings])) if explain else [None] * len(batch)
+        results = []
+        for i, p in enumerate(batch):
+            scope = bundle.scope(p.arr, p.x, None if features is None else features[i])
+            (finding, _, confidence), doubt = findings[i], doubts[i]
+            refer = [r for r in (scope.describe(), doubt.reason if doubt.abstain else None) if r]
+            pred = Prediction(
+                model=self.model_id,
+                model_sha256=self.model_sha256,
+                task=self.card.task,
+                class_names=bundle.class_names,
+                probabilities={c: round(float(v), 6) for c, v in zip(bundle.class_names, probs[i])},
+                raw_probabilities={c: round(float(v), 6) for c, v in zip(bundle.class_names, raw[i])},
+                codes={c: concept.model_dump() for c, concept in self.card.codes.items()},
+                finding=finding,
+                confidence=float(confidence),
+                uncertainty=doubt.uncertainty,
+                uncertainty_method=doubt.method,
+                abstain=bool(refer),
+                abstain_reason="; ".join(refer) or None,
+                out_of_scope=[dict(r) for r in scope.reasons],
+                scope_checked=scope.checked,
+                source=p.inp.source,
+                heatmap=heatmaps[i],
+            )
+            view = source_view(p.arr, heatmaps[i], window=p.inp.window, preprocessing=self.card.preprocessing)
+            results.append(
+                PredictionResult(pred, list(p.inp.sources), view, slice_uids=p.inp.slice_uids, model_input=p.x)
+            )
+        return results
+
+    def predict_items(
+        self, items: Sequence[InputItem], *, batch_size: int = 64, explain: bool = False
+    ) -> Iterator[tuple[InputItem, PredictionResult | Exception]]:
+        """Each item of :func:`find_inputs` with its answer, or the exception that stopped it
+        (an input that cannot be read or does not fit the model fails alone); inputs go through
+        the network ``batch_size`` at a time, in order."""
+        for start in range(0, len(items), max(1, int(batch_size))):
+            chunk = items[start : start + max(1, int(batch_size))]
+            ready: list[tuple[InputItem, _Prepared]] = []
+            for item in chunk:
+                try:
+                    ready.append((item, self._prepare(self.read_item(item))))
+                except Exception as e:  # noqa: BLE001 - one input's failure is its own answer
+                    yield item, e
+            yield from self.answer_prepared(ready, explain=explain)
+
+    def answer_prepared(
+        self, ready: Sequence[tuple[InputItem, _Prepared]], *, explain: bool = False
+    ) -> Iterator[tuple[InputItem, PredictionResult | Exception]]:
+        """Answers for inputs already read and prepared (by :meth:`prepare_item`, e.g. in a data
+        loader's worker); when the batch fails as a whole, each input is answered alone so that
+        only the one at fault fails."""
+        try:
+            answers: list[PredictionResult | Exception] = list(self._answer([p for _, p in ready], explain=explain))
+        except Exception:  # noqa: BLE001 - find the input at fault
+            answers = []
+            for _, p in ready:
+                try:
+                    answers.append(self._answer([p], explain=explain)[0])
+                except Exception as e:  # noqa: BLE001 - one input's failure is its own answer
+                    answers.append(e)
+        yield from zip([item for item, _ in ready], answers)
+
+    def read_item(self, item: InputItem) -> _Input:
+        """The input of one item of :func:`find_inputs` (an image file or one DICOM series)."""
+        if item.files:
+            return self._read_dicom_files(list(item.files))
+        assert item.path is not None
+        return self._read_path(item.path)
+
+    def prepare_item(self, item: InputItem) -> _Prepared:
+        """One item read, checked and preprocessed (what :meth:`answer_prepared` takes)."""
+        return self._prepare(self.read_item(item))
 
     def _segment(self, inp: _Input, arr: np.ndarray, x: np.ndarray) -> PredictionResult:
         """A segmentation's answer: class probabilities (mapped onto the source's grid, linearly,
@@ -464,7 +539,8 @@ def find_inputs(paths: Sequence[str | Path]) -> tuple[list[InputItem], list[str]
 
     A file is one item. A folder gives one item per image file (PNG, JPEG, TIFF, NIfTI) and one
     per DICOM series found in it (a study folder gives one per series); unreadable DICOM files and
-    folders without images are reported, never dropped silently.
+    folders without images are reported, never dropped silently. A ``.csv`` file with a ``path``
+    column lists files and folders (e.g. DICOM studies), relative to the CSV's folder.
     """
     from medlens.data.dicom import dicom_files, scan
     from medlens.data.imageio import is_nifti_name, is_raster_name
@@ -478,8 +554,16 @@ def find_inputs(paths: Sequence[str | Path]) -> tuple[list[InputItem], list[str]
         used[stem] = used.get(stem, 0) + 1
         return stem if used[stem] == 1 else f"{stem}_{used[stem]}"
 
+    expanded: list[Path] = []
     for raw in paths:
         path = Path(raw)
+        if path.is_file() and path.suffix.lower() in LIST_SUFFIXES:
+            listed, problem = _listed_paths(path)
+            expanded.extend(listed)
+            problems.extend([problem] if problem else [])
+        else:
+            expanded.append(path)
+    for path in expanded:
         if not path.exists():
             problems.append(f"{path}: file not found")
             continue
@@ -502,6 +586,26 @@ def find_inputs(paths: Sequence[str | Path]) -> tuple[list[InputItem], list[str]
         if not images and not series and not found:
             problems.append(f"{path}: no images in folder")
     return items, problems
+
+
+LIST_SUFFIXES = (".csv",)
+
+
+def _listed_paths(path: Path) -> tuple[list[Path], str | None]:
+    """The paths a list file names (see :func:`find_inputs`), and a problem with the list itself."""
+    import csv
+
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as e:
+        return [], f"{path}: cannot read the list ({type(e).__name__})"
+    reader = csv.DictReader(text.splitlines())
+    if "path" not in (reader.fieldnames or []):
+        return [], f"{path}: a list of inputs needs a 'path' column (found: {', '.join(reader.fieldnames or [])})"
+    entries = [row["path"].strip() for row in reader if (row.get("path") or "").strip()]
+    if not entries:
+        return [], f"{path}: the list names no inputs"
+    return [p if p.is_absolute() else path.parent / p for p in map(Path, entries)], None
 
 
 def _stem(name: str) -> str:

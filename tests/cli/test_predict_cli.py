@@ -51,7 +51,9 @@ def test_sr_needs_dicom_input(cli, tiny_run, serving_inputs, tmp_path):
     code, out, err = cli("predict", tiny_run, serving_inputs["png"], "--format", "sr", "--out", tmp_path)
     assert code == 2
     assert "chest.png" in err and "needs DICOM input" in err and len(err.strip().splitlines()) == 1
-    assert not list(tmp_path.iterdir())
+    assert [p.name for p in tmp_path.iterdir()] == [".predict"]  # the journal holds the failure, no output
+    (entry,) = [json.loads(line) for line in (tmp_path / ".predict" / "rank0.jsonl").read_text().splitlines()]
+    assert entry["ok"] is False and "needs DICOM input" in entry["error"]
 
 
 def test_a_study_gives_one_prediction_per_series_and_failures_are_named(cli, tiny_run, serving_inputs, tmp_path):
@@ -107,14 +109,14 @@ def test_a_batch_goes_past_every_bad_input_and_lists_them_all(cli, tiny_classica
 def test_a_fault_of_medlens_in_one_input_does_not_stop_the_batch(cli, tiny_classical_run, serving_inputs, monkeypatch):
     from medlens.serving.predictor import Predictor
 
-    real = Predictor.predict_path
+    real = Predictor.read_item
 
-    def flaky(self, path, **kwargs):
-        if str(path).endswith(".jpg"):
+    def flaky(self, item):
+        if str(item.path).endswith(".jpg"):
             raise ZeroDivisionError("boom")
-        return real(self, path, **kwargs)
+        return real(self, item)
 
-    monkeypatch.setattr(Predictor, "predict_path", flaky)
+    monkeypatch.setattr(Predictor, "read_item", flaky)
     code, stdout, err = cli("predict", tiny_classical_run, serving_inputs["jpeg"], serving_inputs["png"])
     assert code == 1
     assert json.loads(stdout)["source"]["kind"] == "png"
