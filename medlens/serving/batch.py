@@ -4,11 +4,13 @@
 through the network a batch at a time (:meth:`Predictor.answer_prepared`: an input's answer does
 not depend on its batch) and writes each input's files whole (:mod:`medlens.serving.outputs`).
 
-**Exactly once, resumable.** After a batch's files are written, one line per input goes to the
-rank's journal ``DIR/.predict/rank<R>.jsonl``, flushed and fsynced once per batch (group commit).
-An input is done when a journal holds it as answered for the same model (weights sha256), format
-and ``--explain`` and its files exist. A rerun of the command skips done inputs, so a SIGKILL
-costs at most the batch in flight; a failed input is tried again.
+**Exactly once, resumable.** After a batch's files are written (each whole: temporary file and
+rename), one line per input goes to the rank's journal ``DIR/.predict/rank<R>.jsonl`` with each
+file's size, and the journal is flushed and fsynced once per batch (group commit; the output files
+themselves are not fsynced one by one). An input is done when a journal holds it as answered for
+the same model (weights sha256), format and ``--explain`` and its files are there with the sizes
+recorded (a file a power loss cut short is not). A rerun of the command skips done inputs, so a
+SIGKILL costs at most the batch in flight; a failed input is tried again.
 
 **Past one process**: :mod:`medlens.serving.batch_ddp` runs the same batches under DDP.
 """
@@ -70,7 +72,7 @@ class Journal:
 
     def add(self, item: InputItem, *, files: Sequence[Path] = (), error: str | None = None) -> None:
         entry = {"name": item.name, "input": item.label, "ok": error is None, **self.key}
-        entry.update({"files": [p.name for p in files]} if error is None else {"error": error})
+        entry.update({"files": {p.name: p.stat().st_size for p in files}} if error is None else {"error": error})
         self._file.write(json.dumps(entry) + "\n")
 
     def commit(self) -> None:
@@ -96,10 +98,17 @@ def done_names(out: Path, key: dict[str, Any]) -> set[str]:
             if (
                 entry.get("ok")
                 and all(entry.get(k) == v for k, v in key.items())
-                and all((out / name).is_file() for name in entry.get("files", []))
+                and all(_size(out / name) == size for name, size in (entry.get("files") or {}).items())
             ):
                 done.add(entry["name"])
     return done
+
+
+def _size(path: Path) -> int | None:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return None
 
 
 def pending_items(
@@ -169,7 +178,9 @@ class BatchWriter:
                 self._failed(item, failure(item, answer))
                 continue
             try:
-                _, written = write_outputs(answer, item.name, fmt=self.fmt, out=self.out, explain=self.explain)
+                _, written = write_outputs(
+                    answer, item.name, fmt=self.fmt, out=self.out, explain=self.explain, durable=False
+                )
             except Exception as e:  # noqa: BLE001 - e.g. --format sr for a PNG: this input fails
                 self._failed(item, failure(item, e))
                 continue

@@ -15,14 +15,20 @@ SEGMENTATION_FORMATS = ("seg", "nifti")  # need a label map: segmentation models
 
 
 def write_outputs(
-    result: PredictionResult, name: str, *, fmt: str, out: Path | None, explain: bool
+    result: PredictionResult, name: str, *, fmt: str, out: Path | None, explain: bool, durable: bool = True
 ) -> tuple[dict[str, Any] | None, list[Path]]:
     """Write the outputs of one prediction; returns (document for stdout or None, files written).
 
-    Every file is written whole or not at all (:func:`medlens.runs.atomic_write_bytes`); without
-    ``out``, json and fhir are returned for stdout and files go to the current folder.
+    Every file is written whole or not at all (:func:`medlens.runs.atomic_write_bytes`, fsynced
+    unless ``durable`` is False); without ``out``, json and fhir are returned for stdout and files
+    go to the current folder.
     """
-    from medlens.runs import _json_default, atomic_write_bytes
+    from functools import partial
+
+    from medlens.runs import _json_default
+    from medlens.runs import atomic_write_bytes as write
+
+    atomic_write_bytes = partial(write, durable=durable)
 
     pred = result.prediction
     written: list[Path] = []
