@@ -311,6 +311,12 @@ def serve(
         None, "--audit-db", help="Audit log: SQLite path or SQLAlchemy URL (default RUN/serve/audit.sqlite)."
     ),
     max_upload_mb: float = typer.Option(64.0, "--max-upload-mb", help="Largest accepted upload; bigger ones get 413."),
+    max_batch: int = typer.Option(
+        16,
+        "--max-batch",
+        min=1,
+        help="Concurrent predictions answered in one pass of the network, at most (1: one at a time).",
+    ),
     pacs_url: str = typer.Option(
         None,
         "--pacs-url",
@@ -371,6 +377,7 @@ def serve(
         api_keys_file=api_keys,
         audit_url=audit_db,
         max_upload_mb=max_upload_mb,
+        max_batch=max_batch,
         pacs_url=pacs_url,
         cors_origins=list(cors_origin or []),
         store_dir=store_dir,

@@ -41,7 +41,6 @@ import json
 import logging
 import os
 import secrets
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +55,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from medlens import __version__
 from medlens.errors import MedlensError
 from medlens.serving.audit import AuditLog, hash_identifier
+from medlens.serving.batching import GreedyBatcher
 from medlens.serving.docs import add_docs
 from medlens.serving.guard import GuardMiddleware, SecurityHeaders, json_error
 from medlens.serving.logsafe import printable
@@ -82,6 +82,7 @@ CHATTY_LOGGERS = (
     "python_multipart",
 )
 SEGMENTATION = "segmentation"  # the model card's task of segmentation models
+AUDIT_GROUP = 64  # audit rows committed together, at most
 JSON_LIMIT = 64 * 1024  # a PACS study request is a few UIDs: a bigger JSON body is refused before parsing
 
 
@@ -118,7 +119,10 @@ class Service:
         self.store = PredictionStore(
             settings.resolved_store_dir(), memory=settings.store_memory, disk=settings.store_disk
         )
-        self.audit_lock = threading.Lock()  # one SQLite writer at a time: no 'database is locked' under bursts
+        # one writer thread: concurrent rows share a durable commit, and SQLite sees one writer at a time
+        self.audit_writer = GreedyBatcher(self._commit_audit_rows, max_batch=AUDIT_GROUP, name="audit-writer")
+        # one network thread: concurrent predictions (no heatmap) share one pass of the network
+        self.answerer = GreedyBatcher(self.predictor.answer, max_batch=settings.max_batch, name="predict-batcher")
         self.pacs = DicomWebPacs(settings.pacs_url, timeout=settings.pacs_timeout) if settings.pacs_url else None
 
     # -- predicting ---------------------------------------------------------------------------------
@@ -128,7 +132,11 @@ class Service:
         if not data:
             raise ApiError(400, "empty", "the upload is empty", file=filename)
         try:
-            result = self.predictor.predict_bytes(data, filename, explain=explain)
+            prepared = self.predictor.prepare_bytes(data, filename)
+            if explain or self.predictor.card.task == "segmentation":
+                result = self.predictor.answer([prepared], explain=explain)[0]
+            else:
+                result = self.answerer(prepared)
         except UnsupportedMediaError as e:
             raise ApiError(415, "unsupported_media", printable(e.problem, None), file=filename) from None
         except MedlensError as e:
@@ -167,8 +175,8 @@ class Service:
             n for n in [*names, src.study_instance_uid, src.series_instance_uid, *src.sop_instance_uids] if n
         ]
         try:
-            with self.audit_lock:
-                self.audit.record(
+            self.audit_writer(
+                dict(
                     prediction_id=pred.id,
                     input_hash=src.input_sha256,
                     input_ids_hashed=[hash_identifier(n, self.key) for n in identifiers],
@@ -178,6 +186,7 @@ class Service:
                     key_id=key_id,
                     client=client,
                 )
+            )
         except Exception as e:  # noqa: BLE001 - whatever the database says, the prediction must not go out
             log.error("audit log write failed (%s): prediction %s withheld", type(e).__name__, pred.id)
             raise ApiError(
@@ -203,6 +212,15 @@ class Service:
             " ABSTAIN" if pred.abstain else "",
         )
         return _with_links(answer or pred.to_json())
+
+    def _commit_audit_rows(self, rows: list[dict]) -> list[None]:
+        self.audit.record_many(list(rows))
+        return [None] * len(rows)
+
+    def close(self) -> None:
+        """Finish queued work and stop the batch threads (the app's shutdown)."""
+        self.answerer.close()
+        self.audit_writer.close()
 
     def audit_output(self, pred) -> dict:
         """The prediction as the audit log keeps it: source identifiers hashed, never raw."""
@@ -445,6 +463,7 @@ def create_app(settings: ServeSettings, *, predictor=None) -> FastAPI:
     docs_csp = add_docs(app, "medlens")
     app.state.service = service
     app.state.settings = settings
+    app.router.on_shutdown.append(service.close)
 
     @app.exception_handler(ApiError)
     async def _api_error(_request, exc: ApiError):

@@ -1,5 +1,9 @@
 """Audit trail: every prediction is recorded before it is acknowledged.
 
+Concurrent predictions of the service share one transaction (:meth:`AuditLog.record_many`, fed by
+a :class:`medlens.serving.batching.GreedyBatcher`): each is acknowledged only after the group's
+commit is durable.
+
 SQLite by default (WAL journal, synchronous=FULL, so a committed row survives a SIGKILL or a power
 cut), or any SQLAlchemy URL (e.g. ``postgresql+psycopg://...``). Rows hold no patient information:
 input identifiers are stored as keyed hashes (:func:`medlens.data.deid.pseudonym` style), never raw.
@@ -64,20 +68,28 @@ class AuditLog:
         client: str | None = None,
     ) -> None:
         """Insert one row and commit (durably) before returning."""
-        with self.engine.begin() as conn:
-            conn.execute(
-                insert(predictions_table).values(
+        self.record_many(
+            [
+                dict(
                     prediction_id=prediction_id,
-                    time=dt.datetime.now(dt.timezone.utc),
                     input_hash=input_hash,
                     input_ids_hashed=input_ids_hashed,
                     model=model,
                     model_sha256=model_sha256,
-                    output=json.loads(json.dumps(output, default=str)),
+                    output=output,
                     key_id=key_id,
                     client=client,
                 )
-            )
+            ]
+        )
+
+    def record_many(self, rows: list[dict[str, Any]]) -> None:
+        """Insert rows (the keyword arguments of :meth:`record`) in one transaction, committed
+        durably before returning (group commit: one fsync for all of them); all or none."""
+        now = dt.datetime.now(dt.timezone.utc)
+        values = [{**row, "time": now, "output": json.loads(json.dumps(row["output"], default=str))} for row in rows]
+        with self.engine.begin() as conn:
+            conn.execute(insert(predictions_table), values)
 
     def get(self, prediction_id: str) -> dict[str, Any] | None:
         with self.engine.connect() as conn:

@@ -234,6 +234,10 @@ class Predictor:
 
         Content that is not DICOM, NIfTI, PNG, JPEG or TIFF raises :class:`UnsupportedMediaError`.
         """
+        return self.answer([self.prepare_bytes(data, filename)], explain=explain)[0]
+
+    def prepare_bytes(self, data: bytes, filename: str) -> _Prepared:
+        """Uploaded bytes read, checked and preprocessed (what :meth:`answer` takes); see :meth:`predict_bytes`."""
         suffix = sniff_suffix(data)
         if suffix is None:
             raise UnsupportedMediaError("not a supported image (expected DICOM, NIfTI, PNG or JPEG content)", filename)
@@ -249,7 +253,7 @@ class Predictor:
                 if e.path is None or not e.path.startswith(tmp):
                     raise
                 raise type(e)(e.problem, filename) from None  # name the upload, not the temporary file
-        return self._predict(inp, explain=explain)
+        return self._prepare(inp)
 
     def predict_dicom(self, datasets: Sequence[pydicom.Dataset], *, explain: bool = True) -> PredictionResult:
         """Predict for the datasets of one DICOM series (e.g. received by the DICOM node)."""
@@ -365,14 +369,14 @@ class Predictor:
 
     # -- the answer -------------------------------------------------------------------------------
     def _predict(self, inp: _Input, *, explain: bool) -> PredictionResult:
-        return self._answer([self._prepare(inp)], explain=explain)[0]
+        return self.answer([self._prepare(inp)], explain=explain)[0]
 
     def _prepare(self, inp: _Input) -> _Prepared:
         """Checks and preprocessing of one input; raises a one-line error naming it."""
         arr = self.check_input(inp.array, inp.source.modality, inp.name)
         return _Prepared(inp, arr, self.bundle.preprocess(arr, name=inp.name))
 
-    def _answer(self, batch: Sequence[_Prepared], *, explain: bool) -> list[PredictionResult]:
+    def answer(self, batch: Sequence[_Prepared], *, explain: bool = False) -> list[PredictionResult]:
         """The answers for prepared inputs: one batched pass of the network (probabilities,
         features for the guard, uncertainty draws) for a classification; each input's sliding
         window for a segmentation. An input's answer does not depend on the batch it is in."""
@@ -440,12 +444,12 @@ class Predictor:
         loader's worker); when the batch fails as a whole, each input is answered alone so that
         only the one at fault fails."""
         try:
-            answers: list[PredictionResult | Exception] = list(self._answer([p for _, p in ready], explain=explain))
+            answers: list[PredictionResult | Exception] = list(self.answer([p for _, p in ready], explain=explain))
         except Exception:  # noqa: BLE001 - find the input at fault
             answers = []
             for _, p in ready:
                 try:
-                    answers.append(self._answer([p], explain=explain)[0])
+                    answers.append(self.answer([p], explain=explain)[0])
                 except Exception as e:  # noqa: BLE001 - one input's failure is its own answer
                     answers.append(e)
         yield from zip([item for item, _ in ready], answers)

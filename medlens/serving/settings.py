@@ -47,10 +47,13 @@ class ServeSettings:
     pacs_url: str | None = None  # DICOMweb root, e.g. http://127.0.0.1:8042/dicom-web
     pacs_timeout: float = 30.0
     uncertainty: str | None = None  # override of the model's uncertainty method
+    max_batch: int = 16  # concurrent predictions answered in one pass of the network, at most
     pseudonym_key: str | None = None  # keys pseudonyms and hashed identifiers; default $MEDLENS_PSEUDONYM_KEY or random
 
     def __post_init__(self) -> None:
         self.run_dir = Path(self.run_dir)
+        if self.max_batch < 1:
+            raise MedlensError(f"the batch size must be at least 1, got {self.max_batch}")
         if self.max_upload_mb <= 0:
             raise MedlensError(f"the upload limit must be positive, got {self.max_upload_mb} MB")
         if self.pacs_url:

@@ -6,6 +6,7 @@ import io
 import logging
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pydicom
@@ -144,6 +145,25 @@ def test_every_acknowledged_prediction_is_in_the_audit_log(client, serving_input
     audit.close()
     recent = client.get("/v1/predictions?limit=3").json()
     assert [d["id"] for d in recent] == ids[::-1][:3] or {d["id"] for d in recent} <= set(ids)
+
+
+def test_concurrent_predictions_share_a_pass_and_each_is_audited(tiny_run, tmp_path, predictor, serving_inputs):
+    data = {k: serving_inputs[k].read_bytes() for k in ("png", "jpeg")}
+    alone = {k: predictor.predict_bytes(v, f"x.{k}").prediction.probabilities for k, v in data.items()}
+    with make_client(tiny_run, tmp_path, predictor) as c:
+
+        def post(k):
+            r = c.post("/v1/predictions", content=data[k], headers={"Content-Type": "image/" + k})
+            assert r.status_code == 200, r.text
+            return k, r.json()
+
+        with ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(post, ["png", "jpeg"] * 8))
+    for k, answer in answers:  # batched or not, the same answer as alone
+        assert answer["probabilities"] == pytest.approx(alone[k], abs=2e-6)
+    audit = AuditLog(tmp_path / "audit.sqlite")
+    assert {a["id"] for _, a in answers} <= audit.ids() and len(audit.ids()) == 16
+    audit.close()
 
 
 @pytest.mark.parametrize(

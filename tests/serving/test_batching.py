@@ -1,0 +1,64 @@
+"""Greedy batching of concurrent calls (the service's network pass and audit commits)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from medlens.serving.batching import GreedyBatcher
+
+
+def test_concurrent_calls_share_batches_and_each_gets_its_own_result():
+    sizes = []
+    gate = threading.Event()
+
+    def run(items):
+        sizes.append(len(items))
+        gate.wait(5)  # the first batch runs while the others queue up
+        return [i * 10 for i in items]
+
+    batcher = GreedyBatcher(run, max_batch=8)
+    with ThreadPoolExecutor(12) as pool:
+        futures = [pool.submit(batcher, i) for i in range(12)]
+        time.sleep(0.3)
+        gate.set()
+        assert [f.result(timeout=10) for f in futures] == [i * 10 for i in range(12)]
+    assert sum(sizes) == 12 and max(sizes) > 1 and max(sizes) <= 8
+    batcher.close()
+
+
+def test_a_lone_call_runs_at_once_alone():
+    sizes = []
+    batcher = GreedyBatcher(lambda items: sizes.append(len(items)) or list(items), max_batch=16)
+    assert batcher("x") == "x" and sizes == [1]
+    batcher.close()
+
+
+def test_a_failing_item_fails_alone():
+    gate, sizes = threading.Event(), []
+
+    def run(items):
+        sizes.append(len(items))
+        gate.wait(5)  # the first call holds the thread while the next three queue into one batch
+        if "bad" in items:
+            raise ValueError("bad item")
+        return [i.upper() for i in items]
+
+    batcher = GreedyBatcher(run, max_batch=8)
+    with ThreadPoolExecutor(4) as pool:
+        first = pool.submit(batcher, "first")
+        time.sleep(0.2)
+        futures = {x: pool.submit(batcher, x) for x in ("a", "bad", "c")}
+        time.sleep(0.2)
+        gate.set()
+        assert first.result(timeout=10) == "FIRST"
+        assert futures["a"].result(timeout=10) == "A" and futures["c"].result(timeout=10) == "C"
+        with pytest.raises(ValueError, match="bad item"):
+            futures["bad"].result(timeout=10)
+    assert sizes == [1, 3, 1, 1, 1]  # the batch of three failed, then each ran alone
+    batcher.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        batcher("a")
