@@ -274,19 +274,59 @@ class Bundle:
         index = int(decided)
         return self.class_names[index], index, float(probs[index])
 
-    def uncertainty(self, x: np.ndarray, probs: np.ndarray, confidences: np.ndarray) -> list[Doubt]:
-        """Uncertainty of model inputs ``x`` (N, C, ...) with calibrated ``probs`` (N, K) and the
-        findings' ``confidences`` (N,), and the abstention rule's verdict for each. The draws (MC
-        dropout or test-time augmentation, when the method needs them) come from one batched pass
-        and do not depend on the batch: an input gets the same answer alone or with others."""
-        probs = np.asarray(probs, dtype=np.float64)
-        samples = None
-        if self.net is not None and unc.needs_samples(self.abstention.method):
-            import torch
+    def probe(self, x: np.ndarray, *, features: bool) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """What an answer needs from the network for model inputs ``x`` (N, C, ...), in one pass:
+        the raw probabilities (N, K) of :meth:`raw_proba`, the features (N, D) of
+        :meth:`raw_proba_and_features` (None unless ``features``), and the calibrated
+        probabilities of the uncertainty draws (S, N, K) when the method needs them (else None).
 
-            xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
-            logits = self._mc.logits(xt, seed=self.card.seed) if self._mc is not None else unc.tta_logits(self.net, xt)
-            samples = np.stack([self.calibrate(logits_to_probs(z, self.task)) for z in logits])
+        With MC dropout the plain output is the draws' pass with a mask of ones (the layers
+        before the first dropout run once for all); with test-time augmentation it is the
+        identity view. Equal to the separate calls within float rounding (1e-6)."""
+        if self.net is None or not unc.needs_samples(self.abstention.method):
+            return (*self.raw_proba_and_features(x, features=features), None)
+        if self._mc is not None and not self._mc.expands:  # the whole input repeated, in chunks: separate calls
+            raw, feats = self.raw_proba_and_features(x, features=features)
+            xt = self._tensor(x)
+            return raw, feats, self._calibrated(self._mc.logits(xt, seed=self.card.seed))
+
+        assert self._tap is not None
+        xt = self._tensor(x)
+        self._tap.want(features)
+        try:
+            if self._mc is not None:
+                logits = self._mc.logits(xt, seed=self.card.seed, plain=True)
+                draws = logits[1:]
+            else:
+                logits = draws = unc.tta_logits(self.net, xt)
+            feats = self._tap.take() if features else None
+        finally:
+            self._tap.want(False)
+        if feats is not None and len(feats) != len(x):  # the plain rows: first of each input's (MC), first view (TTA)
+            feats = feats[:: len(logits)] if self._mc is not None else feats[: len(x)]
+        return logits_to_probs(logits[0], self.task), feats, self._calibrated(draws)
+
+    def _calibrated(self, draws: Any) -> np.ndarray:
+        """Calibrated probabilities (S, N, K) of draws' logits (S, N, K)."""
+        return np.stack([self.calibrate(logits_to_probs(z, self.task)) for z in draws])
+
+    @staticmethod
+    def _tensor(x: np.ndarray) -> Any:
+        import torch
+
+        return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+
+    def uncertainty(
+        self, x: np.ndarray, probs: np.ndarray, confidences: np.ndarray, *, samples: np.ndarray | None = None
+    ) -> list[Doubt]:
+        """Uncertainty of model inputs ``x`` (N, C, ...) with calibrated ``probs`` (N, K) and the
+        findings' ``confidences`` (N,), and the abstention rule's verdict for each. The draws
+        (MC dropout or test-time augmentation, when the method needs them; ``samples`` when
+        :meth:`probe` gave them already) come from one batched pass and do not depend on the
+        batch: an input gets the same answer alone or with others."""
+        probs = np.asarray(probs, dtype=np.float64)
+        if samples is None and self.net is not None and unc.needs_samples(self.abstention.method):
+            samples = self.probe(x, features=False)[2]
         multilabel = self.task == "multilabel"
         scores = unc.score(probs, self.abstention.method, samples=samples, multilabel=multilabel)
         doubts = []

@@ -82,6 +82,7 @@ class MCDropout:
         self._lock = threading.Lock()  # the hooks read this call's state: one caller at a time
         self._batch: int | None = None  # the caller's batch size during an expanded call
         self._seed: int | None = None  # masks on (the seed of this call) or off (None)
+        self._rows = self.passes  # rows per input in this call: the draws, and the plain output if asked
         for index, m in enumerate(self._dropouts):
             m.register_forward_pre_hook(self._hook(index))
         self.expands = self._check(net, example)
@@ -90,22 +91,25 @@ class MCDropout:
         def apply(module: nn.Module, args: tuple):
             x = args[0]
             if self._batch is not None and x.shape[0] == self._batch:
-                x = x.repeat_interleave(self.passes, dim=0)
+                x = x.repeat_interleave(self._rows, dim=0)
             if self._seed is not None:
-                x = x * self._mask(module, index, x).repeat(x.shape[0] // self.passes, *[1] * (x.ndim - 1))
+                x = x * self._mask(module, index, x).repeat(x.shape[0] // self._rows, *[1] * (x.ndim - 1))
             return (x, *args[1:])
 
         return apply
 
     def _mask(self, module: nn.Module, index: int, x: torch.Tensor) -> torch.Tensor:
-        """The S masks (S, ...) of dropout layer ``index`` for rows shaped like ``x``'s, scaled."""
+        """The masks (rows per input, ...) of dropout layer ``index`` for rows shaped like ``x``'s,
+        scaled: the S draws, after a mask of ones when the call also wants the plain output."""
         p = float(module.p)  # type: ignore[arg-type]
-        if x.shape[0] % self.passes:
-            raise MedlensError(f"MC dropout: {x.shape[0]} rows are not whole groups of {self.passes} draws")
+        if x.shape[0] % self._rows:
+            raise MedlensError(f"MC dropout: {x.shape[0]} rows are not whole groups of {self._rows}")
         shape = (x.shape[1], *[1] * (x.ndim - 2)) if isinstance(module, CHANNEL_DROPOUT) else tuple(x.shape[1:])
         generator = torch.Generator().manual_seed(int(self._seed or 0) * 1000 + index)
-        keep = torch.rand((self.passes, *shape), generator=generator) >= p
-        return keep.to(x.dtype) / max(1.0 - p, 1e-12)
+        keep = (torch.rand((self.passes, *shape), generator=generator) >= p).to(x.dtype) / max(1.0 - p, 1e-12)
+        if self._rows > self.passes:
+            keep = torch.cat([torch.ones((1, *shape), dtype=x.dtype), keep])
+        return keep
 
     @torch.no_grad()
     def _check(self, net: nn.Module, example: torch.Tensor) -> bool:
@@ -120,29 +124,33 @@ class MCDropout:
             self._batch = None
 
     @torch.no_grad()
-    def logits(self, x: torch.Tensor, *, seed: int = MC_SEED) -> torch.Tensor:
-        """Logits of ``passes`` dropout draws for a batch ``x`` (N, C, ...): (S, N, K); seeded."""
+    def logits(self, x: torch.Tensor, *, seed: int = MC_SEED, plain: bool = False) -> torch.Tensor:
+        """Logits of ``passes`` dropout draws for a batch ``x`` (N, C, ...): (S, N, K); seeded.
+        ``plain``: (1 + S, N, K), [0] the network without dropout, from the same pass (the layers
+        before the first dropout run once for both)."""
         n = len(x)
         with self._lock:
-            self._seed = int(seed)
+            self._seed, self._rows = int(seed), self.passes + int(plain)
             try:
                 if self.expands:
                     self._batch = n
                     out = self.net(x)
-                else:  # sample i's draws are rows i*S .. i*S+S-1; chunks hold whole samples
-                    reps = x.repeat_interleave(self.passes, dim=0)
-                    chunk = self.passes * max(1, MC_CHUNK // self.passes)
+                else:  # sample i's rows are i*R .. i*R+R-1; chunks hold whole samples
+                    reps = x.repeat_interleave(self._rows, dim=0)
+                    chunk = self._rows * max(1, MC_CHUNK // self._rows)
                     out = torch.cat([self.net(reps[i : i + chunk]) for i in range(0, len(reps), chunk)])
             finally:
                 self._batch = self._seed = None
-        return out.reshape(n, self.passes, -1).transpose(0, 1)
+                rows, self._rows = self._rows, self.passes
+        return out.reshape(n, rows, -1).transpose(0, 1)
 
 
 @torch.no_grad()
 def tta_logits(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Logits of the identity and a flip of each spatial axis: (1 + spatial dims, N, K)."""
+    """Logits of the identity and a flip of each spatial axis: (1 + spatial dims, N, K), one
+    batched pass ([0] is the plain output)."""
     views = [x] + [torch.flip(x, dims=(axis,)) for axis in range(2, x.ndim)]
-    return torch.stack([net(v) for v in views])
+    return net(torch.cat(views)).reshape(len(views), len(x), -1)
 
 
 def needs_samples(method: str) -> bool:

@@ -221,6 +221,7 @@ class Service:
         """Finish queued work and stop the batch threads (the app's shutdown)."""
         self.answerer.close()
         self.audit_writer.close()
+        self.store.close()
 
     def audit_output(self, pred) -> dict:
         """The prediction as the audit log keeps it: source identifiers hashed, never raw."""

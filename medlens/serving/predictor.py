@@ -386,10 +386,10 @@ class Predictor:
             return []
         bundle = self.bundle
         x = np.stack([p.x for p in batch])
-        raw, features = bundle.raw_proba_and_features(x, features=bundle.guard is not None)
+        raw, features, samples = bundle.probe(x, features=bundle.guard is not None)
         probs = bundle.calibrate(raw)
         findings = [bundle.finding(row) for row in probs]
-        doubts = bundle.uncertainty(x, probs, np.array([f[2] for f in findings]))
+        doubts = bundle.uncertainty(x, probs, np.array([f[2] for f in findings]), samples=samples)
         heatmaps = bundle.explain(x, np.array([f[1] for f in findings])) if explain else [None] * len(batch)
         results = []
         for i, p in enumerate(batch):

@@ -12,7 +12,8 @@ images themselves). Per prediction the folder holds what every rendering is made
 * ``source_NNNN.dcm``: the headers (no pixel data) of the source DICOM instances, the SR's evidence.
 
 Renderings (PNGs, FHIR, SR) are made on first request and cached in memory, so a prediction
-costs no rendering time unless someone asks for it. The audit log, not this store, is the
+costs no rendering time unless someone asks for it. The disk copy is written by a background
+thread after the answer (in order; :meth:`PredictionStore.close` waits for it). The audit log, not this store, is the
 durable record; the store may lose its newest entries in a crash.
 """
 
@@ -23,8 +24,10 @@ import io
 import json
 import re
 import shutil
+import logging
 import threading
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +38,7 @@ import pydicom
 from medlens.errors import MedlensError
 from medlens.inference.prediction import Prediction, SourceInfo
 
+log = logging.getLogger("medlens.serve")
 ID_PATTERN = re.compile(r"^[0-9a-f]{32}$")
 SUMMARY_KEYS = ("has_heatmap", "slices", "slice", "segments")  # added to Prediction.to_json by summary()
 
@@ -171,6 +175,8 @@ class PredictionStore:
         self._memory: OrderedDict[str, StoredPrediction] = OrderedDict()
         self._disk_ids: OrderedDict[str, None] = OrderedDict()  # oldest first
         self._lock = threading.Lock()
+        # disk writes happen beside the requests, in order (one thread); close() waits for them
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-writer")
         if self.root is not None:
             self.root.mkdir(parents=True, exist_ok=True)
             self.root.chmod(0o700)
@@ -206,8 +212,18 @@ class PredictionStore:
             self._memory.move_to_end(prediction.id)
             self._trim()
         if self.root is not None and self.disk_limit:
-            self._write(entry)
+            self._writer.submit(self._write_logged, entry)
         return entry
+
+    def close(self) -> None:
+        """Wait for the disk writes still queued (the service's shutdown)."""
+        self._writer.shutdown(wait=True)
+
+    def _write_logged(self, entry: StoredPrediction) -> None:
+        try:
+            self._write(entry)
+        except Exception as e:  # noqa: BLE001 - the store is a cache; the audit log holds the record
+            log.warning("prediction %s not kept on disk (%s)", entry.prediction.id, type(e).__name__)
 
     def _write(self, entry: StoredPrediction) -> None:
         pred = entry.prediction

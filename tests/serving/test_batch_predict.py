@@ -56,6 +56,20 @@ def test_mc_dropout_draws_do_not_depend_on_the_batch(deep):
     assert not torch.allclose(together[0], together[1])  # the draws differ from each other
 
 
+def test_one_pass_gives_the_plain_output_features_and_draws(deep):
+    """Bundle.probe: probabilities, guard features and MC draws from one pass equal the separate calls."""
+    bundle = deep.bundle
+    x = np.random.default_rng(1).random((6, 1, 32, 32), dtype=np.float32)
+    raw, features, samples = bundle.probe(x, features=True)
+    raw_alone, features_alone = bundle.raw_proba_and_features(x)
+    assert np.abs(raw - raw_alone).max() < 1e-6 and np.abs(features - features_alone).max() < 1e-5
+    import torch
+
+    draws = bundle._mc.logits(torch.from_numpy(x), seed=bundle.card.seed)
+    assert np.abs(samples - bundle._calibrated(draws)).max() < 1e-6 and samples.shape == (bundle._mc.passes, 6, 3)
+    assert not np.allclose(samples[0], samples[1])
+
+
 def test_batched_answers_equal_one_at_a_time(deep, many_pngs):
     items, problems = find_inputs([many_pngs])
     assert not problems and len(items) == 96

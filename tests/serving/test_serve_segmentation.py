@@ -224,6 +224,7 @@ def test_a_classification_has_no_mask_and_a_non_dicom_segmentation_no_seg(tmp_pa
     store.put(flat, result.view.image, mask=StoredMask(result.mask[1], None, (1.0, 1.0), None))
     plain = Prediction(**{**vars(flat), "task": "binary", "measurements": [], "id": "2" * 32})
     store.put(plain, result.view.image)
+    store.close()  # the disk writes are done
     settings = ServeSettings(run_dir=tmp_path, audit_url=str(tmp_path / "a.sqlite"), store_dir=tmp_path / "store")
     with TestClient(create_app(settings, predictor=FakeSegmenter([]))) as client:
         seg = client.get(f"/v1/predictions/{'1' * 32}/seg")

@@ -135,6 +135,7 @@ def test_bytes_upload_of_a_512_dicom_keeps_its_size_through_the_store(tiny_run, 
     image, heat = result.heatmap_slice()
     store = PredictionStore(tmp_path / "store")
     entry = store.put(result.prediction, image, result.sources, heatmap=heat)
+    store.close()  # the disk writes are done
     reread = PredictionStore(tmp_path / "store").get(result.prediction.id)
     for kept in (entry, reread):
         grey, layer = _png_layers(kept)
