@@ -22,9 +22,9 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import logging
 import re
 import shutil
-import logging
 import threading
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
@@ -174,6 +174,7 @@ class PredictionStore:
         self.disk_limit = max(0, int(disk))
         self._memory: OrderedDict[str, StoredPrediction] = OrderedDict()
         self._disk_ids: OrderedDict[str, None] = OrderedDict()  # oldest first
+        self._pending: dict[str, StoredPrediction] = {}  # queued for disk, not written yet
         self._lock = threading.Lock()
         # disk writes happen beside the requests, in order (one thread); close() waits for them
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-writer")
@@ -212,8 +213,14 @@ class PredictionStore:
             self._memory.move_to_end(prediction.id)
             self._trim()
         if self.root is not None and self.disk_limit:
+            with self._lock:
+                self._pending[prediction.id] = entry  # reachable even when memory drops it before the write
             self._writer.submit(self._write_logged, entry)
         return entry
+
+    def flush(self) -> None:
+        """Wait until the disk writes queued so far are done (and the disk bound applied)."""
+        self._writer.submit(lambda: None).result()
 
     def close(self) -> None:
         """Wait for the disk writes still queued (the service's shutdown)."""
@@ -224,6 +231,9 @@ class PredictionStore:
             self._write(entry)
         except Exception as e:  # noqa: BLE001 - the store is a cache; the audit log holds the record
             log.warning("prediction %s not kept on disk (%s)", entry.prediction.id, type(e).__name__)
+        finally:
+            with self._lock:
+                self._pending.pop(entry.prediction.id, None)
 
     def _write(self, entry: StoredPrediction) -> None:
         pred = entry.prediction
@@ -254,7 +264,7 @@ class PredictionStore:
         if not ID_PATTERN.match(prediction_id or ""):
             return None
         with self._lock:
-            entry = self._memory.get(prediction_id)
+            entry = self._memory.get(prediction_id) or self._pending.get(prediction_id)
             on_disk = prediction_id in self._disk_ids
         if entry is not None:
             return entry
@@ -295,10 +305,11 @@ class PredictionStore:
         """JSON summaries of the newest predictions (newest first), from memory and then disk."""
         with self._lock:
             ids = list(reversed(self._memory.keys()))
+            ids += [pid for pid in self._pending if pid not in self._memory]
             for pid in reversed(self._disk_ids.keys()):
                 if len(ids) >= limit:
                     break
-                if pid not in self._memory:
+                if pid not in self._memory and pid not in self._pending:
                     ids.append(pid)
         out = []
         for pid in ids:

@@ -304,6 +304,7 @@ def test_store_survives_a_restart_and_is_bounded(tiny_run, tmp_path, predictor, 
         sr2 = pydicom.dcmread(io.BytesIO(c.get(f"/v1/predictions/{first['id']}/sr").content))
         assert sr2.Modality == "SR" and sr2.StudyInstanceUID == pydicom.dcmread(io.BytesIO(sr)).StudyInstanceUID
         upload(c, secret_dicom)
+        c.app.state.service.store.flush()  # disk writes follow the answers in a background thread
         assert c.get(f"/v1/predictions/{first['id']}").status_code == 404  # fourth one pushed the oldest out
         assert all(c.get(f"/v1/predictions/{i}").status_code == 200 for i in ids)
     assert oct((tmp_path / "store").stat().st_mode)[-3:] == "700"

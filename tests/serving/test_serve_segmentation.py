@@ -112,8 +112,11 @@ class FakeSegmenter:
         )
         self.bundle = SimpleNamespace(abstention=SimpleNamespace(method="none"))
 
-    def predict_bytes(self, data, filename, *, explain=False):
-        return segment(self.series)
+    def prepare_bytes(self, data, filename):
+        return data
+
+    def answer(self, batch, *, explain=False):
+        return [segment(self.series) for _ in batch]
 
     def predict_dicom(self, datasets, *, explain=False):
         return segment(list(datasets))
