@@ -39,6 +39,7 @@ from medlens.errors import MedlensError
 from medlens.inference.prediction import Prediction, SourceInfo
 
 log = logging.getLogger("medlens.serve")
+MAX_PENDING_WRITES = 64  # disk writes queued behind the answers, at most
 ID_PATTERN = re.compile(r"^[0-9a-f]{32}$")
 SUMMARY_KEYS = ("has_heatmap", "slices", "slice", "segments")  # added to Prediction.to_json by summary()
 
@@ -214,8 +215,13 @@ class PredictionStore:
             self._trim()
         if self.root is not None and self.disk_limit:
             with self._lock:
-                self._pending[prediction.id] = entry  # reachable even when memory drops it before the write
-            self._writer.submit(self._write_logged, entry)
+                behind = len(self._pending) >= MAX_PENDING_WRITES
+                if not behind:
+                    self._pending[prediction.id] = entry  # reachable even when memory drops it before the write
+            if behind:  # the writer cannot keep up: this request writes itself (bounded memory)
+                self._write_logged(entry)
+            else:
+                self._writer.submit(self._write_logged, entry)
         return entry
 
     def flush(self) -> None:
