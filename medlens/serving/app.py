@@ -59,6 +59,7 @@ from medlens.serving.batching import GreedyBatcher
 from medlens.serving.docs import add_docs
 from medlens.serving.guard import GuardMiddleware, SecurityHeaders, json_error
 from medlens.serving.logsafe import printable
+from medlens.serving.outputs import dicom_bytes
 from medlens.serving.pacs import NotInPacsError, PacsError, PacsUnreachableError
 from medlens.serving.retrieve import DicomWebPacs
 from medlens.serving.settings import ServeSettings
@@ -367,12 +368,6 @@ def _plane(entry: StoredPrediction, index: int):
     return image, heat
 
 
-def _dicom_bytes(ds) -> bytes:
-    buf = io.BytesIO()
-    ds.save_as(buf, enforce_file_format=True)
-    return buf.getvalue()
-
-
 def _seg(entry: StoredPrediction):
     """The prediction's DICOM SEG, made once (the SR references this very SEG)."""
     return entry.rendered("seg", lambda: _result_of(entry).dicom_seg())
@@ -383,8 +378,8 @@ def _sr_bytes(entry: StoredPrediction) -> bytes:
 
     def make():
         if entry.mask is not None:
-            return _dicom_bytes(segmentation_report(entry.prediction, _seg(entry), entry.sources))
-        return _dicom_bytes(structured_report(entry.prediction, entry.sources))
+            return dicom_bytes(segmentation_report(entry.prediction, _seg(entry), entry.sources))
+        return dicom_bytes(structured_report(entry.prediction, entry.sources))
 
     return entry.rendered("sr", make)
 
@@ -672,7 +667,7 @@ def create_app(settings: ServeSettings, *, predictor=None) -> FastAPI:
             entry,
             "DICOM SEG",
             "seg_failed",
-            lambda: entry.rendered("seg_bytes", lambda: _dicom_bytes(_seg(entry))),
+            lambda: entry.rendered("seg_bytes", lambda: dicom_bytes(_seg(entry))),
             "seg",
         )
 

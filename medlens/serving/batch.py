@@ -141,10 +141,6 @@ class _Inputs:
             return index, failure(self.items[index], e)
 
 
-def _as_list(batch: list) -> list:
-    return batch
-
-
 class BatchWriter:
     """Answers one loader batch, writes its files and commits the journal (any process, any rank)."""
 
@@ -211,7 +207,7 @@ def loader(predictor: Predictor, items: Sequence[InputItem], *, batch_size: int,
         batch_size=max(1, int(batch_size)),
         shuffle=False,
         num_workers=max(0, int(workers)),
-        collate_fn=_as_list,
+        collate_fn=list,  # (index, prepared input or failure) pairs as they are
         persistent_workers=False,
     )
 

@@ -23,12 +23,7 @@ def write_outputs(
     unless ``durable`` is False); without ``out``, json and fhir are returned for stdout and files
     go to the current folder.
     """
-    from functools import partial
-
-    from medlens.runs import _json_default
-    from medlens.runs import atomic_write_bytes as write
-
-    atomic_write_bytes = partial(write, durable=durable)
+    from medlens.runs import _json_default, atomic_write_bytes
 
     pred = result.prediction
     written: list[Path] = []
@@ -41,11 +36,11 @@ def write_outputs(
         datasets = [result.dicom_seg()] if fmt == "seg" else result.dicom_results()
         for ds in datasets:
             path = folder / f"{name}.{'seg' if ds.Modality == 'SEG' else 'sr'}.dcm"
-            atomic_write_bytes(path, _dicom_bytes(ds))
+            atomic_write_bytes(path, dicom_bytes(ds), durable=durable)
             written.append(path)
     elif fmt == "nifti":
         path = folder / f"{name}.mask.nii.gz"
-        atomic_write_bytes(path, gzip.compress(result.mask_nifti().to_bytes(), mtime=0))
+        atomic_write_bytes(path, gzip.compress(result.mask_nifti().to_bytes(), mtime=0), durable=durable)
         written.append(path)
     else:
         if fmt == "fhir":
@@ -57,17 +52,19 @@ def write_outputs(
             document = pred.to_json()
             path = folder / f"{name}.json"
         if out is not None:
-            atomic_write_bytes(path, (json.dumps(document, indent=2, default=_json_default) + "\n").encode())
+            text = json.dumps(document, indent=2, default=_json_default) + "\n"
+            atomic_write_bytes(path, text.encode(), durable=durable)
             written.append(path)
             document = None
     if explain and pred.heatmap is not None:
         path = folder / f"{name}.heatmap.png"
-        atomic_write_bytes(path, result.overlay_png())
+        atomic_write_bytes(path, result.overlay_png(), durable=durable)
         written.append(path)
     return document, written
 
 
-def _dicom_bytes(ds: Any) -> bytes:
+def dicom_bytes(ds: Any) -> bytes:
+    """A DICOM dataset as a Part 10 file's bytes (what every download and file of a result holds)."""
     from io import BytesIO
 
     buffer = BytesIO()
