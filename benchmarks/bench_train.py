@@ -11,7 +11,9 @@ a. **Training loop overhead.** The same network (``cnn-small`` and ``resnet18`` 
    * ``plain``: a hand-written PyTorch loop (``TensorDataset`` + ``DataLoader(shuffle=True)``,
      validation pass each epoch, as MedMNIST's ``train_and_eval_pytorch.py`` does);
    * ``medlens``: :func:`medlens.training.run.train` (Lightning, checkpoints, early stopping,
-     CSV logger, ``progress=False``);
+     CSV logger, ``progress=False``) with its defaults: precision "auto" (bf16 mixed precision
+     on a CPU with AMX) and channels-last 2D networks;
+   * ``medlens-fp32``: the same with ``precision="32"`` (float32 throughout, as the plain loop);
    * ``medlens+progress``: the same with the Rich progress bar (the CLI default);
    * ``medlens-lean``: ``train()`` with ``checkpoint_every_n_steps`` out of reach and
      ``deterministic=False`` (what those two settings cost);
@@ -225,7 +227,7 @@ def classical_estimate(model: str, n_train: int, dims: int) -> float:
 # ============================================================================================
 # part a: training loop overhead (one subprocess per contender)
 # ============================================================================================
-CONTENDERS = ("plain", "medlens", "medlens+progress", "medlens-lean", "lightning-bare")
+CONTENDERS = ("plain", "medlens", "medlens-fp32", "medlens+progress", "medlens-lean", "lightning-bare")
 
 
 def _peak_rss_mb() -> float:
@@ -277,6 +279,8 @@ def _worker(spec: dict[str, Any]) -> dict[str, Any]:
     )
     if contender == "medlens-lean":
         settings.update(checkpoint_every_n_steps=10**9, deterministic=False)
+    if contender == "medlens-fp32":
+        settings.update(precision="32")
     import lightning as L
 
     fit_times: list[float] = []
@@ -363,7 +367,20 @@ def _plain_loop(npz: str, model: str, epochs: int, n: int | None, seed: int) -> 
         "wall_s": time.perf_counter() - t_all,
         "n_train": len(xt),
         "val_auc_last": float(roc_auc_score(yv, scores)) if len(set(yv.tolist())) > 1 else None,
+        "test_auc": _plain_test_auc(net, npz, n, seed),
     }
+
+
+def _plain_test_auc(net, npz: str, n: int | None, seed: int) -> float:
+    """Test AUC of the plain loop's final network (float32, eval mode)."""
+    import torch
+    from sklearn.metrics import roc_auc_score
+
+    x, y = _medmnist_arrays(npz, "test", n, seed)
+    net.eval()
+    with torch.no_grad():
+        scores = torch.cat([torch.softmax(net(b), 1)[:, 1] for b in torch.from_numpy(x).split(256)]).numpy()
+    return float(roc_auc_score(y, scores))
 
 
 def _bare_lightning(npz: str, model: str, epochs: int, n: int | None, seed: int) -> dict[str, Any]:
@@ -442,7 +459,7 @@ def part_a_plan(args, ips: dict[str, float]) -> tuple[list[dict[str, Any]], floa
     for model, epochs, n in plan:
         n_train, n_val = (n or 4708), (min(n, 524) if n else 524)
         per = epochs * (n_train + 0.35 * n_val) / max(ips.get(model, 1.0), 1e-6) + 15  # + start-up
-        for c in CONTENDERS:
+        for c in args.a_contenders.split(","):
             specs.append(
                 {
                     "contender": c,
@@ -487,8 +504,15 @@ def part_a(args, specs: list[dict[str, Any]], repeats: int) -> list[dict[str, An
             row[key] = statistics.median(r[key] for r in good)
         row["peak_rss_mb"] = max(r["peak_rss_mb"] for r in good)
         row["spread"] = [round(r["train_images_per_s"], 1) for r in good]
+        row["test_aucs"] = [r.get("test_auc") for r in good]
         rows.append(row)
     return rows
+
+
+def _aucs(row: dict[str, Any]) -> str:
+    """The test AUCs of a contender's runs: one value when every run gave the same."""
+    values = sorted({round(a, 6) for a in row.get("test_aucs", []) if a is not None})
+    return " / ".join(f"{a:.6f}" for a in values) or "-"
 
 
 def part_a_markdown(rows: list[dict[str, Any]]) -> str:
@@ -500,14 +524,14 @@ def part_a_markdown(rows: list[dict[str, Any]]) -> str:
         "contender (data loading; medlens also writes fingerprint, predictions and manifest); "
         "*vs plain*: training img/s relative to the plain loop.",
         "",
-        "| model | contender | epochs | n train | train img/s (median) | runs img/s | vs plain | fit s | process wall s | peak RSS MB |",
-        "|---|---|---:|---:|---:|---|---:|---:|---:|---:|",
+        "| model | contender | epochs | n train | train img/s (median) | runs img/s | vs plain | fit s | process wall s | peak RSS MB | test AUC |",
+        "|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|",
     ]
     plain = {r["model"]: r.get("train_images_per_s") for r in rows if r["contender"] == "plain" and "error" not in r}
     for r in rows:
         if "error" in r:
             lines.append(
-                f"| {r['model']} | {r['contender']} | {r['epochs']} | - | failed: {r['error'][:80]} | | | | | |"
+                f"| {r['model']} | {r['contender']} | {r['epochs']} | - | failed: {r['error'][:80]} | | | | | | |"
             )
             continue
         base = plain.get(r["model"])
@@ -516,15 +540,19 @@ def part_a_markdown(rows: list[dict[str, Any]]) -> str:
             f"| {r['model']} | {r['contender']} | {r['epochs']} | {r['n_train']} | "
             f"{r['train_images_per_s'] or 0:.1f} | {', '.join(map(str, r.get('spread', [])))} | {rel} | "
             f"{r['fit_s']:.1f} | {r['wall_s']:.1f} | "
-            f"{r['peak_rss_mb']:.0f} |"
+            f"{r['peak_rss_mb']:.0f} | {_aucs(r)} |"
         )
     lines += [
         "",
         "Contenders: *plain* hand-written loop (TensorDataset + DataLoader, per-sample collate); "
-        "*medlens* `train()` with progress off; *medlens+progress* with the Rich bar (CLI default); "
+        "*medlens* `train()` with progress off and its defaults (precision auto: bf16 mixed on a CPU with AMX; "
+        'channels-last 2D networks); *medlens-fp32* the same in float32 (`precision="32"`); '
+        "*medlens+progress* with the Rich bar (CLI default); "
         "*medlens-lean* `train()` with step checkpoints off and `deterministic=False`; *lightning-bare* "
         "medlens's module and data module under a bare `lightning.Trainer` (no logger, checkpoints, "
-        "callbacks, bar). Peak RSS is the whole process (Python, torch and Lightning imports included).",
+        "callbacks, bar). Peak RSS is the whole process (Python, torch and Lightning imports included). "
+        "*test AUC*: PneumoniaMNIST test split scored with each contender's final weights in float32 "
+        "(medlens: its best checkpoint, through the bundle); several values when repeats differed.",
         "",
         LOAD_CAVEAT + " " + load_note() + ".",
     ]
@@ -796,6 +824,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--a-epochs-small", type=int, default=2, help="part a: epochs of cnn-small")
     parser.add_argument("--a-epochs-resnet", type=int, default=1, help="part a: epochs of resnet18")
     parser.add_argument("--a-repeats", type=int, default=2, help="part a: runs per contender (median reported)")
+    parser.add_argument(
+        "--a-contenders",
+        default=",".join(CONTENDERS),
+        help=f"part a: comma-separated subset of {', '.join(CONTENDERS)}",
+    )
     parser.add_argument(
         "--a-resnet-samples",
         type=int,

@@ -60,7 +60,11 @@ def train(
     devices: str = typer.Option(None, "--devices", help="Devices (processes) per node, e.g. 2 or auto."),
     strategy: str = typer.Option(None, "--strategy", help="auto | ddp | ... (Lightning strategies)."),
     num_nodes: int = typer.Option(None, "--num-nodes", help="Machines taking part in DDP."),
-    precision: str = typer.Option(None, "--precision", help="32 | bf16-mixed | 16-mixed (GPU)."),
+    precision: str = typer.Option(
+        None,
+        "--precision",
+        help="auto (default: bf16-mixed on a CPU with AMX or a GPU with bf16, else 32) | 32 | bf16-mixed | 16-mixed (GPU).",
+    ),
     num_workers: int = typer.Option(
         None, "--num-workers", help="DataLoader worker processes (0: in-process, fastest for in-memory data)."
     ),

@@ -26,7 +26,7 @@ DEFAULT_MODEL = {"classification": "cnn-small", "segmentation": "unet"}
 DEFAULT_MONITOR = {"classification": "auc", "segmentation": "dice"}
 SEGMENTATION_GEOMETRY = "as stored: no resize, no resampling (spacing and affine of each image kept)"
 NATIVE_CAP = {2: 128, 3: 64}  # largest input side used by default, per spatial dims
-PRECISIONS = ("32", "32-true", "64", "bf16-mixed", "bf16-true", "16-mixed")
+PRECISIONS = ("auto", "32", "32-true", "64", "bf16-mixed", "bf16-true", "16-mixed")
 
 
 @dataclass
@@ -72,7 +72,7 @@ class TrainConfig:
     devices: int | str = 1
     strategy: str = "auto"
     num_nodes: int = 1
-    precision: str = "32"
+    precision: str = "auto"  # bf16-mixed where the device computes bfloat16 natively, else 32
     num_workers: int = 0
     threads: int | None = None  # CPU threads for torch (None: torch's default, one per core)
     deterministic: bool = True

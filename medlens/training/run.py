@@ -104,9 +104,9 @@ def train(
     config = resolve_task(config, dataset.task.value, dataset.uri)
     spec = get_model(config.model)
     if spec.kind == "deep":
-        from medlens.training.trainer import check_precision
+        from medlens.training.trainer import resolve_precision
 
-        check_precision(config)
+        config = config.updated(precision=resolve_precision(config))  # recorded as resolved
     _check_fit(dataset, spec, config.task)
     zero = is_global_zero()
     run = RunDir(config.out)

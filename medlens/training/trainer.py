@@ -9,7 +9,8 @@
 - with ``ema`` > 0, Lightning's ``WeightAveraging`` (an exponential moving average of the weights,
   used for validation and stored in the checkpoints),
 - deterministic algorithms, accelerator "auto", and the devices / strategy / num_nodes /
-  precision of the config (DDP on CPU uses the gloo backend).
+  precision of the config (DDP on CPU uses the gloo backend); precision "auto" is resolved by
+  :func:`resolve_precision` (bf16 mixed precision where the device computes bfloat16 natively).
 
 :func:`write_training_log` turns the CSV logger's files (one per session, so a resumed run has
 two) into the run's ``training_log.csv``, one row per epoch.
@@ -150,11 +151,26 @@ def _accelerator(config: TrainConfig) -> str:
     return "gpu" if torch.cuda.is_available() else "cpu"
 
 
-def check_precision(config: TrainConfig, accelerator: str | None = None) -> None:
-    """Refuse a precision the accelerator cannot run, before any data is loaded."""
+def native_bf16(accelerator: str) -> bool:
+    """Whether the accelerator computes bfloat16 natively: a CUDA device with bf16, or a CPU with
+    AMX tiles (where oneDNN runs bf16 convolutions and matrix products on them)."""
+    if accelerator == "gpu":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    amx = getattr(torch.cpu, "_is_amx_tile_supported", None)  # private in torch; absent: no AMX assumed
+    return accelerator == "cpu" and amx is not None and bool(amx())
+
+
+def resolve_precision(config: TrainConfig, accelerator: str | None = None) -> str:
+    """The Lightning precision for ``config``: "auto" becomes "bf16-mixed" where the device computes
+    bfloat16 natively (:func:`native_bf16`; weights, optimizer and loss stay float32) and "32"
+    elsewhere. A precision the accelerator cannot run is refused before any data is loaded."""
     accelerator = accelerator or _accelerator(config)
-    if accelerator == "cpu" and config.precision == "16-mixed":
+    precision = str(config.precision)
+    if precision == "auto":
+        return "bf16-mixed" if native_bf16(accelerator) else "32"
+    if accelerator == "cpu" and precision == "16-mixed":
         raise MedlensError("--precision 16-mixed needs a GPU; use bf16-mixed or 32 on CPU")
+    return precision
 
 
 class RecordedCheckpoint(ModelCheckpoint):
@@ -220,13 +236,12 @@ def build_trainer(
         callbacks.append(RankDigest(os.environ[RANK_DIGEST_ENV]))
     callbacks += extra_callbacks or []
     accelerator = _accelerator(config)
-    check_precision(config, accelerator)
     return L.Trainer(
         accelerator=accelerator,
         devices=config.devices,
         strategy=config.strategy,
         num_nodes=config.num_nodes,
-        precision=config.precision,
+        precision=resolve_precision(config, accelerator),
         max_epochs=config.epochs,
         callbacks=callbacks,
         logger=CSVLogger(save_dir=str(model_dir.root), name=LOG_DIR),

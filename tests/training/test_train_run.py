@@ -110,6 +110,29 @@ def test_model_json_and_config_are_fully_resolved(run):
     assert read_yaml(rd.config)["model"] == "cnn-small"  # the run's config.yaml: written once, by the first
     deep_cfg = info["config"]
     assert deep_cfg["batch_size"] > 0 and deep_cfg["lr"] > 0 and deep_cfg["epochs"] == 2
+    # precision "auto" is recorded as what ran on this machine
+    from medlens.training.trainer import native_bf16
+
+    assert deep_cfg["precision"] == ("bf16-mixed" if native_bf16("cpu") else "32")
+
+
+@pytest.mark.parametrize(
+    ("precision", "accelerator", "native", "expected"),
+    [
+        ("auto", "cpu", True, "bf16-mixed"),
+        ("auto", "cpu", False, "32"),
+        ("auto", "gpu", False, "32"),
+        ("32", "cpu", True, "32"),
+        ("bf16-mixed", "cpu", False, "bf16-mixed"),
+    ],
+)
+def test_auto_precision_is_bf16_only_where_the_device_computes_it(
+    monkeypatch, precision, accelerator, native, expected
+):
+    from medlens.training import trainer
+
+    monkeypatch.setattr(trainer, "native_bf16", lambda accelerator: native)
+    assert trainer.resolve_precision(TrainConfig("x", precision=precision), accelerator) == expected
 
 
 def test_training_log_has_one_row_per_epoch(run):
