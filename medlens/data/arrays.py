@@ -85,7 +85,6 @@ def load_arrays(
     records = [dataset.records[dataset.index_of(i)] for i in ids]
     labels = _labels(records, dataset.task)
     config = _pipeline_config(preprocessing, size_list(size, dataset.dims), dataset.dims)
-    pipeline = build_transform(config, dataset.dims)
     desc = desc or _loading_desc(records)
 
     bulk = _bulk_images(dataset, records)
@@ -102,6 +101,7 @@ def load_arrays(
         images = (bulk[i] for i in range(len(records)))
     else:
         images = (dataset.load(i).image for i in ids)
+    pipeline = build_transform(config, dataset.dims)
 
     out: np.ndarray | None = None
     first: tuple[str, tuple[int, ...]] | None = None
@@ -133,7 +133,11 @@ def _loading_desc(records: Sequence[Record]) -> str:
 
 
 def _bulk_images(dataset: Dataset, records: Sequence[Record]) -> np.ndarray | None:
-    """Images in sample order, channels first, via ``raw_arrays(split)`` when the source has it."""
+    """Images in sample order, channels first, stacked: a dataset's own ``stacked_images()`` (an
+    in-memory image to predict on), or ``raw_arrays(split)`` when the source has it (MedMNIST)."""
+    stacked = getattr(dataset, "stacked_images", None)
+    if stacked is not None:
+        return stacked()
     source = getattr(dataset, "parent", dataset)
     raw = getattr(source, "raw_arrays", None)
     if raw is None or not records or any(r.split is None or "index" not in r.extra for r in records):

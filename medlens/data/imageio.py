@@ -27,7 +27,7 @@ from __future__ import annotations
 import struct
 import warnings
 from pathlib import Path
-from typing import Sequence
+from typing import BinaryIO, Sequence
 
 import numpy as np
 
@@ -68,6 +68,14 @@ def read_image_file(path: str | Path, *, channels: int | None = None) -> ImageDa
     if channels is not None:
         data = _convert_channels(data, channels)
     return data
+
+
+def read_raster_bytes(data: bytes, name: str) -> ImageData:
+    """A PNG/JPEG/TIFF/BMP held in memory (an upload), decoded as :func:`read_image_file` decodes
+    the file; ``name`` names it in errors."""
+    import io
+
+    return _read_raster(io.BytesIO(data), name=name)
 
 
 def read_mask_file(path: str | Path) -> np.ndarray:
@@ -130,13 +138,15 @@ def choose_channels(paths: Sequence[str | Path], max_samples: int = CHANNEL_SAMP
 
 
 # -- rasters ------------------------------------------------------------------------------------
-def _read_raster(path: Path) -> ImageData:
+def _read_raster(source: Path | BinaryIO, *, name: str | Path | None = None) -> ImageData:
+    """One raster image from a file or a binary stream (errors name ``name``, else the file)."""
     from PIL import Image, UnidentifiedImageError
 
+    path = name if name is not None or not isinstance(source, Path) else source
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limits decide
-            with Image.open(path) as im:
+            with Image.open(source) as im:
                 fmt = im.format
                 n_frames = getattr(im, "n_frames", 1) if fmt == "TIFF" else 1
                 check_size(path, rows=im.height, cols=im.width, frames=n_frames, channels=len(im.getbands()))

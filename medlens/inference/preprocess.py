@@ -116,3 +116,10 @@ class OneImage(Dataset):
 
     def _load(self, record: Record) -> Sample:
         return Sample(id=record.id, image=self._image, label=record.label, patient_id="", origin=record.origin)
+
+    def stacked_images(self) -> np.ndarray | None:
+        """The image as a batch of one (N, C, ...) for the batched preprocessing of
+        :func:`~medlens.data.arrays.load_arrays`; None when its shape is not the dataset's dims
+        (the per-sample path then reports it)."""
+        image = np.asarray(self._image, dtype=np.float32)
+        return image[None] if image.ndim == self.dims + 1 else None

@@ -120,10 +120,10 @@ class Service:
         self.store = PredictionStore(
             settings.resolved_store_dir(), memory=settings.store_memory, disk=settings.store_disk
         )
-        # one writer thread: concurrent rows share a durable commit, and SQLite sees one writer at a time
-        self.audit_writer = GreedyBatcher(self._commit_audit_rows, max_batch=AUDIT_GROUP, name="audit-writer")
-        # one network thread: concurrent predictions (no heatmap) share one pass of the network
-        self.answerer = GreedyBatcher(self.predictor.answer, max_batch=settings.max_batch, name="predict-batcher")
+        # one commit at a time: concurrent rows share a durable commit, and SQLite sees one writer at a time
+        self.audit_writer = GreedyBatcher(self._commit_audit_rows, max_batch=AUDIT_GROUP)
+        # one batch at a time: concurrent predictions (no heatmap) share one pass of the network
+        self.answerer = GreedyBatcher(self.predictor.answer, max_batch=settings.max_batch)
         self.pacs = DicomWebPacs(settings.pacs_url, timeout=settings.pacs_timeout) if settings.pacs_url else None
 
     # -- predicting ---------------------------------------------------------------------------------

@@ -1,10 +1,15 @@
 """Greedy batching of concurrent calls: what arrives while one batch runs goes into the next.
 
 The service's request threads hand their prepared inputs (or audit rows) to one
-:class:`GreedyBatcher`; its thread takes whatever is queued (up to ``max_batch``) and runs the
-batch function once for all of them: one pass of the network for concurrent predictions, one
-durable commit for concurrent audit rows. A lone request never waits for company (no timer): at
-one client the batch is that request alone, under load batches grow by themselves.
+:class:`GreedyBatcher`, which runs the batch function once for whatever is queued (up to
+``max_batch``): one pass of the network for concurrent predictions, one durable commit for
+concurrent audit rows. A lone request never waits for company (no timer): at one client the batch
+is that request alone, under load batches grow by themselves.
+
+Leader and followers, as databases do group commit: no thread of its own. The caller that finds
+no batch running leads: it runs batches in its own thread (a lone request pays no hand-over to
+another thread) until its own item is answered, then makes the oldest waiting caller the next
+leader. The others wait for their answer or their turn to lead. One batch runs at a time.
 
 Results and exceptions go back to each caller; when a batch fails as a whole, its items are run
 one by one so that only the one at fault fails.
@@ -12,71 +17,89 @@ one by one so that only the one at fault fails.
 
 from __future__ import annotations
 
-import queue
+import sys
 import threading
-from concurrent.futures import Future
-from typing import Callable, Generic, Sequence, TypeVar
+from collections import deque
+from typing import Any, Callable, Generic, Sequence, TypeVar
 
 T = TypeVar("T")
 R = TypeVar("R")
 
 
+class _Call:
+    """One caller's item, its outcome, and the event that wakes it (answered, or its turn to lead)."""
+
+    __slots__ = ("item", "done", "result", "error", "wake")
+
+    def __init__(self, item: Any):
+        self.item, self.done, self.result, self.error = item, False, None, None
+        self.wake = threading.Event()
+
+
 class GreedyBatcher(Generic[T, R]):
     """Runs ``run(items) -> results`` (same length, same order) on batches of concurrent calls."""
 
-    def __init__(self, run: Callable[[Sequence[T]], Sequence[R]], *, max_batch: int = 32, name: str = "batcher"):
+    def __init__(self, run: Callable[[Sequence[T]], Sequence[R]], *, max_batch: int = 32):
         self._run, self.max_batch = run, max(1, int(max_batch))
-        self._queue: queue.Queue[tuple[T, Future] | None] = queue.Queue()
-        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
-        self._thread.start()
+        self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
+        self._queue: deque[_Call] = deque()
+        self._leading = False  # a caller is running batches
+        self._closed = False
         self.batches = 0  # how many batches ran (for tests and the curious)
 
     def __call__(self, item: T) -> R:
-        """Queue ``item`` and wait for its result (raises what its run raised)."""
-        if not self._thread.is_alive():
-            raise RuntimeError("the batcher is closed")
-        future: Future = Future()
-        self._queue.put((item, future))
-        return future.result()
+        """Queue ``item`` and return its result (raises what its run raised)."""
+        call = _Call(item)
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the batcher is closed")
+            self._queue.append(call)
+            lead = not self._leading
+            self._leading = True
+        if not lead:
+            call.wake.wait()  # answered by the leader, or made the leader
+        if not call.done:
+            self._lead(call)
+        if call.error is not None:
+            raise call.error
+        return call.result  # type: ignore[return-value]
 
-    def close(self) -> None:
-        """Finish what is queued, then stop the thread."""
-        self._queue.put(None)
-        self._thread.join(timeout=30)
+    def close(self, timeout: float = 30) -> None:
+        """Refuse new calls and wait (up to ``timeout`` s) until the queued ones are answered."""
+        with self._lock:
+            self._closed = True
+            self._idle.wait_for(lambda: not self._leading, timeout=timeout)
 
-    def _loop(self) -> None:
-        while True:
-            first = self._queue.get()
-            if first is None:
-                return
-            batch, stop = [first], False
-            while len(batch) < self.max_batch:
-                try:
-                    nxt = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if nxt is None:
-                    stop = True
-                    break
-                batch.append(nxt)
+    def _lead(self, own: _Call) -> None:
+        while not own.done:
+            with self._lock:
+                batch = [self._queue.popleft() for _ in range(min(self.max_batch, len(self._queue)))]
             self._answer(batch)
-            if stop:
-                return
+        with self._lock:
+            if self._queue:
+                self._queue[0].wake.set()  # the oldest waiting caller leads next
+            else:
+                self._leading = False
+                self._idle.notify_all()
 
-    def _answer(self, batch: list[tuple[T, Future]]) -> None:
+    def _answer(self, batch: list[_Call]) -> None:
         self.batches += 1
         try:
-            results = list(self._run([item for item, _ in batch]))
+            results = list(self._run([c.item for c in batch]))
             if len(results) != len(batch):
                 raise RuntimeError(f"batch function gave {len(results)} results for {len(batch)} items")
         except BaseException:  # noqa: BLE001 - find the item at fault: each alone
             if len(batch) == 1:
-                import sys
-
-                batch[0][1].set_exception(sys.exc_info()[1] or RuntimeError("batch failed"))
+                self._settle(batch[0], None, sys.exc_info()[1] or RuntimeError("batch failed"))
                 return
-            for pair in batch:
-                self._answer([pair])
+            for call in batch:
+                self._answer([call])
             return
-        for (_, future), result in zip(batch, results):
-            future.set_result(result)
+        for call, result in zip(batch, results):
+            self._settle(call, result, None)
+
+    @staticmethod
+    def _settle(call: _Call, result: Any, error: BaseException | None) -> None:
+        call.result, call.error, call.done = result, error, True
+        call.wake.set()

@@ -31,6 +31,7 @@ from typing import Iterator, Sequence
 import numpy as np
 import pydicom
 
+from medlens.data.sample import ImageData
 from medlens.errors import BadInputError, MedlensError
 from medlens.inference.bundle import Bundle
 from medlens.inference.card import ModelCard
@@ -41,6 +42,7 @@ from medlens.runs import sha256_file
 PSEUDONYM_KEY_ENV = "MEDLENS_PSEUDONYM_KEY"
 XRAY_FAMILY = {"DX", "CR", "RG", "DR", "XR", "PX"}  # projection radiographs: one family for the modality check
 UNKNOWN_MODALITIES = {"", "OT"}
+RASTER_UPLOADS = (".png", ".jpg", ".tif")  # what sniff_suffix names an upload that Pillow decodes from memory
 
 
 class UnsupportedMediaError(MedlensError):
@@ -237,10 +239,18 @@ class Predictor:
         return self.answer([self.prepare_bytes(data, filename)], explain=explain)[0]
 
     def prepare_bytes(self, data: bytes, filename: str) -> _Prepared:
-        """Uploaded bytes read, checked and preprocessed (what :meth:`answer` takes); see :meth:`predict_bytes`."""
+        """Uploaded bytes read, checked and preprocessed (what :meth:`answer` takes); see :meth:`predict_bytes`.
+
+        Rasters (PNG, JPEG, TIFF) are decoded from memory; DICOM and NIfTI go through a temporary file."""
         suffix = sniff_suffix(data)
         if suffix is None:
             raise UnsupportedMediaError("not a supported image (expected DICOM, NIfTI, PNG or JPEG content)", filename)
+        if suffix in RASTER_UPLOADS:
+            from medlens.data.imageio import read_raster_bytes
+
+            image = read_raster_bytes(data, filename)
+            digest = hashlib.sha256(data).hexdigest()
+            return self._prepare(self._image_input(image, digest, filename, fallback_format=suffix.lstrip(".")))
         with tempfile.TemporaryDirectory(prefix="medlens-upload-") as tmp:
             path = Path(tmp) / f"upload{suffix}"
             path.write_bytes(data)
@@ -298,11 +308,19 @@ class Predictor:
         from medlens.data.imageio import read_image_file
 
         data = read_image_file(path)
-        fmt = str(data.meta.get("format") or ("nifti" if is_nifti_name(lower) else path.suffix.lstrip("."))).lower()
-        if fmt == "dicom":  # a DICOM file without the marker, found by imageio's fallback
+        if (
+            str(data.meta.get("format") or "").lower() == "dicom"
+        ):  # a DICOM file without the marker, found by imageio's fallback
             return self._read_dicom_files([path], name=name)
-        source = SourceInfo(kind=fmt, input_sha256=sha256_file(path), modality=data.modality)
-        return _Input(data.array, source, name=name or str(path), spacing=data.spacing, affine=data.affine)
+        fallback = "nifti" if is_nifti_name(lower) else path.suffix.lstrip(".")
+        return self._image_input(data, sha256_file(path), name or str(path), fallback_format=fallback)
+
+    @staticmethod
+    def _image_input(data: ImageData, digest: str, name: str, *, fallback_format: str) -> _Input:
+        """A non-DICOM image as an input (its format from the reader, else ``fallback_format``)."""
+        fmt = str(data.meta.get("format") or fallback_format).lower()
+        source = SourceInfo(kind=fmt, input_sha256=digest, modality=data.modality)
+        return _Input(data.array, source, name=name, spacing=data.spacing, affine=data.affine)
 
     def _read_dicom_files(
         self, files: list[Path], *, name: str | None = None, source: Path | None = None, in_memory: bool = False

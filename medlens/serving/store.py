@@ -174,6 +174,7 @@ class PredictionStore:
         self.memory_bytes = max(0, int(memory_bytes))
         self.disk_limit = max(0, int(disk))
         self._memory: OrderedDict[str, StoredPrediction] = OrderedDict()
+        self._memory_nbytes = 0  # sum of the kept entries' nbytes
         self._disk_ids: OrderedDict[str, None] = OrderedDict()  # oldest first
         self._pending: dict[str, StoredPrediction] = {}  # queued for disk, not written yet
         self._lock = threading.Lock()
@@ -210,9 +211,7 @@ class PredictionStore:
             light, _to_u8(display_image), _to_u8(heatmap), [header_only(s) for s in sources], mask=mask
         )
         with self._lock:
-            self._memory[prediction.id] = entry
-            self._memory.move_to_end(prediction.id)
-            self._trim()
+            self._keep(entry)
         if self.root is not None and self.disk_limit:
             with self._lock:
                 behind = len(self._pending) >= MAX_PENDING_WRITES
@@ -279,15 +278,19 @@ class PredictionStore:
         entry = self._read(self.root / prediction_id)
         if entry is not None:
             with self._lock:
-                self._memory[prediction_id] = entry
-                self._trim()
+                self._keep(entry)
         return entry
 
-    def _trim(self) -> None:
-        """Drop the oldest entries from memory beyond the count or byte limit (the newest stays)."""
-        total = sum(e.nbytes for e in self._memory.values())
-        while len(self._memory) > 1 and (len(self._memory) > self.memory_limit or total > self.memory_bytes):
-            total -= self._memory.popitem(last=False)[1].nbytes
+    def _keep(self, entry: StoredPrediction) -> None:
+        """Keep ``entry`` in memory as the newest, then drop the oldest beyond the count or byte
+        limit (the newest stays). Called with the lock held."""
+        old = self._memory.pop(entry.prediction.id, None)
+        self._memory_nbytes += entry.nbytes - (0 if old is None else old.nbytes)
+        self._memory[entry.prediction.id] = entry
+        while len(self._memory) > 1 and (
+            len(self._memory) > self.memory_limit or self._memory_nbytes > self.memory_bytes
+        ):
+            self._memory_nbytes -= self._memory.popitem(last=False)[1].nbytes
 
     def _read(self, folder: Path) -> StoredPrediction | None:
         try:

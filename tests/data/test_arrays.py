@@ -52,6 +52,34 @@ def test_rgb_to_gray():
     assert x.shape == (1, 1, 4, 4) and np.allclose(x, 0)
 
 
+@pytest.mark.parametrize(
+    "dims, shape, steps",
+    [
+        (2, (1, 37, 51), [{"name": "resize", "size": [28, 28], "mode": "area"}, {"name": "minmax"}]),
+        (2, (3, 40, 40), [{"name": "resize", "size": [32, 32], "mode": "bilinear"}, {"name": "scale"}]),
+        (2, (1, 24, 24), [{"name": "resize", "size": [24, 24], "mode": "area"}, {"name": "minmax"}]),
+        (3, (1, 9, 20, 20), [{"name": "window", "low": -100, "high": 300}, {"name": "zscore"}]),
+    ],
+)
+def test_one_image_batched_preprocessing_matches_the_per_sample_pipeline(dims, shape, steps, monkeypatch):
+    """A prediction's image goes through the batched steps; training's per-sample MONAI pipeline gives the same input."""
+    import medlens.data.transforms as transforms
+    from medlens.inference.preprocess import OneImage
+
+    batched = []
+    real = transforms.preprocess_batch
+    monkeypatch.setattr(transforms, "preprocess_batch", lambda *a, **k: batched.append(1) or real(*a, **k))
+    image = np.random.default_rng(1).normal(100, 80, shape).astype(np.float32)
+    one = OneImage(image, dims, "binary", 2, None)
+    size = steps[0]["size"] if steps[0]["name"] == "resize" else None
+    fast, _ = load_arrays(one, size=size, channels=1, preprocessing={"steps": steps}, show_progress=False)
+    assert batched == [1]
+    monkeypatch.setattr(OneImage, "stacked_images", lambda self: None)
+    slow, _ = load_arrays(one, size=size, channels=1, preprocessing={"steps": steps}, show_progress=False)
+    assert batched == [1] and fast.shape == slow.shape and fast.shape[1] == 1
+    np.testing.assert_allclose(fast, slow, rtol=1e-5, atol=1e-6)
+
+
 def test_bulk_path_matches_per_sample(tmp_path, monkeypatch):
     import medlens.data.arrays as arrays_mod
     from medlens.data.sources.medmnist import open_medmnist_npz

@@ -30,10 +30,43 @@ def test_concurrent_calls_share_batches_and_each_gets_its_own_result():
     batcher.close()
 
 
-def test_a_lone_call_runs_at_once_alone():
-    sizes = []
-    batcher = GreedyBatcher(lambda items: sizes.append(len(items)) or list(items), max_batch=16)
-    assert batcher("x") == "x" and sizes == [1]
+def test_a_lone_call_runs_at_once_alone_in_the_callers_thread():
+    sizes, threads = [], []
+
+    def run(items):
+        sizes.append(len(items))
+        threads.append(threading.get_ident())
+        return list(items)
+
+    batcher = GreedyBatcher(run, max_batch=16)
+    assert batcher("x") == "x" and sizes == [1] and threads == [threading.get_ident()]
+    batcher.close()
+
+
+def test_under_sustained_load_every_caller_is_answered_and_batches_grow():
+    """Leadership passes on: no caller waits behind others forever, one batch runs at a time."""
+    running, overlaps, sizes = [0], [], []
+    lock = threading.Lock()
+
+    def run(items):
+        with lock:
+            running[0] += 1
+            overlaps.append(running[0])
+        time.sleep(0.002)
+        sizes.append(len(items))
+        with lock:
+            running[0] -= 1
+        return [(i, threading.get_ident()) for i in items]
+
+    batcher = GreedyBatcher(run, max_batch=8)
+
+    def client(c):
+        return [batcher(c * 1000 + k)[0] for k in range(25)]
+
+    with ThreadPoolExecutor(16) as pool:
+        answers = list(pool.map(client, range(16)))
+    assert answers == [[c * 1000 + k for k in range(25)] for c in range(16)]
+    assert max(overlaps) == 1 and sum(sizes) == 400 and max(sizes) > 1 and len(sizes) < 400
     batcher.close()
 
 

@@ -266,6 +266,25 @@ def test_uploads_are_sniffed_and_non_images_refused(deep, serving_inputs):
         deep.predict_bytes(serving_inputs["text"].read_bytes(), "notes.png")
 
 
+def test_raster_uploads_are_decoded_in_memory(deep, serving_inputs, monkeypatch):
+    """PNG/JPEG uploads never touch the disk: same answer and hash as the file, errors name the upload."""
+    import tempfile
+
+    def no_temporary_files(*_a, **_k):
+        raise AssertionError("a raster upload went through a temporary file")
+
+    monkeypatch.setattr(tempfile, "TemporaryDirectory", no_temporary_files)
+    for kind in ("png", "jpeg"):
+        data = serving_inputs[kind].read_bytes()
+        by_bytes = deep.predict_bytes(data, f"upload.{kind}").prediction
+        by_path = deep.predict_path(serving_inputs[kind]).prediction
+        assert by_bytes.probabilities == by_path.probabilities
+        assert by_bytes.source.input_sha256 == by_path.source.input_sha256 == sha256_file(serving_inputs[kind])
+    broken = serving_inputs["png"].read_bytes()[:200]
+    with pytest.raises(MedlensError, match=r"^chest\.png: corrupt image"):
+        deep.predict_bytes(broken, "chest.png")
+
+
 def test_find_inputs_expands_studies_and_reports_problems(serving_inputs, tmp_path):
     study = tmp_path / "study"
     shutil.copytree(serving_inputs["study"], study)

@@ -37,6 +37,11 @@ def test_large_images_are_kept_in_memory_only_up_to_the_byte_limit_and_read_back
     assert len(in_memory) == 2 and sum(e.nbytes for e in in_memory) <= 5 * 2**20
     first = store.get(ids[0])  # evicted from memory, read back from disk
     assert first is not None and first.display_image.shape == (1024, 1024)
+    store.flush()
+    for pid in ids * 2:  # read back and re-kept many times: the byte count follows what memory holds
+        assert store.get(pid) is not None
+        in_memory = list(store._memory.values())
+        assert len(in_memory) == 2 and store._memory_nbytes == sum(e.nbytes for e in in_memory) <= 5 * 2**20
 
 
 def test_one_entry_larger_than_the_limit_is_still_kept():
