@@ -32,7 +32,7 @@ import copy
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -235,12 +235,13 @@ class Bundle:
         assert self._tap is not None
         return f"input of the network's last linear layer ({self._tap.layer})"
 
-    def scope(self, image: np.ndarray, x: np.ndarray, features: np.ndarray | None) -> Scope:
-        """Whether one input (``image`` as read, ``x`` its model input, its ``features``) is inside
-        what the model was made for; unchecked for bundles trained before the guard existed."""
+    def scopes(self, images: Sequence[np.ndarray], x: np.ndarray, features: np.ndarray | None) -> list[Scope]:
+        """Whether each input (``images`` as read, ``x`` (N, ...) their model inputs, ``features``
+        (N, D)) is inside what the model was made for; unchecked for bundles trained before the
+        guard existed."""
         if self.guard is None or features is None:
-            return UNCHECKED
-        return self.guard.check(image, x, features)
+            return [UNCHECKED] * len(images)
+        return self.guard.check_batch(images, x, features)
 
     def calibrate(self, probs: np.ndarray) -> np.ndarray:
         """Temperature-scaled probabilities (the card's temperature, chosen on validation)."""

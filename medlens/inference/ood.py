@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 
@@ -150,7 +150,7 @@ def mahalanobis(features: np.ndarray, means: np.ndarray, precision: np.ndarray) 
     best = np.full(len(f), np.inf)
     for mu in np.asarray(means, dtype=np.float64):
         d = f - mu
-        best = np.minimum(best, np.einsum("nd,de,ne->n", d, precision, d))
+        best = np.minimum(best, ((d @ precision) * d).sum(axis=1))
     return np.sqrt(np.maximum(best, 0.0))
 
 
@@ -195,6 +195,15 @@ class Guard:
 
     def check(self, image: np.ndarray, x: np.ndarray, features: np.ndarray) -> Scope:
         """The scope of one input: ``image`` as read (C, ...), ``x`` its model input, ``features`` (D,)."""
+        return self.check_batch([image], np.asarray(x)[None], np.asarray(features)[None])[0]
+
+    def check_batch(self, images: Sequence[np.ndarray], x: np.ndarray, features: np.ndarray) -> list[Scope]:
+        """:meth:`check` for a batch: ``images`` as read, ``x`` (N, C, ...) their model inputs and
+        ``features`` (N, D); the distances are computed for all at once."""
+        scores = self.scores(x, features)
+        return [self._scope(image, {k: float(v[i]) for k, v in scores.items()}) for i, image in enumerate(images)]
+
+    def _scope(self, image: np.ndarray, scored: dict[str, float]) -> Scope:
         profile = self.spec["profile"]
         reasons: list[dict[str, str]] = []
         sides = extent(image)
@@ -214,7 +223,6 @@ class Guard:
             reasons.append(
                 {"check": "colour", "reason": f"grayscale image; model trained on {_images('colour', self.modality)}"}
             )
-        scored = {k: float(v[0]) for k, v in self.scores(x[None], np.asarray(features)[None]).items()}
         limits = self.spec["thresholds"]
         if scored["intensity"] > limits["intensity"]:
             reasons.append(

@@ -409,9 +409,10 @@ class Predictor:
         findings = [bundle.finding(row) for row in probs]
         doubts = bundle.uncertainty(x, probs, np.array([f[2] for f in findings]), samples=samples)
         heatmaps = bundle.explain(x, np.array([f[1] for f in findings])) if explain else [None] * len(batch)
+        scopes = bundle.scopes([p.arr for p in batch], x, features)
         results = []
         for i, p in enumerate(batch):
-            scope = bundle.scope(p.arr, p.x, None if features is None else features[i])
+            scope = scopes[i]
             (finding, _, confidence), doubt = findings[i], doubts[i]
             refer = [r for r in (scope.describe(), doubt.reason if doubt.abstain else None) if r]
             pred = Prediction(

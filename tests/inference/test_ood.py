@@ -45,6 +45,12 @@ def test_thresholds_accept_the_stated_share_of_validation_and_fresh_images():
     f = rng.normal(0, 1, (300, 8)) + 3.0 * (np.arange(300) % 2)[:, None]
     inside = [guard.check(im, xi, fi).inside for im, xi, fi in zip(fresh, x, f)]
     assert np.mean(inside) >= 0.96
+    f[:5] += 25.0  # a few far ones: the batch check (one scoring pass) says what the single checks say
+    batch = guard.check_batch(fresh, x, f)
+    single = [guard.check(im, xi, fi) for im, xi, fi in zip(fresh, x, f)]
+    assert [b.reasons for b in batch] == [s.reasons for s in single] and not any(b.inside for b in batch[:5])
+    for b, one in zip(batch, single):
+        assert b.scores == pytest.approx(one.scores, rel=1e-9)
 
 
 def test_far_features_are_refused_with_a_readable_reason():

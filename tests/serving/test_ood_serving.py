@@ -85,7 +85,7 @@ def test_a_bundle_trained_before_the_guard_says_it_was_not_checked(tiny_run, ser
     old = Bundle(loaded.card.model_copy(update={"ood": None}), net=loaded.net)
     x = old.preprocess(np.asarray(Image.open(serving_inputs["png"]), np.float32)[None])
     _, features = old.raw_proba_and_features(x[None])
-    scope = old.scope(x, x, features[0])
+    (scope,) = old.scopes([x], x[None], features)
     assert scope.checked is False and scope.inside
 
 
