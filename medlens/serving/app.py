@@ -122,8 +122,8 @@ class Service:
         )
         # one commit at a time: concurrent rows share a durable commit, and SQLite sees one writer at a time
         self.audit_writer = GreedyBatcher(self._commit_audit_rows, max_batch=AUDIT_GROUP)
-        # one batch at a time: concurrent predictions (no heatmap) share one pass of the network
-        self.answerer = GreedyBatcher(self.predictor.answer, max_batch=settings.max_batch)
+        # one network thread: concurrent predictions (no heatmap) share one pass of the network
+        self.answerer = GreedyBatcher(self.predictor.answer, max_batch=settings.max_batch, own_thread=True)
         self.pacs = DicomWebPacs(settings.pacs_url, timeout=settings.pacs_timeout) if settings.pacs_url else None
 
     # -- predicting ---------------------------------------------------------------------------------

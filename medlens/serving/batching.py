@@ -6,10 +6,12 @@ The service's request threads hand their prepared inputs (or audit rows) to one
 concurrent audit rows. A lone request never waits for company (no timer): at one client the batch
 is that request alone, under load batches grow by themselves.
 
-Leader and followers, as databases do group commit: no thread of its own. The caller that finds
-no batch running leads: it runs batches in its own thread (a lone request pays no hand-over to
-another thread) until its own item is answered, then makes the oldest waiting caller the next
-leader. The others wait for their answer or their turn to lead. One batch runs at a time.
+Leader and followers, as databases do group commit: the caller that finds no batch running
+leads: it runs batches in its own thread (a lone request pays no hand-over to another thread)
+until its own item is answered, then makes the oldest waiting caller the next leader. The others
+wait for their answer or their turn to lead. One batch runs at a time. With ``own_thread`` the
+batches run on one thread of the batcher instead (for the network: torch's thread pools, caches
+and the allocator's arenas then exist for one thread, not for every request thread that led once).
 
 Results and exceptions go back to each caller; when a batch fails as a whole, its items are run
 one by one so that only the one at fault fails.
@@ -39,14 +41,18 @@ class _Call:
 class GreedyBatcher(Generic[T, R]):
     """Runs ``run(items) -> results`` (same length, same order) on batches of concurrent calls."""
 
-    def __init__(self, run: Callable[[Sequence[T]], Sequence[R]], *, max_batch: int = 32):
+    def __init__(self, run: Callable[[Sequence[T]], Sequence[R]], *, max_batch: int = 32, own_thread: bool = False):
         self._run, self.max_batch = run, max(1, int(max_batch))
         self._lock = threading.Lock()
-        self._idle = threading.Condition(self._lock)
+        self._idle = threading.Condition(self._lock)  # no batch running
+        self._queued = threading.Condition(self._lock)  # work for the own thread
         self._queue: deque[_Call] = deque()
-        self._leading = False  # a caller is running batches
+        self._leading = False  # a batch is running, or a caller leads
         self._closed = False
         self.batches = 0  # how many batches ran (for tests and the curious)
+        self._thread = threading.Thread(target=self._work, daemon=True) if own_thread else None
+        if self._thread is not None:
+            self._thread.start()
 
     def __call__(self, item: T) -> R:
         """Queue ``item`` and return its result (raises what its run raised)."""
@@ -55,10 +61,11 @@ class GreedyBatcher(Generic[T, R]):
             if self._closed:
                 raise RuntimeError("the batcher is closed")
             self._queue.append(call)
-            lead = not self._leading
-            self._leading = True
+            lead = not self._leading and self._thread is None
+            self._leading = self._leading or lead
+            self._queued.notify()
         if not lead:
-            call.wake.wait()  # answered by the leader, or made the leader
+            call.wake.wait()  # answered, or made the leader
         if not call.done:
             self._lead(call)
         if call.error is not None:
@@ -69,7 +76,22 @@ class GreedyBatcher(Generic[T, R]):
         """Refuse new calls and wait (up to ``timeout`` s) until the queued ones are answered."""
         with self._lock:
             self._closed = True
-            self._idle.wait_for(lambda: not self._leading, timeout=timeout)
+            self._queued.notify_all()
+            self._idle.wait_for(lambda: not self._leading and not self._queue, timeout=timeout)
+
+    def _work(self) -> None:
+        """The own thread: batches of whatever is queued until closed."""
+        while True:
+            with self._lock:
+                self._queued.wait_for(lambda: self._queue or self._closed)
+                if not self._queue:
+                    return
+                batch = [self._queue.popleft() for _ in range(min(self.max_batch, len(self._queue)))]
+                self._leading = True
+            self._answer(batch)
+            with self._lock:
+                self._leading = False
+                self._idle.notify_all()
 
     def _lead(self, own: _Call) -> None:
         while not own.done:

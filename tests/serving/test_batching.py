@@ -11,7 +11,8 @@ import pytest
 from medlens.serving.batching import GreedyBatcher
 
 
-def test_concurrent_calls_share_batches_and_each_gets_its_own_result():
+@pytest.mark.parametrize("own_thread", [False, True])
+def test_concurrent_calls_share_batches_and_each_gets_its_own_result(own_thread):
     sizes = []
     gate = threading.Event()
 
@@ -20,7 +21,7 @@ def test_concurrent_calls_share_batches_and_each_gets_its_own_result():
         gate.wait(5)  # the first batch runs while the others queue up
         return [i * 10 for i in items]
 
-    batcher = GreedyBatcher(run, max_batch=8)
+    batcher = GreedyBatcher(run, max_batch=8, own_thread=own_thread)
     with ThreadPoolExecutor(12) as pool:
         futures = [pool.submit(batcher, i) for i in range(12)]
         time.sleep(0.3)
@@ -43,7 +44,8 @@ def test_a_lone_call_runs_at_once_alone_in_the_callers_thread():
     batcher.close()
 
 
-def test_under_sustained_load_every_caller_is_answered_and_batches_grow():
+@pytest.mark.parametrize("own_thread", [False, True])
+def test_under_sustained_load_every_caller_is_answered_and_batches_grow(own_thread):
     """Leadership passes on: no caller waits behind others forever, one batch runs at a time."""
     running, overlaps, sizes = [0], [], []
     lock = threading.Lock()
@@ -58,19 +60,26 @@ def test_under_sustained_load_every_caller_is_answered_and_batches_grow():
             running[0] -= 1
         return [(i, threading.get_ident()) for i in items]
 
-    batcher = GreedyBatcher(run, max_batch=8)
+    batcher = GreedyBatcher(run, max_batch=8, own_thread=own_thread)
 
     def client(c):
         return [batcher(c * 1000 + k)[0] for k in range(25)]
 
     with ThreadPoolExecutor(16) as pool:
         answers = list(pool.map(client, range(16)))
+        ran_on = set(pool.map(lambda _: (batcher(-1)[1], threading.get_ident()), range(16)))
     assert answers == [[c * 1000 + k for k in range(25)] for c in range(16)]
-    assert max(overlaps) == 1 and sum(sizes) == 400 and max(sizes) > 1 and len(sizes) < 400
+    runners, callers = {r for r, _ in ran_on}, {c for _, c in ran_on}
+    if own_thread:  # one thread of the batcher ran every batch
+        assert len(runners) == 1 and not runners & callers
+    else:  # the callers themselves (leaders)
+        assert runners <= callers
+    assert max(overlaps) == 1 and sum(sizes) == 416 and max(sizes) > 1 and len(sizes) < 416
     batcher.close()
 
 
-def test_a_failing_item_fails_alone():
+@pytest.mark.parametrize("own_thread", [False, True])
+def test_a_failing_item_fails_alone(own_thread):
     gate, sizes = threading.Event(), []
 
     def run(items):
@@ -80,7 +89,7 @@ def test_a_failing_item_fails_alone():
             raise ValueError("bad item")
         return [i.upper() for i in items]
 
-    batcher = GreedyBatcher(run, max_batch=8)
+    batcher = GreedyBatcher(run, max_batch=8, own_thread=own_thread)
     with ThreadPoolExecutor(4) as pool:
         first = pool.submit(batcher, "first")
         time.sleep(0.2)
