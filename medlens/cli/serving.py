@@ -366,8 +366,11 @@ def serve(
     import uvicorn
 
     from medlens.serving.app import create_app
+    from medlens.serving.heap import cap_malloc_arenas
     from medlens.serving.logsafe import configure_logging
     from medlens.serving.settings import ServeSettings
+
+    cap_malloc_arenas()
 
     settings = ServeSettings(
         run_dir=run,
