@@ -324,7 +324,7 @@ def _worker(spec: dict[str, Any]) -> dict[str, Any]:
 
 def _medmnist_arrays(npz: str, split: str, n: int | None, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """The split as float32 (N, C, H, W) scaled like MedMNIST's ToTensor + Normalize(0.5, 0.5)."""
-    from medlens.training.run import cap_ids
+    from medlens.data.splits import cap_ids
 
     with np.load(npz) as z:
         x, y = z[f"{split}_images"], z[f"{split}_labels"].reshape(-1).astype(np.int64)

@@ -26,6 +26,14 @@ from medlens.errors import MedlensError
 OOD_GUARD_FILE = "ood.safetensors"
 
 
+def is_global_zero() -> bool:
+    """Whether this process is global rank 0, the one that writes run directories (from the
+    launcher's environment; True when alone)."""
+    if os.environ.get("RANK") is not None:
+        return int(os.environ["RANK"]) == 0
+    return int(os.environ.get("NODE_RANK", 0)) == 0 and int(os.environ.get("LOCAL_RANK", 0)) == 0
+
+
 class RunDir:
     def __init__(self, root: str | Path):
         self.root = Path(root)

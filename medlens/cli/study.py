@@ -49,6 +49,12 @@ def compare(
     by: str = typer.Option(None, "--by", help=BY_HELP),
     bands: list[str] = typer.Option(None, "--bands", help=BANDS_HELP),
     min_group: int = typer.Option(None, "--min-group", help=MIN_GROUP_HELP),
+    pretrain_epochs: int = typer.Option(
+        None,
+        "--pretrain-epochs",
+        help="Also train each deep model from an encoder pretrained for N epochs without labels (SimCLR) "
+        "on the run's training and validation images, as MODEL+pretrained (outside the budget).",
+    ),
     list_suites: bool = typer.Option(False, "--list-suites", help="Print the suites and their models, then exit."),
     no_progress: bool = typer.Option(False, "--no-progress", help="No progress bars."),
 ) -> None:
@@ -77,6 +83,7 @@ def compare(
         log=_log,
         resplit=resplit,
         drop_duplicates=drop_duplicates,
+        pretrain_epochs=pretrain_epochs,
         **_subgroup_args(by, bands, min_group),
     )
     print_summary(run.root)

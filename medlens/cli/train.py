@@ -87,8 +87,8 @@ def train(
 ) -> None:
     """Train one model on SOURCE and write a complete run directory."""
     from medlens.inference.codes import read_overrides
+    from medlens.runs import is_global_zero
     from medlens.training.config import TrainConfig
-    from medlens.training.run import is_global_zero
     from medlens.training.run import train as run_train
 
     given = {
@@ -211,6 +211,73 @@ def plan(
     err_console.print(f"plan written to {out}; follow it with `medlens train {source} --plan {out} --out RUN`")
 
 
+def pretrain(
+    source: str = typer.Argument(..., help=SOURCE_ARG_HELP + " Labels, if any, are not used."),
+    out: Path = typer.Option(
+        ..., "--out", "-o", help="The encoder's weights file (.safetensors); its card goes beside it."
+    ),
+    model: str = typer.Option("cnn-small", "--model", "-m", help="The network whose encoder to pretrain."),
+    method: str = typer.Option("simclr", "--method", help="simclr (contrastive: two random views of each image)."),
+    epochs: int = typer.Option(20, "--epochs", help="Epochs over the training and validation images."),
+    batch_size: int = typer.Option(256, "--batch-size", help="Images per batch (each gives two views)."),
+    img_size: int = typer.Option(None, "--img-size", help="Input side (default: as train chooses it)."),
+    lr: float = typer.Option(1e-3, "--lr", help="AdamW learning rate (cosine schedule)."),
+    temperature: float = typer.Option(0.2, "--temperature", help="Temperature of the contrastive loss."),
+    seed: int = typer.Option(
+        0, "--seed", help="Seed of the splits (train with the same seed so its test images stay unseen) and the views."
+    ),
+    max_samples: int = typer.Option(None, "--max-samples", help="Use at most N images per split (quick runs)."),
+    accelerator: str = typer.Option("auto", "--accelerator", help="auto | cpu | gpu."),
+    devices: str = typer.Option("1", "--devices", help="Devices (processes) per node."),
+    precision: str = typer.Option("auto", "--precision", help="auto | 32 | bf16-mixed | 16-mixed (GPU)."),
+    threads: int = typer.Option(None, "--threads", help="CPU threads for torch (default: one per core)."),
+    checkpoint_every: int = typer.Option(
+        50, "--checkpoint-every", help="Also write last.ckpt every N optimizer steps."
+    ),
+    resume: bool = typer.Option(False, "--resume", help="Continue from WEIGHTS.pretrain/checkpoints/last.ckpt."),
+    no_progress: bool = typer.Option(False, "--no-progress", help="No progress bars."),
+) -> None:
+    """Pretrain a network's encoder on SOURCE's training and validation images without their labels (never its test images); `train --weights` starts from it."""
+    from medlens.runs import is_global_zero, read_json
+    from medlens.training.pretrain import PretrainConfig
+    from medlens.training.pretrain import pretrain as run_pretrain
+
+    config = PretrainConfig(
+        source=source,
+        out=str(out),
+        model=model,
+        method=method,
+        epochs=epochs,
+        batch_size=batch_size,
+        img_size=img_size,
+        lr=lr,
+        temperature=temperature,
+        seed=seed,
+        max_samples=max_samples,
+        accelerator=accelerator,
+        devices=int(devices) if devices.isdigit() else devices,
+        precision=precision,
+        threads=threads,
+        checkpoint_every_n_steps=checkpoint_every,
+        resume=resume,
+        progress=not no_progress,
+    )
+    weights = run_pretrain(config)
+    if not is_global_zero():
+        return
+    card = read_json(config.paths()[1])
+    result = card["result"]
+    top1 = result.get("final_top1")
+    found = "" if top1 is None else f" (each view's nearest other view is its partner in {top1:.0%})"
+    console.print(
+        f"{card['model']} encoder, {card['method']}: {card['images']['n']} images, {result['epochs_run']} epochs, "
+        f"final loss {_f(result.get('final_loss'))}{found}"
+    )
+    console.print(f"weights: {weights}")
+    console.print(f"card: {config.paths()[1]}")
+
+
 def register(app: typer.Typer) -> None:
     app.command(name="train")(train)
     app.command(name="plan")(plan)
+    app.command(name="pretrain")(pretrain)

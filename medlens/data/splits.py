@@ -160,3 +160,11 @@ def check_splits(dataset: Dataset, splits: dict[str, Sequence[str]]) -> None:
     unknown = [i for ids in splits.values() for i in ids if i not in known]
     if unknown:
         raise MedlensError(f"{len(unknown)} sample id(s) in the splits are not in {dataset.uri} (e.g. {unknown[0]})")
+
+
+def cap_ids(ids: list[str], n: int, *, seed: int) -> list[str]:
+    """At most ``n`` of ``ids``: a seeded random choice, kept in the original order."""
+    if len(ids) <= n:
+        return list(ids)
+    keep = np.sort(np.random.default_rng(seed).choice(len(ids), size=n, replace=False))
+    return [ids[i] for i in keep]

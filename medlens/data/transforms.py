@@ -134,6 +134,22 @@ def default_augmentation(dims: int, strength: str = "light") -> dict:
 
 
 # -- per-sample pipelines (MONAI) ----------------------------------------------------------------
+def contrastive_augmentation(dims: int) -> dict:
+    """The two random views of self-supervised pretraining (:mod:`medlens.training.pretrain`):
+    stronger than ``standard`` (SimCLR's finding: crops and intensity changes are what the
+    encoder must learn to ignore), within what a scan can look like (no colour jitter, no
+    vertical flips)."""
+    lr = [dims - 1]
+    steps = [
+        {"name": "flip", "axes": lr, "prob": 0.5},
+        {"name": "rotate", "degrees": 15.0, "prob": 0.8},
+        {"name": "affine", "shift": 0.1, "scale": 0.3, "prob": 0.8},
+        {"name": "contrast", "gamma": [0.6, 1.6], "prob": 0.8},
+        {"name": "noise", "std": 0.05, "prob": 0.5},
+    ]
+    return {"strength": "contrastive", "dims": dims, "steps": steps}
+
+
 def _monai_step(step: dict[str, Any], dims: int) -> Callable:
     import monai.transforms as T
 

@@ -376,18 +376,15 @@ class Bundle:
 
 
 class _FeatureTap:
-    """Keeps the input of a network's last linear layer (the classifier's features) per thread,
+    """Keeps the input of a network's head (its last linear layer: the classifier's features) per thread,
     so that concurrent callers of one shared network each read their own batch's features."""
 
     def __init__(self, net: Any):
-        import torch
+        from medlens.models.deep.encoder import head_name
 
-        linears = [(n, m) for n, m in net.named_modules() if isinstance(m, torch.nn.Linear)]
-        if not linears:
-            raise MedlensError("the network has no linear layer whose input could serve as features")
-        self.layer, module = linears[-1]
+        self.layer = head_name(net)
         self._local = threading.local()
-        module.register_forward_pre_hook(self._keep)
+        net.get_submodule(self.layer).register_forward_pre_hook(self._keep)
 
     def __deepcopy__(self, memo: dict) -> "_FeatureTap":
         return self  # copies of the network (MC dropout, Grad-CAM) report to the same tap

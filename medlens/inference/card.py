@@ -85,6 +85,7 @@ class ModelCard(BaseModel):
     resumed_from: dict[str, Any] | None = None
     session: dict[str, Any] | None = None
     gan: dict[str, Any] | None = None
+    pretrained: dict[str, Any] | None = None  # the --weights it started from (medlens.training.pretrain)
     updates: list[dict[str, Any]] = Field(default_factory=list)
 
     @field_validator("schema_version")

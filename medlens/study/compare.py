@@ -54,6 +54,7 @@ def compare(
     by: Sequence[str] = (),
     bands: dict[str, list[float]] | None = None,
     min_group: int = MIN_GROUP,
+    pretrain_epochs: int | None = None,
 ) -> RunDir:
     """Train the models of ``suite`` on ``source`` into ``out`` and evaluate them; returns the run.
 
@@ -63,7 +64,8 @@ def compare(
     down to fit (see :mod:`medlens.study.suites`); ``max_samples`` caps each split.
     ``resplit`` ("patient") and ``drop_duplicates`` ("exact", "near"): see :mod:`medlens.data.leakage`.
     ``by``, ``bands``, ``min_group``: the evaluation's subgroups (:mod:`medlens.study.subgroups`),
-    checked before training.
+    checked before training. ``pretrain_epochs``: every deep classifier is also trained from an
+    encoder pretrained without labels (:func:`with_pretrained`), outside the budget.
     """
     from medlens.data.leakage import check_choices
     from medlens.data.sources import open_source
@@ -95,6 +97,8 @@ def compare(
             + ("" if budget["fits"] else " (does not fit even at one epoch per deep model: choose a smaller suite)")
         )
 
+    if pretrain_epochs:
+        entries = with_pretrained(entries, pretrain_epochs, segmentation=segmentation)
     from medlens.runs import write_yaml
     from medlens.training.run import InputCache
 
@@ -118,10 +122,10 @@ def compare(
         "status": "training",
     }
     write_json(run.study, study)
-    outcomes = study["outcomes"] = {e.model: {"status": "not started"} for e in entries}
+    outcomes = study["outcomes"] = {e.name: {"status": "not started"} for e in entries}
     for k, entry in enumerate(entries, 1):
         say(
-            f"[{k}/{len(entries)}] training {entry.model}"
+            f"[{k}/{len(entries)}] training {entry.name}"
             + (f" ({entry.settings['epochs']} epochs)" if entry.settings.get("epochs") else "")
         )
         t0 = time.perf_counter()
@@ -139,23 +143,23 @@ def compare(
                 splitting=splitting,
             )
         except KeyboardInterrupt:
-            outcomes[entry.model] = {"status": "interrupted", "seconds": round(time.perf_counter() - t0, 2)}
+            outcomes[entry.name] = {"status": "interrupted", "seconds": round(time.perf_counter() - t0, 2)}
             study["status"] = "interrupted"
             write_json(run.study, study)
             raise
         except (MedlensError, RuntimeError, ValueError, MemoryError) as e:  # the next model still trains
             error = str(e) if isinstance(e, MedlensError) else f"{type(e).__name__}: {e}"
-            outcomes[entry.model] = {"status": "failed", "error": " ".join(error.split())[:500]}
-            say(f"[{k}/{len(entries)}] {entry.model} failed: {outcomes[entry.model]['error']}")
+            outcomes[entry.name] = {"status": "failed", "error": " ".join(error.split())[:500]}
+            say(f"[{k}/{len(entries)}] {entry.name} failed: {outcomes[entry.name]['error']}")
             write_json(run.study, study)
             continue
         seconds = time.perf_counter() - t0
-        study["timings"][entry.model] = round(seconds, 2)
-        outcomes[entry.model] = {"status": "trained", "seconds": round(seconds, 2)}
-        test = read_json(run.model(entry.model).metrics).get("test") or {}
+        study["timings"][entry.name] = round(seconds, 2)
+        outcomes[entry.name] = {"status": "trained", "seconds": round(seconds, 2)}
+        test = read_json(run.model(entry.name).metrics).get("test") or {}
         metric, value = ("Dice", test.get("mean_dice")) if segmentation else ("AUC", test.get("auc"))
         say(
-            f"[{k}/{len(entries)}] {entry.model} done in {seconds:.1f} s"
+            f"[{k}/{len(entries)}] {entry.name} done in {seconds:.1f} s"
             + (f" (test {metric} {value:.3f})" if isinstance(value, (int, float)) else "")
         )
         write_json(run.study, study)
@@ -186,7 +190,7 @@ def compare(
 
 
 def _suite_name(suite: str | Sequence[SuiteEntry | str]) -> Any:
-    return suite if isinstance(suite, str) else [e if isinstance(e, str) else e.model for e in suite]
+    return suite if isinstance(suite, str) else [e if isinstance(e, str) else e.name for e in suite]
 
 
 def _write_capped_splits(
@@ -201,8 +205,8 @@ def _write_capped_splits(
 ) -> None:
     """splits.json with each split capped as training caps it (same ids: :func:`cap_ids`)."""
     from medlens.data.leakage import plan_splits, write_plan
+    from medlens.data.splits import cap_ids
     from medlens.manifest import record_files
-    from medlens.training.run import cap_ids
 
     plan = plan_splits(dataset, seed=seed, resplit=resplit, drop_duplicates=drop_duplicates)
     plan.splits = {k: cap_ids(v, max_samples, seed=seed) for k, v in plan.splits.items()}
@@ -239,9 +243,82 @@ def _train_one(
     if cap is not None and "img_size" not in settings:
         first = dataset.load(dataset.records[0].id).image
         settings["img_size"] = min(int(cap), native_size(first.shape))
+    pretrain_epochs = settings.pop("pretrain_epochs", None)
+    if pretrain_epochs:
+        settings["weights"] = str(
+            _pretrain(
+                source,
+                entry.model,
+                run,
+                pretrain_epochs,
+                img_size=settings.get("img_size"),
+                seed=seed,
+                max_samples=max_samples,
+                threads=threads,
+                show_progress=show_progress,
+            )
+        )
     config = TrainConfig(source=source, model=entry.model, out=str(run.root), seed=seed, progress=show_progress)
     config = config.updated(**settings, max_samples=max_samples, threads=threads, **splitting)
     train(config, explicit=set(settings), dataset=dataset, inputs=inputs)
+
+
+PRETRAINED = "pretrained"  # RUN/pretrained/MODEL.safetensors (+ .json card): the stage "pretrain:MODEL"
+PRETRAINED_SUFFIX = "+pretrained"
+
+
+def with_pretrained(entries: list[SuiteEntry], epochs: int, *, segmentation: bool) -> list[SuiteEntry]:
+    """Each deep classifier followed by the same entry named ``MODEL+pretrained``, which first
+    pretrains the model's encoder for ``epochs`` (SimCLR, :mod:`medlens.training.pretrain`) on the
+    run's training and validation images and then trains from it: the comparison's paired tests
+    show the effect. Segmentation networks have no encoder to pretrain: refused."""
+    from medlens.models.registry import get_model
+
+    if segmentation:
+        raise MedlensError("--pretrain-epochs is for classification: the segmentation networks have no encoder head")
+    if epochs < 1:
+        raise MedlensError(f"--pretrain-epochs must be at least 1, not {epochs}")
+    out = []
+    for entry in entries:
+        out.append(entry)
+        if get_model(entry.model).kind == "deep" and "weights" not in entry.settings:
+            name = entry.name + PRETRAINED_SUFFIX
+            out.append(SuiteEntry(entry.model, {**entry.settings, "name": name, "pretrain_epochs": int(epochs)}))
+    return out
+
+
+def _pretrain(
+    source: str,
+    model: str,
+    run: RunDir,
+    epochs: int,
+    *,
+    img_size: int | None,
+    seed: int,
+    max_samples: int | None,
+    threads: int | None,
+    show_progress: bool,
+) -> Path:
+    """The encoder of ``model`` pretrained on the run's training and validation images (its
+    ``splits.json``, written by the models trained before), recorded in the manifest."""
+    from medlens.manifest import record_files
+    from medlens.training.pretrain import PretrainConfig, pretrain
+
+    config = PretrainConfig(
+        source=source,
+        out=str(run.root / PRETRAINED / f"{model}.safetensors"),
+        model=model,
+        epochs=epochs,
+        img_size=img_size,
+        seed=seed,
+        max_samples=max_samples,
+        splits=str(run.splits) if run.splits.is_file() else None,
+        threads=threads,
+        progress=show_progress,
+    )
+    weights = pretrain(config)
+    record_files(run.root, [weights, config.paths()[1]], f"pretrain:{model}")
+    return weights
 
 
 def _fit_budget(

@@ -79,6 +79,11 @@ class SuiteEntry:
     def epochs(self) -> int | None:
         return self.settings.get("epochs")
 
+    @property
+    def name(self) -> str:
+        """The model's folder and name in the run: the setting ``name`` (a variant), else the model."""
+        return str(self.settings.get("name") or self.model)
+
     def to_dict(self) -> dict[str, Any]:
         return {"model": self.model, "settings": dict(self.settings)}
 

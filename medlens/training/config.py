@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ class TrainConfig:
 
     source: str
     model: str | None = None  # None: DEFAULT_MODEL of the task
+    name: str | None = None  # the model's folder and name in the run (None: the model's; compare's variants differ)
     task: str | None = None  # None: the source's ("segmentation" when its samples carry masks)
     out: str = "runs/default"
     # optimisation
@@ -139,6 +141,8 @@ class TrainConfig:
             raise MedlensError(f"--patch-size must be positive sides, not {self.patch_size}")
         if self.num_nodes < 1:
             raise MedlensError(f"--num-nodes must be at least 1, not {self.num_nodes}")
+        if self.name is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._+=@-]*", self.name):
+            raise MedlensError(f"a model's name in the run must be a plain folder name, not '{self.name}'")
         if self.weights is not None and not Path(self.weights).is_file():
             raise MedlensError("no such weights file", self.weights)
         return self

@@ -39,7 +39,7 @@ class TensorBatches(Dataset):
         return tuple(t[idx] for t in self.tensors)
 
 
-def _pass_through(batch):
+def pass_through(batch):
     """Collate for :class:`TensorBatches`: the batch is already stacked."""
     return batch
 
@@ -92,7 +92,7 @@ class ArrayDataModule(L.LightningDataModule):
             sampler=sampler,
             drop_last=train and len(dataset) > self.batch_size,
             num_workers=self.num_workers,
-            collate_fn=_pass_through,
+            collate_fn=pass_through,
             persistent_workers=self.num_workers > 0,
         )
 

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 import shutil
 import time
 from pathlib import Path
@@ -45,18 +44,12 @@ import numpy as np
 
 from medlens import __version__
 from medlens.data.sample import Dataset, Task
+from medlens.data.splits import cap_ids
 from medlens.errors import MedlensError
-from medlens.runs import ModelDir, RunDir, atomic_write_bytes, read_json, write_json, write_yaml
+from medlens.runs import ModelDir, RunDir, atomic_write_bytes, is_global_zero, read_json, write_json, write_yaml
 from medlens.training.config import TrainConfig, plan_overrides, resolve_config
 
 CLASSIFICATION = (Task.BINARY, Task.MULTICLASS, Task.ORDINAL, Task.MULTILABEL)
-
-
-def is_global_zero() -> bool:
-    """Whether this process is global rank 0 (from the launcher's environment; True when alone)."""
-    if os.environ.get("RANK") is not None:
-        return int(os.environ["RANK"]) == 0
-    return int(os.environ.get("NODE_RANK", 0)) == 0 and int(os.environ.get("LOCAL_RANK", 0)) == 0
 
 
 def apply_plan(config: TrainConfig, explicit: set[str] | None = None) -> TrainConfig:
@@ -110,7 +103,7 @@ def train(
     _check_fit(dataset, spec, config.task)
     zero = is_global_zero()
     run = RunDir(config.out)
-    model_dir = run.model(config.model)
+    model_dir = run.model(config.name or config.model)
     written: list[Path] = []
     if zero:
         run.create()
@@ -151,7 +144,7 @@ def train(
         names = class_names(dataset, [m for _, masks in arrays.values() for m in masks])
     started = time.perf_counter()
     if spec.kind == "deep":
-        fitted = _fit_deep(config, spec, dataset, arrays, model_dir, names)
+        fitted = _fit_deep(config, spec, dataset, arrays, model_dir, names, list(splits["test"]))
     elif segmentation:
         from medlens.training.segmentation import fit_pixel_model
 
@@ -166,7 +159,7 @@ def train(
 
         n_fit = len(arrays["train"][0]) * (config.patches_per_case if segmentation else 1)
         steps = optimiser_steps_warning(config.epochs, n_fit, config.batch_size)
-        fitted["warnings"] = [steps] if steps else []
+        fitted["warnings"] = ([steps] if steps else []) + list(fitted.get("warnings") or [])
     if segmentation:
         from medlens.training.segmentation import write_segmentation_artifacts
 
@@ -176,8 +169,9 @@ def train(
         _write_model_artifacts(config, spec, dataset, splits, arrays, model_dir, fitted)
     from medlens.manifest import artifact_files, record_files
 
-    mine = [f for f in artifact_files(run.root) if f.startswith(f"models/{config.model}/")]
-    record_files(run.root, [*written, *mine], f"train:{config.model}", forget=f"models/{config.model}/")
+    folder = f"models/{model_dir.name}/"
+    mine = [f for f in artifact_files(run.root) if f.startswith(folder)]
+    record_files(run.root, [*written, *mine], f"train:{model_dir.name}", forget=folder)
     return run
 
 
@@ -264,14 +258,6 @@ def _splits(
     return splits
 
 
-def cap_ids(ids: list[str], n: int, *, seed: int) -> list[str]:
-    """At most ``n`` of ``ids``: a seeded random choice, kept in the original order."""
-    if len(ids) <= n:
-        return list(ids)
-    keep = np.sort(np.random.default_rng(seed).choice(len(ids), size=n, replace=False))
-    return [ids[i] for i in keep]
-
-
 def _only_splits(obj: Any) -> dict[str, list[str]]:
     if isinstance(obj, dict) and "splits" in obj and isinstance(obj["splits"], dict):
         obj = obj["splits"]
@@ -309,9 +295,16 @@ def _load_splits(dataset: Dataset, splits: dict, config: TrainConfig, *, show_pr
 
 # -- deep -----------------------------------------------------------------------------------
 def _fit_deep(
-    config: TrainConfig, spec: Any, dataset: Dataset, arrays: dict, model_dir: ModelDir, names: list[str]
+    config: TrainConfig,
+    spec: Any,
+    dataset: Dataset,
+    arrays: dict,
+    model_dir: ModelDir,
+    names: list[str],
+    test_ids: list[str],
 ) -> dict | None:
-    """Fit a deep network with Lightning; ``names``: the classes it predicts."""
+    """Fit a deep network with Lightning; ``names``: the classes it predicts; ``test_ids``: the
+    images that ``--weights`` from pretraining must not have seen."""
 
     from medlens.training.trainer import EpochTimer, best_checkpoint, build_trainer, write_training_log
 
@@ -322,10 +315,13 @@ def _fit_deep(
         if config.augment == "gan":
             arrays, gan_info = _gan_oversample(config, dataset, arrays, model_dir)
         module, datamodule = _classifier_module(config, dataset, arrays)
+    pretrained = None
     if config.weights:
-        from medlens.models.deep.weights import load_weights
+        from medlens.training.pretrain import load_start_weights
 
-        load_weights(module.net, config.weights)
+        pretrained = load_start_weights(
+            module.net, config.weights, config=config, source_uri=dataset.uri, test_ids=test_ids
+        )
     resumed_from = None
     ckpt_path = None
     if config.resume:
@@ -360,6 +356,8 @@ def _fit_deep(
         "resumed_from": resumed_from,
         "session": {"start_step": timer.start_step, "end_step": int(trainer.global_step)},
         "gan": gan_info,
+        "pretrained": pretrained,
+        "warnings": (pretrained or {}).get("warnings", []),
         "timing": timer.summary(),
         "n_train_fit": int(len(arrays["train"][0])),
     }
@@ -539,7 +537,7 @@ def _write_model_artifacts(
     task = dataset.task.value
     card = card_from_dict(
         {
-            "name": spec.name,
+            "name": model_dir.name,
             "model": spec.name,
             "kind": spec.kind,
             "dims": dataset.dims,
@@ -638,6 +636,7 @@ _PROVENANCE = (
     "resumed_from",
     "session",
     "gan",
+    "pretrained",
 )
 
 

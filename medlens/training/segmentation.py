@@ -149,7 +149,7 @@ def write_segmentation_artifacts(
         mirroring = choose_mirroring(fitted["net"], list(config.patch_size), cases["val"], len(names), dataset.dims)
     card = card_from_dict(
         {
-            "name": spec.name,
+            "name": model_dir.name,
             "model": spec.name,
             "kind": spec.kind,
             "dims": dataset.dims,

@@ -5,7 +5,8 @@
 - ``ModelCheckpoint`` "best.ckpt" (best on ``val_auc``, ``val_dice`` for segmentation, or ``val_loss``),
 - a second ``ModelCheckpoint`` writing ``last.ckpt`` every N optimizer steps as well as at each
   epoch end, so that a SIGKILL mid-epoch loses little (``medlens train --resume``),
-- ``EarlyStopping``, ``LearningRateMonitor``, medlens's progress bar (on stderr), a ``CSVLogger``,
+- ``EarlyStopping``, ``LearningRateMonitor``, medlens's progress bar (on stderr), the loggers
+  (:func:`loggers`: CSV, TensorBoard, and MLflow when it is installed),
 - with ``ema`` > 0, Lightning's ``WeightAveraging`` (an exponential moving average of the weights,
   used for validation and stored in the checkpoints),
 - deterministic algorithms, accelerator "auto", and the devices / strategy / num_nodes /
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import importlib.util
 import json
 import logging
 import math
@@ -37,7 +39,7 @@ from lightning.pytorch.callbacks import (
     ModelCheckpoint,
     WeightAveraging,
 )
-from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
 
 from medlens.errors import MedlensError
 from medlens.manifest import record_replacement
@@ -51,6 +53,7 @@ logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
 )
 
 LOG_DIR = "logs"  # under the model directory, one version_N per training session
+TENSORBOARD_DIR = "tensorboard"  # beside it: `tensorboard --logdir RUN/models` shows every model
 RANK_DIGEST_ENV = "MEDLENS_RANK_DIGEST_DIR"  # test hook: each rank writes a digest of its weights
 
 
@@ -174,23 +177,26 @@ def resolve_precision(config: TrainConfig, accelerator: str | None = None) -> st
 
 
 class RecordedCheckpoint(ModelCheckpoint):
-    """A ModelCheckpoint that records each file in the run's manifest as it writes it.
+    """A ModelCheckpoint that writes each file beside its final name and then renames it into place,
+    so a kill at any moment leaves a whole checkpoint that ``--resume`` accepts.
 
-    Lightning writes the checkpoint beside its final name; :func:`medlens.manifest.record_replacement`
-    records its hash (keeping the hash it replaces) and then renames it into place, so a kill at
-    any moment leaves a checkpoint that ``--resume`` accepts, and any other change is refused.
+    With a ``run_root``, :func:`medlens.manifest.record_replacement` first records the new file's
+    hash in that run's manifest (keeping the hash it replaces), so any other change is refused.
     """
 
-    def __init__(self, *args: Any, run_root: Path, stage: str, **kwargs: Any):
+    def __init__(self, *args: Any, run_root: Path | None, stage: str = "", **kwargs: Any):
         super().__init__(*args, **kwargs)
-        self.run_root, self.stage = Path(run_root), stage
+        self.run_root, self.stage = (Path(run_root) if run_root else None), stage
 
     def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
         final = Path(filepath)
         partial = final.with_name(f".{final.name}.partial")
         super()._save_checkpoint(trainer, str(partial))
         if trainer.is_global_zero:
-            record_replacement(self.run_root, partial, final, self.stage)
+            if self.run_root is not None:
+                record_replacement(self.run_root, partial, final, self.stage)
+            else:
+                os.replace(partial, final)
         self._last_checkpoint_saved = str(final)
 
 
@@ -235,6 +241,12 @@ def build_trainer(
     if os.environ.get(RANK_DIGEST_ENV):
         callbacks.append(RankDigest(os.environ[RANK_DIGEST_ENV]))
     callbacks += extra_callbacks or []
+    return lightning_trainer(config, model_dir.root, callbacks)
+
+
+def lightning_trainer(config: Any, root: Path, callbacks: list[Callback]) -> L.Trainer:
+    """A Trainer with the hardware, precision, epochs and progress of ``config`` (a :class:`TrainConfig`
+    or anything with those fields) and the :func:`loggers` of ``root``."""
     accelerator = _accelerator(config)
     return L.Trainer(
         accelerator=accelerator,
@@ -244,7 +256,7 @@ def build_trainer(
         precision=resolve_precision(config, accelerator),
         max_epochs=config.epochs,
         callbacks=callbacks,
-        logger=CSVLogger(save_dir=str(model_dir.root), name=LOG_DIR),
+        logger=loggers(root),
         deterministic=True
         if (config.deterministic and accelerator == "cpu")
         else ("warn" if config.deterministic else False),
@@ -253,6 +265,22 @@ def build_trainer(
         log_every_n_steps=1,
         num_sanity_val_steps=0,
     )
+
+
+def loggers(root: Path) -> list[Logger]:
+    """Where training curves go: a CSV log in ``root/logs`` (read into ``training_log.csv``),
+    TensorBoard event files in ``root/tensorboard`` and, when ``mlflow`` is installed and
+    ``MLFLOW_TRACKING_URI`` says where its runs go, an MLflow run in experiment "medlens"."""
+    out: list[Logger] = [
+        CSVLogger(save_dir=str(root), name=LOG_DIR),
+        TensorBoardLogger(save_dir=str(root), name=TENSORBOARD_DIR, default_hp_metric=False),
+    ]
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if uri and importlib.util.find_spec("mlflow") is not None:
+        from lightning.pytorch.loggers import MLFlowLogger
+
+        out.append(MLFlowLogger(experiment_name="medlens", run_name=Path(root).name, tracking_uri=uri))
+    return out
 
 
 def best_checkpoint(trainer: L.Trainer) -> Path | None:

@@ -211,3 +211,36 @@ def test_suite_of_the_other_task_is_a_one_line_error(cli, binary_npz, tmp_path):
     assert code == 2 and len(stderr.strip().splitlines()) == 1
     assert "suite 'seg' is for segmentation" in stderr and "quick, standard" in stderr
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_compare_trains_each_deep_model_from_scratch_and_pretrained(tmp_path):
+    """--pretrain-epochs: MODEL+pretrained starts from an encoder made on the run's own training and
+    validation images (its splits.json), and the paired tests compare it with MODEL."""
+    from medlens.study.compare import compare
+
+    run = compare(
+        "synthetic:chest2d@32",
+        "elm,cnn-small",
+        tmp_path / "run",
+        epochs=1,
+        max_samples=32,
+        threads=1,
+        show_progress=False,
+        n_resamples=200,
+        pretrain_epochs=1,
+    )
+    c = read_json(run.comparison)
+    assert c["order"] == ["elm", "cnn-small", "cnn-small+pretrained"]
+    pair = [t for t in c["pairwise"]["tests"] if {t["a"], t["b"]} == {"cnn-small", "cnn-small+pretrained"}]
+    assert [t["metric"] for t in pair] == ["auc", "accuracy"]  # three classes: a paired bootstrap for AUC
+    card = read_json(run.model("cnn-small+pretrained").info)
+    assert card["name"] == "cnn-small+pretrained" and card["model"] == "cnn-small"
+    encoder = read_json(run.root / "pretrained" / "cnn-small.json")
+    assert card["pretrained"]["sha256"] == encoder["weights_sha256"]
+    splits = read_json(run.splits)["splits"]
+    assert set(encoder["images"]["ids"]) <= set(splits["train"]) | set(splits["val"])
+    assert encoder["held_out"]["rule"].startswith("the test split of ")
+    stages = {k: v["stage"] for k, v in read_json(run.manifest)["files"].items()}
+    assert stages["pretrained/cnn-small.safetensors"] == "pretrain:cnn-small"
+    assert stages["models/cnn-small+pretrained/model.safetensors"] == "train:cnn-small+pretrained"
+    assert verify_manifest(run.root) == []

@@ -1,0 +1,39 @@
+"""A registered classifier seen as an encoder: the network up to its classification head.
+
+The head is the network's last linear layer in module order (``fc`` of a ResNet, ``head.fc`` of
+``cnn-small``, ``vit.classification_head.0``, ``_fc`` of EfficientNet, ``fc`` of the CNN-LSTM);
+its input is what the network knows about an image. The out-of-distribution guard reads its
+features there, and self-supervised pretraining (:mod:`medlens.training.pretrain`) trains
+everything before it.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from medlens.errors import MedlensError
+
+
+def head_name(net: nn.Module) -> str:
+    """Dotted name of the network's classification head (its last linear layer)."""
+    linears = [name for name, module in net.named_modules() if isinstance(module, nn.Linear)]
+    if not linears:
+        raise MedlensError(f"{type(net).__name__} has no linear layer: no classification head to find")
+    return linears[-1]
+
+
+def head_keys(net: nn.Module) -> list[str]:
+    """State-dict keys of the head (its weight and bias)."""
+    prefix = head_name(net) + "."
+    return [k for k in net.state_dict() if k.startswith(prefix)]
+
+
+def remove_head(net: nn.Module) -> int:
+    """Replace the head by an identity (in place), so that ``net(x)`` returns the head's input
+    features (N, D); returns D."""
+    name = head_name(net)
+    head = net.get_submodule(name)
+    assert isinstance(head, nn.Linear)
+    parent_name, _, child = name.rpartition(".")
+    setattr(net.get_submodule(parent_name) if parent_name else net, child, nn.Identity())
+    return int(head.in_features)

@@ -1,0 +1,450 @@
+"""Self-supervised pretraining of a registered network's encoder (``medlens pretrain``).
+
+Method ``simclr`` (Chen et al., ICML 2020): every image is seen as two random views
+(:func:`medlens.data.transforms.contrastive_augmentation`: crops, turns, flips, contrast, noise);
+the encoder (the network without its head, :mod:`medlens.models.deep.encoder`) and a two-layer
+projection learn to find each view's partner among the 2N views of a batch (NT-Xent loss at
+``temperature``). The projection is discarded; the encoder's tensors are written under the
+classifier's own names, so ``medlens train --weights`` loads them into the same network and
+trains a fresh head. Under DDP each process contrasts its own batch (no gathering of negatives).
+
+Which images: the training and validation splits of SOURCE as ``medlens train`` plans them with
+the same seed and fractions (the source's own splits when it has them); the test split is never
+read. A source without labels (a DICOM or NIfTI archive) is split the same way, so an archive
+later labelled and trained on keeps its test images unseen. ``compare --pretrain-epochs`` passes
+its run's ``splits.json`` instead (``PretrainConfig.splits``). The card lists the ids it used, and
+``train --weights`` refuses an encoder that saw any test image of the run (:func:`load_start_weights`).
+
+Files, for ``--out WEIGHTS.safetensors``: the encoder weights; ``WEIGHTS.json``, the card (what it
+was trained on, how, the loss it reached); ``WEIGHTS.pretrain/`` with ``checkpoints/last.ckpt``
+(written every N optimizer steps and at each epoch end, renamed into place: ``--resume``
+continues after a kill), the CSV log and ``training_log.csv`` (loss per epoch).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from medlens import __version__
+from medlens.errors import MedlensError
+from medlens.runs import ModelDir, is_global_zero, read_json, sha256_file, write_json
+
+METHODS = ("simclr",)
+ENCODER_KIND = "medlens-encoder"  # safetensors metadata "kind" and the card's "kind"
+CARD_SCHEMA = 1
+SPLITS_USED = ("train", "val")
+
+
+@dataclass
+class PretrainConfig:
+    """Every setting of one pretraining; ``None`` means "as ``medlens train`` would choose"."""
+
+    source: str
+    out: str  # the encoder's .safetensors file
+    model: str = "cnn-small"
+    method: str = "simclr"
+    epochs: int = 20
+    batch_size: int = 256
+    img_size: int | None = None  # native size, capped, as train
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    temperature: float = 0.2
+    projection_dim: int = 128
+    seed: int = 0  # the split's seed too: train with the same seed keeps its test images unseen
+    val_fraction: float = 0.15
+    test_fraction: float = 0.15
+    max_samples: int | None = None  # cap per split (as train --max-samples)
+    splits: str | None = None  # a splits.json to take train and val from (compare: the run's) instead of planning
+    accelerator: str = "auto"
+    devices: int | str = 1
+    strategy: str = "auto"
+    num_nodes: int = 1
+    precision: str = "auto"
+    threads: int | None = None
+    deterministic: bool = True
+    checkpoint_every_n_steps: int = 50
+    resume: bool = False
+    progress: bool = True
+
+    def validate(self) -> "PretrainConfig":
+        if Path(self.out).suffix != ".safetensors":
+            raise MedlensError("--out must name a .safetensors file", self.out)
+        if self.method not in METHODS:
+            raise MedlensError(f"--method must be one of {', '.join(METHODS)}, not '{self.method}'")
+        for key in ("epochs", "img_size", "max_samples", "threads", "projection_dim", "checkpoint_every_n_steps"):
+            value = getattr(self, key)
+            if value is not None and int(value) < 1:
+                raise MedlensError(f"--{key.replace('_', '-')} must be at least 1, not {value}")
+        if self.batch_size < 2:
+            raise MedlensError(
+                f"--batch-size must be at least 2 (each image's partner view is in its batch), not {self.batch_size}"
+            )
+        if not (self.lr > 0 and self.temperature > 0):
+            raise MedlensError("--lr and --temperature must be positive")
+        if not 0 < self.val_fraction < 1 or not 0 <= self.test_fraction < 1:
+            raise MedlensError("val/test fractions must lie in (0, 1)")
+        return self
+
+    def updated(self, **changes: Any) -> "PretrainConfig":
+        """A copy with the given settings changed (``None`` values are ignored)."""
+        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+    def paths(self) -> tuple[Path, Path, Path]:
+        """The weights file, its card and the working folder."""
+        weights = Path(self.out)
+        return weights, weights.with_suffix(".json"), weights.with_suffix(".pretrain")
+
+
+def nt_xent(z: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """SimCLR's loss for projections ``z`` (2N, D) whose rows i and i+N are views of one image:
+    cross-entropy of finding the partner among the other 2N-1 views by cosine similarity. Also
+    returns the share of views whose nearest other view is their partner."""
+    z = F.normalize(z.float(), dim=1)
+    n = z.shape[0] // 2
+    sim = (z @ z.T) / temperature
+    sim.fill_diagonal_(float("-inf"))
+    partner = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(z.device)
+    return F.cross_entropy(sim, partner), (sim.argmax(dim=1) == partner).float().mean()
+
+
+class ContrastiveModule(L.LightningModule):
+    """The encoder of ``model_name`` and a projection head, trained with :func:`nt_xent`."""
+
+    def __init__(
+        self,
+        model_name: str,
+        *,
+        in_channels: int,
+        spatial_dims: int,
+        img_size: Any,
+        lr: float,
+        weight_decay: float,
+        epochs: int,
+        temperature: float,
+        projection_dim: int,
+        augmentation: dict,
+        seed: int,
+        optimizer: str = "adamw",
+        scheduler: str = "cosine",
+    ):
+        super().__init__()
+        self.save_hyperparameters()
+        from medlens.models.deep.encoder import head_name, remove_head
+        from medlens.models.registry import get_model
+
+        self.net: nn.Module = get_model(model_name).build(
+            in_channels=in_channels, num_outputs=2, spatial_dims=spatial_dims, img_size=img_size
+        )
+        self.head = head_name(self.net)
+        width = remove_head(self.net)
+        self.projector = nn.Sequential(nn.Linear(width, width), nn.ReLU(inplace=True), nn.Linear(width, projection_dim))
+        self._generator: torch.Generator | None = None
+
+    def on_fit_start(self) -> None:
+        self._generator = torch.Generator()
+        self._generator.manual_seed(int(self.hparams.seed) * 1000 + self.global_rank)
+        if self.hparams.spatial_dims == 2:
+            self.net.to(memory_format=torch.channels_last)
+
+    def on_fit_end(self) -> None:
+        self.net.to(memory_format=torch.contiguous_format)
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        from medlens.data.transforms import augment_batch
+
+        x = batch[0]
+        views = torch.cat([augment_batch(x, self.hparams.augmentation, self._generator) for _ in range(2)])
+        if views.dim() == 4:
+            views = views.contiguous(memory_format=torch.channels_last)
+        loss, top1 = nt_xent(self.projector(self.net(views)), float(self.hparams.temperature))
+        common = dict(on_step=False, on_epoch=True, batch_size=len(x), sync_dist=True)
+        self.log("train_loss", loss, prog_bar=True, **common)
+        self.log("train_top1", top1, **common)
+        return loss
+
+    def configure_optimizers(self):
+        from medlens.training.lightning_module import optimisers
+
+        return optimisers(self)
+
+
+def pretrain(config: PretrainConfig) -> Path:
+    """Pretrain ``config.model``'s encoder on SOURCE's training and validation images; returns the
+    weights file (see the module doc for the files written)."""
+    from medlens.data.sources import open_source
+    from medlens.data.transforms import contrastive_augmentation, looks_label_like, looks_like_hounsfield
+    from medlens.inference.preprocess import load_inputs
+    from medlens.models.registry import get_model
+    from medlens.training.config import TrainConfig, resolve_config
+
+    config = config.validate()
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    weights, card_path, work = config.paths()
+    spec = get_model(config.model)
+    dataset = open_source(config.source, seed=config.seed)
+    if spec.kind != "deep" or dataset.dims not in spec.dims:
+        raise MedlensError(f"'{config.model}' is not a deep network for {dataset.dims}D images (see `medlens models`)")
+    used, held_out = _images(dataset, config)
+    ids = [i for k in SPLITS_USED for i in used[k]]
+    first = dataset.load(ids[0]).image
+    resolved = resolve_config(
+        TrainConfig(source=config.source, model=config.model, img_size=config.img_size, seed=config.seed),
+        spec=spec,
+        dims=dataset.dims,
+        modality=dataset.modality,
+        first_shape=first.shape,
+        hounsfield=looks_like_hounsfield(first),
+        label_like=looks_label_like(first),
+    )
+    zero = is_global_zero()
+    checkpoints = ModelDir(work)
+    if zero:
+        _prepare_work(checkpoints, resume=config.resume)
+    x, _ = load_inputs(
+        dataset,
+        ids,
+        size=resolved.img_size,
+        channels=resolved.channels,
+        preprocessing=resolved.preprocessing,
+        show_progress=config.progress and zero,
+        desc="loading images",
+    )
+    augmentation = contrastive_augmentation(dataset.dims)
+    module = ContrastiveModule(
+        config.model,
+        in_channels=int(resolved.channels),
+        spatial_dims=dataset.dims,
+        img_size=resolved.img_size,
+        lr=config.lr,
+        weight_decay=config.weight_decay,
+        epochs=config.epochs,
+        temperature=config.temperature,
+        projection_dim=config.projection_dim,
+        augmentation=augmentation,
+        seed=config.seed,
+    )
+    L.seed_everything(config.seed, workers=True, verbose=False)
+    timer, trainer = _trainer(config, checkpoints)
+    started = time.perf_counter()
+    trainer.fit(
+        module,
+        train_dataloaders=_loader(torch.as_tensor(x), min(config.batch_size, len(x)), config.seed),
+        ckpt_path=str(checkpoints.last_checkpoint) if config.resume else None,
+        weights_only=True,
+    )
+    if not trainer.is_global_zero:
+        return weights
+    from medlens.models.deep.weights import save_weights
+    from medlens.training.trainer import write_training_log
+
+    module.cpu()
+    partial = weights.with_name(f".{weights.name}.partial")
+    meta = {"kind": ENCODER_KIND, "model": config.model, "method": config.method, "medlens_version": __version__}
+    save_weights(module.net, partial, metadata=meta)
+    os.replace(partial, weights)
+    log = write_training_log(checkpoints)
+    last = log[-1] if log else {}
+    card = {
+        "kind": ENCODER_KIND,
+        "schema_version": CARD_SCHEMA,
+        "model": config.model,
+        "method": config.method,
+        "weights_file": weights.name,
+        "weights_sha256": sha256_file(weights),
+        "head": f"{module.head} removed: train --weights builds a fresh one",
+        "dims": dataset.dims,
+        "in_channels": int(resolved.channels),
+        "img_size": resolved.img_size,
+        "preprocessing": resolved.preprocessing,
+        "source": config.source,
+        "source_key": source_key(dataset.uri),
+        "images": {"n": len(ids), "per_split": {k: len(v) for k, v in used.items()}, "ids": ids},
+        "held_out": held_out,
+        "settings": {
+            **{k: getattr(config, k) for k in ("epochs", "batch_size", "lr", "weight_decay", "temperature")},
+            "projection_dim": config.projection_dim,
+            "optimizer": "adamw, cosine schedule",
+            "precision": str(trainer.precision),
+            "augmentation": augmentation,
+        },
+        "result": {
+            "epochs_run": int(trainer.current_epoch),
+            "global_step": int(trainer.global_step),
+            "final_loss": _number(last.get("train_loss")),
+            "final_top1": _number(last.get("train_top1")),
+            "seconds": round(time.perf_counter() - started, 1),
+            **timer.summary(),
+        },
+        "medlens_version": __version__,
+    }
+    write_json(card_path, card)
+    return weights
+
+
+def _images(dataset: Any, config: PretrainConfig) -> tuple[dict[str, list[str]], dict[str, Any]]:
+    """The training and validation ids pretraining uses, and what was held out: the splits
+    ``train`` would plan (or those of ``config.splits``); capped per split as ``train`` caps them."""
+    if config.splits:
+        from medlens.data.splits import check_splits, read_splits
+
+        splits = read_splits(config.splits)["splits"]
+        check_splits(dataset, splits)
+        rule = f"the test split of {config.splits}; never read"
+    else:
+        from medlens.data.leakage import plan_splits
+
+        plan = plan_splits(
+            dataset,
+            seed=config.seed,
+            val_fraction=config.val_fraction,
+            test_fraction=config.test_fraction,
+            show_progress=False,
+        )
+        splits = plan.splits
+        rule = (
+            f"the test split `medlens train` plans with --seed {config.seed}, val {config.val_fraction}, "
+            f"test {config.test_fraction} ({plan.method} splits); never read"
+        )
+    used = {k: list(splits.get(k, [])) for k in SPLITS_USED}
+    if config.max_samples:
+        from medlens.data.splits import cap_ids
+
+        used = {k: cap_ids(v, config.max_samples, seed=config.seed) for k, v in used.items()}
+    if sum(len(v) for v in used.values()) < 2:
+        raise MedlensError("fewer than 2 training and validation images: nothing to contrast", config.source)
+    return used, {"test": len(splits.get("test", [])), "rule": rule}
+
+
+def _number(value: Any) -> float | None:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _prepare_work(work: ModelDir, *, resume: bool) -> None:
+    """A fresh pretraining starts from an empty working folder; a resumed one needs last.ckpt."""
+    if resume:
+        if not work.last_checkpoint.is_file():
+            raise MedlensError(
+                "nothing to resume: no checkpoint (pretrain without --resume first)", work.last_checkpoint
+            )
+        return
+    if work.root.is_dir():
+        shutil.rmtree(work.root)
+    work.root.mkdir(parents=True)
+
+
+def _loader(x: torch.Tensor, batch_size: int, seed: int) -> torch.utils.data.DataLoader:
+    from medlens.training.datamodule import TensorBatches, pass_through
+
+    return torch.utils.data.DataLoader(
+        TensorBatches(x),
+        batch_size=batch_size,
+        shuffle=True,
+        drop_last=True,  # a last batch of one image has no partner view
+        collate_fn=pass_through,
+        generator=torch.Generator().manual_seed(seed),
+    )
+
+
+def _trainer(config: PretrainConfig, work: ModelDir) -> tuple[Any, L.Trainer]:
+    from medlens.progress import lightning_callback
+    from medlens.training.trainer import EpochTimer, RecordedCheckpoint, lightning_trainer
+
+    common = dict(run_root=None, dirpath=work.checkpoints, monitor=None, save_top_k=0, save_last=True)
+    timer = EpochTimer()
+    callbacks = [
+        RecordedCheckpoint(**common, every_n_train_steps=int(config.checkpoint_every_n_steps)),
+        RecordedCheckpoint(**common, every_n_epochs=1),
+        timer,
+    ]
+    if config.progress:
+        callbacks.append(lightning_callback())
+    return timer, lightning_trainer(config, work.root, callbacks)
+
+
+# -- using an encoder -------------------------------------------------------------------------------
+def source_key(uri: str) -> str:
+    """One name per source: a path resolved (absolute, links followed), any other URI as it is."""
+    path = Path(uri)
+    return str(path.resolve()) if path.exists() else uri
+
+
+def read_encoder_card(weights: str | Path) -> dict | None:
+    """The card beside an encoder's weights, or None when ``weights`` is not a medlens encoder."""
+    from safetensors import safe_open
+
+    with safe_open(str(weights), framework="pt") as f:
+        meta = f.metadata() or {}
+    if meta.get("kind") != ENCODER_KIND:
+        return None
+    card_path = Path(weights).with_suffix(".json")
+    if not card_path.is_file():
+        raise MedlensError(
+            f"{card_path.name}, the card saying which images this encoder saw, is missing: cannot check that "
+            "it never saw this run's test images",
+            weights,
+        )
+    return read_json(card_path)
+
+
+def load_start_weights(net: nn.Module, path: str | Path, *, config: Any, source_uri: str, test_ids: list[str]) -> dict:
+    """Load ``train --weights`` into ``net`` (built for ``config``, a resolved :class:`TrainConfig`);
+    what the model card records about them.
+
+    A whole network's weights load strictly. An encoder from ``medlens pretrain`` loads every
+    tensor but the head's, after two checks: it was pretrained for the same network, and, when
+    pretrained on this source, on none of this run's test images. Another input size or
+    preprocessing than the pretraining's is allowed and listed in ``warnings``.
+    """
+    from medlens.models.deep.encoder import head_keys
+    from medlens.models.deep.weights import load_weights
+
+    path = Path(path)
+    card = read_encoder_card(path)
+    if card is None:
+        load_weights(net, path)
+        return {"file": str(path), "sha256": sha256_file(path), "kind": "network"}
+    if card.get("model") != config.model:
+        raise MedlensError(f"this encoder was pretrained for '{card.get('model')}', not '{config.model}'", path)
+    if card.get("source_key") == source_key(source_uri):
+        seen = set(card.get("images", {}).get("ids", [])) & set(test_ids)
+        if seen:
+            raise MedlensError(
+                f"this encoder was pretrained on {len(seen)} of this run's test images (e.g. {sorted(seen)[0]}): "
+                f"train with the seed and split fractions it was pretrained with ({card['held_out']['rule']})",
+                path,
+            )
+    report = load_weights(net, path, strict=False)
+    if report.unexpected or report.mismatched or set(report.missing) - set(head_keys(net)):
+        raise MedlensError(f"the encoder does not fit the network: {report.summary()}", path)
+    differs = [k for k in ("img_size", "preprocessing") if card.get(k) != json.loads(json.dumps(getattr(config, k)))]
+    return {
+        "file": str(path),
+        "sha256": sha256_file(path),
+        "kind": "encoder",
+        "method": card.get("method"),
+        "source": card.get("source"),
+        "images": card.get("images", {}).get("n"),
+        "epochs": card.get("settings", {}).get("epochs"),
+        "tensors_loaded": len(report.loaded),
+        "head": "trained from scratch",
+        "warnings": [
+            f"the encoder was pretrained with another {k} ({card.get(k)}) than this training uses ({getattr(config, k)})"
+            for k in differs
+        ],
+    }
