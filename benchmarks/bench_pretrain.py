@@ -173,7 +173,7 @@ def markdown(sections, args, n_cap, elapsed: float) -> str:
         for r in s["rows"]:
             a, b = r["scratch"], r["pretrained"]
             lines.append(
-                f"| {r['seed']} | {_with_ci(a)} | {_with_ci(b)} | {f3(r['delong_p'])} | {f3(a['acc'])} | {f3(b['acc'])} "
+                f"| {r['seed']} | {_with_ci(a)} | {_with_ci(b)} | {_p(r['delong_p'])} | {f3(a['acc'])} | {f3(b['acc'])} "
                 f"| {f3(a['val_auc'])} | {f3(b['val_auc'])} | {a['fit_s']:.0f} | {b['fit_s']:.0f} |"
             )
         rows = s["rows"]
@@ -188,6 +188,10 @@ def markdown(sections, args, n_cap, elapsed: float) -> str:
         lines += ["", f"AUC pretrained - scratch per seed: {', '.join(f'{d:+.3f}' for d in diffs)}."]
     lines += ["", f"Total {fmt_minutes(elapsed)}. " + LOAD_CAVEAT + " " + load_note() + "."]
     return "\n".join(lines)
+
+
+def _p(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2g}"
 
 
 def _with_ci(res: dict) -> str:
