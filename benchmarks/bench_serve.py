@@ -10,7 +10,9 @@ Measured on 127.0.0.1, in one run:
   the medians of the per-phase ratios;
 * resident memory (VmRSS) of the medlens server sampled every 0.5 s across the run: flat or growing.
 
-medlens does more per request than the baseline (content sniffing, checks, the uncertainty
+The baseline serves the trained network in eval mode, channels-last (as medlens did up to 4de2f93);
+medlens answers with its inference network, BatchNorm folded into the convolutions (checked
+equal within 1e-5 at load). medlens does more per request than the baseline (content sniffing, checks, the uncertainty
 method of model.json, the out-of-distribution guard, a durable audit-log commit with fsync shared by
 concurrent predictions, the prediction store); the baseline is decode + resize + min-max + forward +
 softmax and nothing else, one request at a time.
@@ -49,10 +51,12 @@ def baseline_app(run_dir: str, model: str | None):
     from fastapi import FastAPI
     from PIL import Image
 
-    from medlens.inference.bundle import Bundle
+    from medlens.inference.bundle import Bundle, build_network
 
-    bundle = Bundle.load(run_dir, model)  # verified like the service's, then used as plain torch
-    net = bundle.net
+    bundle = Bundle.load(run_dir, model)  # verified like the service's; its network as trained, plain torch:
+    weights = Path(run_dir) / "models" / bundle.name / bundle.card.weights_file
+    net = build_network(bundle.card, weights)  # no BatchNorm folding (medlens's inference rewrite), channels-last
+    net.to(memory_format=torch.channels_last)
     size = int(bundle.card.img_size)
     classes = bundle.class_names
     app = FastAPI()
@@ -327,7 +331,9 @@ One 224x224 PNG, model `{model_id}` of run `{run}` (its uncertainty method: the 
 commit per group of concurrent predictions; pseudonyms on); {args.clients} concurrent clients for {seconds:g} s per
 phase; {repeats} latency and {repeats} throughput phases per contender, alternating; {"--quick" if args.quick else "full"} run.
 Latency: {n_lat} sequential requests per phase, p50/p95 per phase, median over phases. The load generator
-(16 client threads) runs on the same 2 cores as the servers.
+(16 client threads) runs on the same 2 cores as the servers. The baseline serves the trained network (eval mode,
+channels-last: what medlens served up to 4de2f93); medlens answers with BatchNorm folded into the convolutions
+(its inference network, checked equal within 1e-5 at load).
 Load average at the end: {load:.1f} on {os.cpu_count()} cores (the machine may be shared: figures are upper bounds on latency).
 
 | | p50 (ms) | p95 (ms) | p50 per phase | throughput (pred/s) | per phase | errors under load |

@@ -29,6 +29,7 @@ private copy, Grad-CAM a per-call copy, so concurrent callers never see each oth
 from __future__ import annotations
 
 import copy
+import logging
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,11 +37,14 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from medlens.data.quantiles import percentiles
 from medlens.errors import ChecksumError, MedlensError
 from medlens.inference import uncertainty as unc
 from medlens.inference.card import ModelCard, read_card
 from medlens.inference.ood import UNCHECKED, Guard, Scope
 from medlens.runs import RunDir, read_json
+
+log = logging.getLogger(__name__)
 
 OCCLUSION_GRID = 8
 """Occlusion hides one cell of an 8 x 8 (x 8) grid at a time (no overlap)."""
@@ -116,7 +120,7 @@ class Bundle:
         guard = Guard.load(model_dir.root, card.ood, modality=card.modality) if card.ood else None
         common = {"name": name, "weights_sha256": sha, "uncertainty": uncertainty, "guard": guard}
         if card.kind == "deep":
-            return cls(card, net=build_network(card, weights), **common)
+            return cls(card, net=inference_network(card, weights), **common)
         from medlens.models.classical.persistence import load_estimator
 
         return cls(card, estimator=load_estimator(weights, sha), **common)
@@ -312,8 +316,9 @@ class Bundle:
         return logits_to_probs(logits[0], self.task), feats, self._calibrated(draws)
 
     def _calibrated(self, draws: Any) -> np.ndarray:
-        """Calibrated probabilities (S, N, K) of draws' logits (S, N, K)."""
-        return np.stack([self.calibrate(logits_to_probs(z, self.task)) for z in draws])
+        """Calibrated probabilities (S, N, K) of draws' logits (S, N, K), all rows at once."""
+        s, n = draws.shape[:2]
+        return self.calibrate(logits_to_probs(draws.reshape(s * n, -1), self.task)).reshape(s, n, -1)
 
     @staticmethod
     def _tensor(x: np.ndarray) -> Any:
@@ -368,11 +373,7 @@ class Bundle:
         return "grad-cam" if self.net is not None and self.card.cam_layer else "occlusion"
 
     def _example_input(self) -> Any:
-        import torch
-
-        size = self.card.img_size or 32
-        spatial = [int(v) for v in size] if isinstance(size, list) else [int(size)] * self.card.dims
-        return torch.zeros(1, self.card.in_channels, *spatial)
+        return _example_input(self.card)
 
 
 class _FeatureTap:
@@ -421,6 +422,15 @@ def logits_to_probs(logits: Any, task: str) -> np.ndarray:
     return probabilities(logits.detach().cpu(), task).double().numpy()
 
 
+def _example_input(card: ModelCard) -> Any:
+    """Zeros shaped like one model input of ``card`` (1, C, ...)."""
+    import torch
+
+    size = (card.patch_size if card.task == "segmentation" else card.img_size) or 32
+    spatial = [int(v) for v in size] if isinstance(size, list) else [int(size)] * card.dims
+    return torch.zeros(1, card.in_channels, *spatial)
+
+
 def build_network(card: ModelCard, weights: Path | None = None) -> Any:
     """The card's network from the registry, with ``weights`` (safetensors) loaded strictly."""
     from medlens.models.deep.weights import load_weights
@@ -436,11 +446,38 @@ def build_network(card: ModelCard, weights: Path | None = None) -> Any:
     return net.eval()
 
 
+FOLD_TOLERANCE = 1e-5
+"""Largest difference allowed between the logits of the folded network and the trained one."""
+
+
+def inference_network(card: ModelCard, weights: Path) -> Any:
+    """The card's network for answering: :func:`build_network` with its BatchNorms folded into the
+    convolutions (:mod:`medlens.models.deep.fusion`), kept only when its logits on seeded random
+    inputs equal the unfolded network's within :data:`FOLD_TOLERANCE` (else the unfolded one)."""
+    import torch
+
+    from medlens.models.deep.fusion import fold_batchnorm
+
+    net = build_network(card, weights)
+    x = torch.rand(1, *_example_input(card).shape[1:], generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = net(x)
+        if not fold_batchnorm(net):
+            return net
+        difference = float((net(x) - expected).abs().max())
+    if difference <= FOLD_TOLERANCE:
+        return net
+    log.warning(
+        "%s: folded BatchNorm changes the logits by %.2g: answering with the unfolded network", card.name, difference
+    )
+    return build_network(card, weights)
+
+
 def display_image(x: np.ndarray) -> np.ndarray:
     """A (C, H, W) model input as a 2D grey image in [0, 1] (channel mean, 0.5-99.5 percentile
     range): the one display rule of the service, the report's gallery and the PNG outputs."""
     grey = np.asarray(x, dtype=np.float32).mean(axis=0)
-    lo, hi = np.percentile(grey, [0.5, 99.5])
+    lo, hi = percentiles(grey, [0.5, 99.5])
     if hi <= lo:
         return np.zeros_like(grey)
     return np.clip((grey - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)

@@ -23,6 +23,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from medlens.data.quantiles import percentiles
 from medlens.errors import MedlensError
 
 RESAMPLING_STEPS = {"resize"}
@@ -85,7 +86,7 @@ def display_window(image: np.ndarray, window: tuple[float, float] | None = None)
     grey = convert_channels(image, 1)[0] if image.shape[0] in (1, 3, 4) else image.mean(axis=0)
     if window is not None and window[1] > 0:
         return apply_window(grey, *window)
-    lo, hi = np.percentile(grey, [0.5, 99.5])
+    lo, hi = percentiles(grey, [0.5, 99.5])
     if hi <= lo:
         return np.zeros_like(grey)
     return apply_window(grey, (lo + hi) / 2, hi - lo)

@@ -29,6 +29,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from medlens.data.quantiles import percentiles
 from medlens.errors import MedlensError
 from medlens.runs import OOD_GUARD_FILE as OOD_FILE
 
@@ -100,7 +101,7 @@ def colourfulness(image: np.ndarray) -> float:
     if a.shape[0] < 3:
         return 0.0
     rgb = a[:3]
-    lo, hi = np.percentile(rgb.mean(axis=0), [1, 99])
+    lo, hi = percentiles(rgb.mean(axis=0), [1, 99])
     return float((rgb.max(axis=0) - rgb.min(axis=0)).mean() / max(float(hi - lo), 1e-6))
 
 
@@ -116,7 +117,7 @@ def intensity_statistics(x: np.ndarray) -> np.ndarray:
     n, c = x.shape[:2]
     flat = x.reshape(n, c, -1)
     grey = flat.mean(axis=1)
-    q = np.percentile(grey, [1, 5, 25, 50, 75, 95, 99], axis=1).T
+    q = percentiles(grey, [1, 5, 25, 50, 75, 95, 99], axis=1).T
     lo, hi = grey.min(axis=1, keepdims=True), grey.max(axis=1, keepdims=True)
     tol = 0.01 * np.maximum(hi - lo, 1e-6)
     at_min = (grey <= lo + tol).mean(axis=1, keepdims=True)

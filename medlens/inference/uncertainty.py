@@ -40,6 +40,7 @@ DEFAULT_MIN_CONFIDENCE = 0.6
 """Default rule without a validated threshold: abstain when the finding's probability is below this."""
 MC_PASSES = 20
 MC_SEED = 0
+MC_MASKS_KEPT = 64  # cached mask sets (seed, layer, input shape); the cache starts over beyond this
 MC_CHUNK = 32  # rows (input copies) per forward pass when the whole input is repeated (bounds memory for 3D)
 DROPOUT_TYPES = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d)
 CHANNEL_DROPOUT = (nn.Dropout1d, nn.Dropout2d, nn.Dropout3d)  # one mask value per channel
@@ -83,6 +84,7 @@ class MCDropout:
         self._batch: int | None = None  # the caller's batch size during an expanded call
         self._seed: int | None = None  # masks on (the seed of this call) or off (None)
         self._rows = self.passes  # rows per input in this call: the draws, and the plain output if asked
+        self._masks: dict[tuple, torch.Tensor] = {}  # (seed, layer, shape, dtype, rows, p) -> scaled masks
         for index, m in enumerate(self._dropouts):
             m.register_forward_pre_hook(self._hook(index))
         self.expands = self._check(net, example)
@@ -105,10 +107,16 @@ class MCDropout:
         if x.shape[0] % self._rows:
             raise MedlensError(f"MC dropout: {x.shape[0]} rows are not whole groups of {self._rows}")
         shape = (x.shape[1], *[1] * (x.ndim - 2)) if isinstance(module, CHANNEL_DROPOUT) else tuple(x.shape[1:])
-        generator = torch.Generator().manual_seed(int(self._seed or 0) * 1000 + index)
-        keep = (torch.rand((self.passes, *shape), generator=generator) >= p).to(x.dtype) / max(1.0 - p, 1e-12)
-        if self._rows > self.passes:
-            keep = torch.cat([torch.ones((1, *shape), dtype=x.dtype), keep])
+        key = (int(self._seed or 0), index, shape, x.dtype, self._rows, p)
+        keep = self._masks.get(key)
+        if keep is None:  # drawn once per seed, layer and shape: the same masks every call
+            generator = torch.Generator().manual_seed(int(self._seed or 0) * 1000 + index)
+            keep = (torch.rand((self.passes, *shape), generator=generator) >= p).to(x.dtype) / max(1.0 - p, 1e-12)
+            if self._rows > self.passes:
+                keep = torch.cat([torch.ones((1, *shape), dtype=x.dtype), keep])
+            if len(self._masks) >= MC_MASKS_KEPT:
+                self._masks.clear()
+            self._masks[key] = keep
         return keep
 
     @torch.no_grad()

@@ -51,6 +51,8 @@ from joblib import Parallel, delayed
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
+from medlens.data.quantiles import percentiles
+
 KINDS = ("raw", "hog", "lbp", "glcm", "hist")
 GLCM_PROPS = ("contrast", "dissimilarity", "homogeneity", "energy", "correlation", "ASM")
 GLCM_ANGLES = (0.0, np.pi / 4, np.pi / 2, 3 * np.pi / 4)
@@ -256,7 +258,7 @@ def _hist(planes: np.ndarray, bins: int) -> np.ndarray:
     safe = np.where(std > 1e-12, std, 1.0)
     skew = np.where(std > 1e-12, (centred**3).mean(axis=1, keepdims=True) / safe**3, 0.0)
     kurt = np.where(std > 1e-12, (centred**4).mean(axis=1, keepdims=True) / safe**4 - 3.0, 0.0)
-    pct = np.percentile(flat, [10, 25, 50, 75, 90], axis=1).T
+    pct = percentiles(flat, [10, 25, 50, 75, 90], axis=1).T
     stats = np.concatenate([mean, std, flat.min(1, keepdims=True), flat.max(1, keepdims=True), pct, skew, kurt], 1)
     return np.concatenate([counts, stats], axis=1)
 
