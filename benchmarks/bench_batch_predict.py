@@ -4,7 +4,8 @@ For each model (cnn-small and resnet18, trained on PneumoniaMNIST, then ``medlen
 that the card holds the temperature and abstention rule chosen on validation, as after ``compare``):
 
 * **network**: the inference table's measure (``bench_train.py`` part b): forward + softmax of a
-  batch of 256 random 28x28 inputs under ``torch.inference_mode``, images/s;
+  batch of 256 random 28x28 inputs under ``torch.inference_mode``, images/s, on the trained network
+  as the registry builds it (channels-last; without the BatchNorm folding of medlens's bundle);
 * **bundle, in memory**: :meth:`Predictor.answer_prepared` on inputs read and preprocessed
   beforehand (untimed), batches of 64: calibration, decision, uncertainty, the out-of-distribution
   guard and the Prediction objects, no files;
@@ -88,13 +89,17 @@ def prepare_run(npz: Path, model: str, work: Path) -> Path:
     return run
 
 
-def network_rate(predictor: Any, repeats: int) -> float:
-    """The inference table's measure on this bundle's network (images/s, median)."""
+def network_rate(predictor: Any, run: Path, repeats: int) -> float:
+    """The inference table's measure on this bundle's trained network as the registry builds it
+    (no BatchNorm folding; channels-last, as the bundle answered up to 4de2f93), images/s, median."""
     import torch
 
     from benchmarks.bench_train import _time_batches
+    from medlens.inference.bundle import build_network
 
-    net = predictor.bundle.net
+    bundle = predictor.bundle
+    net = build_network(bundle.card, run / "models" / bundle.name / bundle.card.weights_file)
+    net.to(memory_format=torch.channels_last)
     x = torch.rand(256, 1, 28, 28)
 
     @torch.inference_mode()
@@ -158,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         run = prepare_run(npz, model, work)
         predictor = Predictor.from_run(run)
         card = predictor.card.to_dict()
-        net = network_rate(predictor, 5)
+        net = network_rate(predictor, Path(run), 5)
         bundle, _ = bundle_rate(predictor, items, max(1, args.repeats // 2))
         contenders = {
             "default workers": [],
@@ -196,7 +201,7 @@ def markdown(rows: list[dict[str, Any]], args, minutes: float) -> str:
     lines = [
         f"{args.images} PneumoniaMNIST 28x28 PNG files (5,856 images and 4,144 mirrored copies), one JSON answer "
         "each into an empty folder; each model trained on PneumoniaMNIST then `medlens evaluate` (temperature and "
-        "abstention chosen on validation). *network*: the inference table's measure on the same network (batch 256, "
+        "abstention chosen on validation). *network*: the inference table's measure on the same trained network, unfolded and channels-last (batch 256, "
         "forward + softmax, random inputs); *bundle*: answers from inputs read and preprocessed beforehand, batches of "
         "64 (calibration, decision, uncertainty, out-of-distribution guard); *predict*: `medlens predict RUN FOLDER "
         f"--out DIR --no-progress` as a fresh process, images over its whole wall time (start-up included); median of "
