@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any
 
 import numpy as np
@@ -63,9 +63,20 @@ class Prediction:
 
     def to_json(self) -> dict[str, Any]:
         """JSON-able summary (the heatmap is served separately as a PNG)."""
-        d = asdict(self)
-        d.pop("heatmap")
+        d = {f.name: _plain(getattr(self, f.name)) for f in fields(self) if f.name != "heatmap"}
         d["has_heatmap"] = self.heatmap is not None
         if not self.measurements:  # a classification's JSON stays as it was
             d.pop("measurements")
         return d
+
+
+def _plain(value: Any) -> Any:
+    """``dataclasses.asdict``'s copy without its deepcopy of every leaf: dataclasses become dicts,
+    dicts, lists and tuples are copied, other values (str, numbers, None) are kept."""
+    if is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in fields(value)}
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_plain(v) for v in value)
+    return value

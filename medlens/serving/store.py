@@ -142,9 +142,14 @@ class StoredPrediction:
 
 
 def _to_u8(a: np.ndarray | None) -> np.ndarray | None:
+    """Floats in [0, 1] as uint8 (NaN 0, beyond the range clipped): four array passes, no temporaries
+    beyond one (np.nan_to_num's several passes held the GIL longest on the request path)."""
     if a is None:
         return None
-    return np.clip(np.round(np.nan_to_num(np.asarray(a, dtype=np.float32)) * 255.0), 0, 255).astype(np.uint8)
+    v = np.multiply(a, 255.0, dtype=np.float32)
+    np.clip(v, 0, 255, out=v)
+    v[np.isnan(v)] = 0
+    return np.round(v, out=v).astype(np.uint8)
 
 
 def _from_u8(a: np.ndarray | None) -> np.ndarray | None:
