@@ -89,17 +89,14 @@ def prepare_run(npz: Path, model: str, work: Path) -> Path:
     return run
 
 
-def network_rate(predictor: Any, run: Path, repeats: int) -> float:
+def network_rate(predictor: Any, repeats: int) -> float:
     """The inference table's measure on this bundle's trained network as the registry builds it
     (no BatchNorm folding; channels-last, as the bundle answered up to 4de2f93), images/s, median."""
     import torch
 
     from benchmarks.bench_train import _time_batches
-    from medlens.inference.bundle import build_network
 
-    bundle = predictor.bundle
-    net = build_network(bundle.card, run / "models" / bundle.name / bundle.card.weights_file)
-    net.to(memory_format=torch.channels_last)
+    net = predictor.bundle.trained_network().to(memory_format=torch.channels_last)
     x = torch.rand(256, 1, 28, 28)
 
     @torch.inference_mode()
@@ -163,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         run = prepare_run(npz, model, work)
         predictor = Predictor.from_run(run)
         card = predictor.card.to_dict()
-        net = network_rate(predictor, Path(run), 5)
+        net = network_rate(predictor, 5)
         bundle, _ = bundle_rate(predictor, items, max(1, args.repeats // 2))
         contenders = {
             "default workers": [],

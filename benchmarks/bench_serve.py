@@ -51,11 +51,10 @@ def baseline_app(run_dir: str, model: str | None):
     from fastapi import FastAPI
     from PIL import Image
 
-    from medlens.inference.bundle import Bundle, build_network
+    from medlens.inference.bundle import Bundle
 
     bundle = Bundle.load(run_dir, model)  # verified like the service's; its network as trained, plain torch:
-    weights = Path(run_dir) / "models" / bundle.name / bundle.card.weights_file
-    net = build_network(bundle.card, weights)  # no BatchNorm folding (medlens's inference rewrite), channels-last
+    net = bundle.trained_network()  # no BatchNorm folding (medlens's inference rewrite), channels-last
     net.to(memory_format=torch.channels_last)
     size = int(bundle.card.img_size)
     classes = bundle.class_names

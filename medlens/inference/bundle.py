@@ -71,6 +71,7 @@ class Bundle:
         net: Any = None,
         estimator: Any = None,
         weights_sha256: str = "",
+        weights: Path | None = None,
         uncertainty: str | None = None,
         guard: Guard | None = None,
     ):
@@ -82,6 +83,7 @@ class Bundle:
         self.net = net
         self.estimator = estimator
         self.weights_sha256 = weights_sha256
+        self.weights = weights  # the weights file it was loaded from (None: built in memory by training)
         self.abstention = _abstention_rule(card, uncertainty)
         self._mc = None
         segmenter = card.task == "segmentation"
@@ -96,6 +98,13 @@ class Bundle:
                 net.to(memory_format=torch.channels_last)
             if not segmenter and unc.needs_samples(self.abstention.method) and unc.has_dropout(net):
                 self._mc = unc.MCDropout(net, self._example_input())
+
+    def trained_network(self) -> Any:
+        """A new copy of the network as trained (the registry's build with the weights file; no
+        BatchNorm folding, default memory format): what plain PyTorch code would run."""
+        if self.net is None or self.weights is None:
+            raise MedlensError(f"{self.name}: no network weights file to build the trained network from")
+        return build_network(self.card, self.weights)
 
     # -- loading ---------------------------------------------------------------------------------
     @classmethod
@@ -118,7 +127,7 @@ class Bundle:
             raise MedlensError(f"{card.kind} model without its weights file {card.weights_file}", model_dir.root)
         sha = read_json(run.manifest)["files"][weights.relative_to(run.root).as_posix()]["sha256"]
         guard = Guard.load(model_dir.root, card.ood, modality=card.modality) if card.ood else None
-        common = {"name": name, "weights_sha256": sha, "uncertainty": uncertainty, "guard": guard}
+        common = {"name": name, "weights_sha256": sha, "weights": weights, "uncertainty": uncertainty, "guard": guard}
         if card.kind == "deep":
             return cls(card, net=inference_network(card, weights), **common)
         from medlens.models.classical.persistence import load_estimator

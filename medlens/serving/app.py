@@ -539,10 +539,8 @@ def create_app(settings: ServeSettings, *, predictor=None) -> FastAPI:
             filename = printable(upload.filename or "upload")
             explain = explain or _truthy(form.get("explain", ""))
             await form.close()
-            return AnswerResponse(
-                await run_in_threadpool(service.predict_bytes, data, filename, explain, key_id, client)
-            )
-        if ctype.startswith("application/json"):
+            work: tuple = (service.predict_bytes, data, filename, explain, key_id, client)
+        elif ctype.startswith("application/json"):
             raw = await request.body()
             if len(raw) > JSON_LIMIT:
                 raise ApiError(413, "too_large", f"a JSON request is at most {JSON_LIMIT // 1024} KB")
@@ -566,21 +564,19 @@ def create_app(settings: ServeSettings, *, predictor=None) -> FastAPI:
             ):
                 raise ApiError(422, "bad_request", "'series_instance_uid' must be a DICOM UID")
             explain = explain or bool(body.get("explain"))
-            return AnswerResponse(
-                await run_in_threadpool(service.predict_study, uid.strip(), series, explain, key_id, client)
-            )
-        if ctype.startswith(RAW_TYPES) or not ctype:
+            work = (service.predict_study, uid.strip(), series, explain, key_id, client)
+        elif ctype.startswith(RAW_TYPES) or not ctype:
             data = await request.body()
             filename = printable(request.headers.get("x-filename", "upload"))
-            return AnswerResponse(
-                await run_in_threadpool(service.predict_bytes, data, filename, explain, key_id, client)
+            work = (service.predict_bytes, data, filename, explain, key_id, client)
+        else:
+            raise ApiError(
+                415,
+                "unsupported_media",
+                f"unsupported Content-Type '{printable(ctype.split(';')[0], 100)}': send multipart/form-data, "
+                "application/json (PACS study) or the image bytes",
             )
-        raise ApiError(
-            415,
-            "unsupported_media",
-            f"unsupported Content-Type '{printable(ctype.split(';')[0], 100)}': send multipart/form-data, "
-            "application/json (PACS study) or the image bytes",
-        )
+        return AnswerResponse(await run_in_threadpool(*work))
 
     @app.get("/v1/predictions", tags=["predictions"], summary="Recent predictions, newest first")
     def recent(limit: int = 20):

@@ -9,20 +9,16 @@ import torch
 from torch import nn
 
 from medlens.inference import bundle as bundle_module
-from medlens.inference.bundle import Bundle, build_network
+from medlens.inference.bundle import Bundle
 
 
 def _batchnorms(net: nn.Module) -> int:
     return sum(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in net.modules())
 
 
-def _trained(run, b: Bundle) -> nn.Module:
-    return build_network(b.card, run / "models" / b.name / b.card.weights_file)
-
-
 def test_loaded_bundle_folds_batchnorm_and_answers_as_the_trained_network(tiny_run):
     b = Bundle.load(tiny_run)
-    trained = _trained(tiny_run, b)
+    trained = b.trained_network()
     assert _batchnorms(trained) == 4 and _batchnorms(b.net) == 0
     x = np.random.default_rng(0).random((3, b.card.in_channels, 32, 32)).astype(np.float32)
     with torch.no_grad():
@@ -36,3 +32,12 @@ def test_a_fold_outside_the_tolerance_is_not_used(tiny_run, monkeypatch, caplog)
         b = Bundle.load(tiny_run)
     assert _batchnorms(b.net) == 4
     assert "unfolded network" in caplog.text
+
+
+def test_trained_network_needs_a_network_weights_file(tiny_classical_run):
+    import pytest
+
+    from medlens.errors import MedlensError
+
+    with pytest.raises(MedlensError, match="no network weights file"):
+        Bundle.load(tiny_classical_run).trained_network()
