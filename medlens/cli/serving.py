@@ -464,7 +464,7 @@ def _start_dicom_node(
         host=settings.host,
         port=port,
         allowed_calling_aets=set(allow) if allow else None,
-        analyze=lambda datasets: service.predictor.predict_dicom(datasets, explain=True),
+        analyze=lambda datasets: service.network.run(service.predictor.predict_dicom, datasets, explain=True),
         pacs=target,
         storage_dir=storage,
         audit=service.audit,

@@ -42,7 +42,7 @@ import logging
 import os
 import secrets
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
@@ -114,8 +114,18 @@ class Service:
             log.warning(
                 "no pseudonym key set ($%s): hashed identifiers cannot be linked across restarts", PSEUDONYM_KEY_ENV
             )
-        self.predictor = predictor or Predictor.from_run(
-            settings.run_dir, settings.model, uncertainty=settings.uncertainty, pseudonym_key=self.key
+        # The network thread: every torch call of the service runs on it (loading, preprocessing,
+        # forward passes, heatmaps), so that torch keeps one OpenMP team (see medlens.serving.batching);
+        # concurrent predictions without heatmap share one pass of the network.
+        self.network = GreedyBatcher(
+            self._answer, max_batch=settings.max_batch, own_thread=True, name="medlens-network"
+        )
+        self.predictor = predictor or self.network.run(
+            Predictor.from_run,
+            settings.run_dir,
+            settings.model,
+            uncertainty=settings.uncertainty,
+            pseudonym_key=self.key,
         )
         self.audit = AuditLog(settings.resolved_audit_url())
         self.store = PredictionStore(
@@ -123,8 +133,6 @@ class Service:
         )
         # one commit at a time: concurrent rows share a durable commit, and SQLite sees one writer at a time
         self.audit_writer = GreedyBatcher(self._commit_audit_rows, max_batch=AUDIT_GROUP)
-        # one network thread: concurrent predictions (no heatmap) share one pass of the network
-        self.answerer = GreedyBatcher(self.predictor.answer, max_batch=settings.max_batch, own_thread=True)
         self.pacs = DicomWebPacs(settings.pacs_url, timeout=settings.pacs_timeout) if settings.pacs_url else None
 
     # -- predicting ---------------------------------------------------------------------------------
@@ -134,11 +142,7 @@ class Service:
         if not data:
             raise ApiError(400, "empty", "the upload is empty", file=filename)
         try:
-            prepared = self.predictor.prepare_bytes(data, filename)
-            if explain or self.predictor.card.task == "segmentation":
-                result = self.predictor.answer([prepared], explain=explain)[0]
-            else:
-                result = self.answerer(prepared)
+            result = self.network((self.predictor.read_bytes(data, filename), explain))
         except UnsupportedMediaError as e:
             raise ApiError(415, "unsupported_media", printable(e.problem, None), file=filename) from None
         except MedlensError as e:
@@ -161,7 +165,7 @@ class Service:
         if not datasets:
             raise ApiError(422, "no_images", "the study holds no image instances")
         try:
-            result = self.predictor.predict_dicom(datasets, explain=explain)
+            result = self.network.run(self.predictor.predict_dicom, datasets, explain=explain)
         except MedlensError as e:
             raise ApiError(422, "bad_input", e.problem) from None
         except Exception as e:  # noqa: BLE001 - as for uploads: unreadable content is a 4xx
@@ -197,7 +201,7 @@ class Service:
         display, heat = result.heatmap_slice()
         answer = None
         try:
-            mask = _stored_mask(result)
+            mask = self.network.run(_stored_mask, result) if result.mask is not None else None
             if mask is not None and mask.slices is not None:
                 display = mask.slices[mask.shown]  # image.png: the slice the page shows first
             answer = self.store.put(pred, display, result.sources, heatmap=heat, mask=mask).summary()
@@ -215,13 +219,23 @@ class Service:
         )
         return _with_links(answer or pred.to_json())
 
+    def _answer(self, requests: Sequence[tuple[Any, bool]]) -> list:
+        """On the network thread: (input as read, explain) -> its answer. Inputs are checked and
+        preprocessed here; those without heatmap are answered in one pass, each heatmap alone."""
+        prepared = [self.predictor.prepare(inp) for inp, _ in requests]
+        plain = iter(self.predictor.answer([p for p, (_, explain) in zip(prepared, requests) if not explain]))
+        return [
+            self.predictor.answer([p], explain=True)[0] if explain else next(plain)
+            for p, (_, explain) in zip(prepared, requests)
+        ]
+
     def _commit_audit_rows(self, rows: list[dict]) -> list[None]:
         self.audit.record_many(list(rows))
         return [None] * len(rows)
 
     def close(self) -> None:
         """Finish queued work and stop the batch threads (the app's shutdown)."""
-        self.answerer.close()
+        self.network.close()
         self.audit_writer.close()
         self.store.close()
 

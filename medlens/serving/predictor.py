@@ -239,7 +239,11 @@ class Predictor:
         return self.answer([self.prepare_bytes(data, filename)], explain=explain)[0]
 
     def prepare_bytes(self, data: bytes, filename: str) -> _Prepared:
-        """Uploaded bytes read, checked and preprocessed (what :meth:`answer` takes); see :meth:`predict_bytes`.
+        """Uploaded bytes read, checked and preprocessed (what :meth:`answer` takes); see :meth:`predict_bytes`."""
+        return self.prepare(self.read_bytes(data, filename))
+
+    def read_bytes(self, data: bytes, filename: str) -> _Input:
+        """Uploaded bytes read (no torch; :meth:`prepare` is the next step); see :meth:`predict_bytes`.
 
         Rasters (PNG, JPEG, TIFF) are decoded from memory; DICOM and NIfTI go through a temporary file."""
         suffix = sniff_suffix(data)
@@ -250,20 +254,18 @@ class Predictor:
 
             image = read_raster_bytes(data, filename)
             digest = hashlib.sha256(data).hexdigest()
-            return self._prepare(self._image_input(image, digest, filename, fallback_format=suffix.lstrip(".")))
+            return self._image_input(image, digest, filename, fallback_format=suffix.lstrip("."))
         with tempfile.TemporaryDirectory(prefix="medlens-upload-") as tmp:
             path = Path(tmp) / f"upload{suffix}"
             path.write_bytes(data)
             try:
                 if suffix == ".dcm":
-                    inp = self._read_dicom_files([path], name=filename, in_memory=True)
-                else:
-                    inp = self._read_path(path, name=filename)
+                    return self._read_dicom_files([path], name=filename, in_memory=True)
+                return self._read_path(path, name=filename)
             except MedlensError as e:
                 if e.path is None or not e.path.startswith(tmp):
                     raise
                 raise type(e)(e.problem, filename) from None  # name the upload, not the temporary file
-        return self._prepare(inp)
 
     def predict_dicom(self, datasets: Sequence[pydicom.Dataset], *, explain: bool = True) -> PredictionResult:
         """Predict for the datasets of one DICOM series (e.g. received by the DICOM node)."""
@@ -387,9 +389,9 @@ class Predictor:
 
     # -- the answer -------------------------------------------------------------------------------
     def _predict(self, inp: _Input, *, explain: bool) -> PredictionResult:
-        return self.answer([self._prepare(inp)], explain=explain)[0]
+        return self.answer([self.prepare(inp)], explain=explain)[0]
 
-    def _prepare(self, inp: _Input) -> _Prepared:
+    def prepare(self, inp: _Input) -> _Prepared:
         """Checks and preprocessing of one input; raises a one-line error naming it."""
         arr = self.check_input(inp.array, inp.source.modality, inp.name)
         return _Prepared(inp, arr, self.bundle.preprocess(arr, name=inp.name))
@@ -451,7 +453,7 @@ class Predictor:
             ready: list[tuple[InputItem, _Prepared]] = []
             for item in chunk:
                 try:
-                    ready.append((item, self._prepare(self.read_item(item))))
+                    ready.append((item, self.prepare(self.read_item(item))))
                 except Exception as e:  # noqa: BLE001 - one input's failure is its own answer
                     yield item, e
             yield from self.answer_prepared(ready, explain=explain)
@@ -482,7 +484,7 @@ class Predictor:
 
     def prepare_item(self, item: InputItem) -> _Prepared:
         """One item read, checked and preprocessed (what :meth:`answer_prepared` takes)."""
-        return self._prepare(self.read_item(item))
+        return self.prepare(self.read_item(item))
 
     def _segment(self, inp: _Input, arr: np.ndarray, x: np.ndarray) -> PredictionResult:
         """A segmentation's answer: class probabilities (mapped onto the source's grid, linearly,

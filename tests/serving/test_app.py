@@ -370,3 +370,36 @@ def test_prediction_for_a_pacs_study(tiny_run, tmp_path, predictor, fake_dicomwe
         assert c.get(f"/v1/predictions/{p['id']}/sr").status_code == 200
         r = c.post("/v1/predictions", json={"study_instance_uid": "1.2.3.999"})
         assert r.status_code == 404 and r.json()["error"] == "not_in_pacs"
+
+
+def test_every_torch_call_of_the_service_runs_on_its_network_thread(tiny_run, tmp_path, serving_inputs, monkeypatch):
+    """Loading, preprocessing, forward passes and heatmaps all run on one thread: each thread that
+    enters a torch parallel region gets its own OpenMP team, and two teams slow every pass."""
+    import torch
+
+    threads: list[str] = []
+    module_call, interpolate = torch.nn.Module.__call__, torch.nn.functional.interpolate
+
+    def call_spy(self, *a, **k):
+        threads.append(threading.current_thread().name)
+        return module_call(self, *a, **k)
+
+    def interpolate_spy(*a, **k):
+        threads.append(threading.current_thread().name)
+        return interpolate(*a, **k)
+
+    monkeypatch.setattr(torch.nn.Module, "__call__", call_spy)
+    monkeypatch.setattr(torch.nn.functional, "interpolate", interpolate_spy)
+    settings = ServeSettings(
+        run_dir=tiny_run, audit_url=str(tmp_path / "audit.sqlite"), store_dir=tmp_path / "store", pseudonym_key=KEY
+    )
+    with TestClient(create_app(settings)) as client:  # the model is loaded by the service itself
+        loaded = len(threads)
+        for path, explain in (
+            (serving_inputs["png"], False),
+            (serving_inputs["png"], True),
+            (serving_inputs["dicom"], False),
+        ):
+            assert upload(client, path, explain=explain).status_code == 200
+    assert loaded > 0 and len(threads) > loaded  # the spies saw the load and the predictions
+    assert set(threads) == {"medlens-network"}

@@ -104,3 +104,36 @@ def test_a_failing_item_fails_alone(own_thread):
     batcher.close()
     with pytest.raises(RuntimeError, match="closed"):
         batcher("a")
+
+
+def test_run_executes_a_function_alone_on_the_own_thread_between_batches():
+    gate, seen = threading.Event(), []
+
+    def run(items):
+        gate.wait(5)
+        seen.append(("batch", list(items), threading.get_ident()))
+        return items
+
+    batcher = GreedyBatcher(run, max_batch=8, own_thread=True)
+    with ThreadPoolExecutor(4) as pool:
+        first = pool.submit(batcher, 1)
+        time.sleep(0.2)  # the first batch holds the thread; 2, the task and 3 queue behind it, in that order
+        second = pool.submit(batcher, 2)
+        time.sleep(0.1)
+        task = pool.submit(batcher.run, lambda a, b=0: ("task", a + b, threading.get_ident()), 40, b=2)
+        time.sleep(0.1)
+        third = pool.submit(batcher, 3)
+        time.sleep(0.1)
+        gate.set()
+        assert [f.result(timeout=10) for f in (first, second, third)] == [1, 2, 3]
+        name, value, task_thread = task.result(timeout=10)
+    assert (name, value) == ("task", 42)
+    assert [items for _, items, _ in seen] == [[1], [2], [3]]  # the task split the queue: 2 and 3 never shared
+    assert {t for *_, t in seen} == {task_thread}  # one thread ran the batches and the task
+
+    with pytest.raises(ZeroDivisionError):
+        batcher.run(lambda: 1 / 0)
+    assert batcher(4) == 4  # a failing task leaves the thread working
+    batcher.close()
+    with pytest.raises(RuntimeError, match="own thread"):
+        GreedyBatcher(run).run(print)

@@ -112,8 +112,11 @@ class FakeSegmenter:
         )
         self.bundle = SimpleNamespace(abstention=SimpleNamespace(method="none"))
 
-    def prepare_bytes(self, data, filename):
+    def read_bytes(self, data, filename):
         return data
+
+    def prepare(self, inp):
+        return inp
 
     def answer(self, batch, *, explain=False):
         return [segment(self.series) for _ in batch]
