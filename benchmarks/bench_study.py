@@ -585,6 +585,79 @@ def _aligned_mean(good: dict, split: str) -> tuple[list[str], np.ndarray, np.nda
     return ids, y, np.mean(rows, axis=0)
 
 
+def ensembles_table(res: dict[str, Any], args) -> list[str]:
+    """The ensembles of the evaluation (:mod:`medlens.study.ensembles`: mean of the deep members,
+    mean of all, logistic-regression stacking fitted on validation) over the members: each deep
+    recipe's ensemble of seeds (or its one seed) and each classical model. Test AUC / ACC (0.5
+    rule) with CIs as in the table above; the DeLong test against each member, Holm-adjusted."""
+    from medlens.study import comparison as C
+    from medlens.study.ensembles import ensembles_section
+
+    task, n_res = res["task"], 200 if args.quick else 1000
+    preds, kinds = {}, {}
+    for label, r in res["results"].items():
+        good = {s: e for s, e in r["seeds"].items() if "probs" in e}
+        if not good or r["kind"] not in ("deep", "classical"):
+            continue
+        if len(good) == 1:
+            e = next(iter(good.values()))
+            preds[label] = (e["val"], (e["ids"], e["y"], e["probs"]))
+        else:
+            preds[label] = (_aligned_mean(good, "val"), _aligned_mean(good, "test"))
+        kinds[label] = r["kind"]
+    names = sorted(preds, key=lambda n: (kinds[n] != "classical", n))
+    if len(names) < 2:
+        return []
+    k = preds[names[0]][1][2].shape[1]
+    class_names = [str(i) for i in range(k)]
+    models = {}
+    for n in names:
+        (_, y_val, p_val), (_, y, p) = preds[n]
+        models[n] = C.model_statistics(
+            task=task, class_names=class_names, y_val=y_val, p_val=p_val, y_eval=y, p_eval=p, n_resamples=n_res
+        )
+    ens, aligned = ensembles_section(
+        names,
+        kinds,
+        preds,
+        models,
+        task=task,
+        class_names=class_names,
+        split="test",
+        n_resamples=n_res,
+        seed=0,
+        target_risk=C.DEFAULT_TARGET_RISK,
+    )
+    if not ens:
+        return []
+    tests = ens["pairwise"]["tests"]
+    lines = [
+        "",
+        "Ensembles over the rows above (`medlens.study.ensembles`, as `medlens evaluate` builds them): members are "
+        "each deep recipe's ensemble of seeds (or its one seed) and each classical model; *mean-deep* / "
+        "*mean-all*: mean probability; *stack-all*: logistic regression on the members' log-odds fitted on the "
+        "validation predictions only (test labels never seen). AUC and ACC (0.5 rule) with 95% CIs; AUC "
+        "difference to each member with the DeLong p, Holm-adjusted over these tests.",
+        "",
+        "| ensemble | members | test AUC [95% CI] | test ACC [95% CI] | AUC − member (Holm p) |",
+        "|---|---|---:|---:|---|",
+    ]
+    for name in ens["order"]:
+        _, y, p = aligned[name][1]
+        m = ci_metrics(y, p, task, n_res)
+        versus = []
+        for member in ens["models"][name]["members"]:
+            t = next((t for t in tests if (t["a"], t["b"], t["metric"]) == (name, member, "auc")), {})
+            versus.append(
+                f"{member} {t['diff']:+.3f} ({t['p_holm']:.2g})" if t.get("p_holm") is not None else f"{member} n/a"
+            )
+        members = ", ".join(ens["models"][name]["members"])
+        lines.append(f"| {name} | {members} | {fmt_ci(m, 'auc')} | {fmt_ci(m, 'acc')} | {'; '.join(versus)} |")
+    for sk in ens["skipped"]:
+        lines.append(f"\n{sk['name']} not built: {sk['reason']}.")
+    return lines
+
+
 def _ensemble_acc_thr(good: dict) -> float | None:
     """Ensemble accuracy at a threshold chosen on the ensemble's validation probabilities."""
     from medlens.evaluation.metrics import accuracy_at_threshold
@@ -619,6 +692,7 @@ def markdown(ds: str, res: dict[str, Any], recipes, seeds: list[int], args, elap
         "validation (ensemble: sum).",
         "",
         table,
+        *ensembles_table(res, args),
     ]
     if res["dedup"] is not None:
         d = res["dedup"]

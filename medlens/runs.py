@@ -94,6 +94,14 @@ class RunDir:
     def model(self, name: str) -> "ModelDir":
         return ModelDir(self.models_dir / name)
 
+    @property
+    def ensembles_dir(self) -> Path:
+        """ensembles/: per ensemble of the evaluation, its decisions (no weights, no card: never served)."""
+        return self.root / "ensembles"
+
+    def ensemble(self, name: str) -> "ModelDir":
+        return ModelDir(self.ensembles_dir / name)
+
     def model_names(self) -> list[str]:
         if not self.models_dir.is_dir():
             return []

@@ -225,6 +225,7 @@ def print_summary(run_dir: Path | str) -> None:
                 t["a"], t["b"], t["metric"], method, _num(t.get("diff"), 3), _p(t.get("p_value")), _p(p_holm) + mark
             )
         console.print(pt)
+    _print_ensembles(comparison)
     from medlens.study.subgroups import gap_lines
 
     for line in gap_lines(comparison):
@@ -232,6 +233,45 @@ def print_summary(run_dir: Path | str) -> None:
     console.print(f"comparison: {run.comparison}", soft_wrap=True, highlight=False)
     if run.report.is_file():
         console.print(f"report: {run.report}", soft_wrap=True, highlight=False)
+
+
+def _print_ensembles(comparison: dict) -> None:
+    """The ensembles (comparison entries, never served): AUC and ACC with CIs, and the AUC test
+    against the member with the highest AUC."""
+    from rich.table import Table
+
+    ens = comparison.get("ensembles") or {}
+    if not ens.get("models"):
+        return
+    split = comparison.get("split", "test")
+    table = Table(title="ensembles (compared, never served; stacking fitted on validation)")
+    for col in ("ensemble", "members", "AUC [95% CI]", "ACC [95% CI]", "vs best member (AUC)", "p Holm"):
+        table.add_column(col, justify="left" if col in ("ensemble", "members") else "right")
+    tests = (ens.get("pairwise") or {}).get("tests") or []
+    for name in ens.get("order") or list(ens["models"]):
+        e = ens["models"][name]
+        m = (e.get("metrics") or {}).get(split) or {}
+        row: dict = {}
+        for k in ("auc", "acc"):
+            ci = m.get(k) or {}
+            row[k], row[f"{k}_low"], row[f"{k}_high"] = ci.get("value"), ci.get("low"), ci.get("high")
+        best = max(e["members"], key=lambda n: _auc(comparison, n, split) or -1.0)
+        t = next((t for t in tests if t["a"] == name and t["b"] == best and t["metric"] == "auc"), {})
+        mark = " *" if t.get("significant") else ""
+        table.add_row(
+            name,
+            ", ".join(e["members"]),
+            _ci(row, "auc"),
+            _ci(row, "acc"),
+            f"{_num(t.get('diff'), 3)} vs {best}",
+            _p(t.get("p_holm")) + mark,
+        )
+    console.print(table)
+
+
+def _auc(comparison: dict, model: str, split: str) -> float | None:
+    metrics = ((comparison["models"].get(model) or {}).get("metrics") or {}).get(split) or {}
+    return (metrics.get("auc") or {}).get("value")
 
 
 SEG_HEADERS = {"dice": "Dice", "hd95": "HD95 mm", "nsd": "NSD"}

@@ -22,6 +22,7 @@ from typing import Any
 
 from medlens.errors import MedlensError
 from medlens.reporting import sections
+from medlens.reporting.ensembles import SECTION as ENSEMBLES_SECTION
 from medlens.reporting.external import SECTION as EXTERNAL_SECTION
 from medlens.reporting.segmentation import SECTION as SEGMENTATION_SECTION
 from medlens.reporting.shortcuts import SECTION as SHORTCUTS_SECTION
@@ -81,7 +82,7 @@ def build_report(
     context = sections.report_context(
         arts,
         task_sections={"segmentation": SEGMENTATION_SECTION},
-        optional_sections=[SUBGROUPS_SECTION, EXTERNAL_SECTION, SHORTCUTS_SECTION],
+        optional_sections=[ENSEMBLES_SECTION, SUBGROUPS_SECTION, EXTERNAL_SECTION, SHORTCUTS_SECTION],
     )
     context["generated"] = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     page = render(context)

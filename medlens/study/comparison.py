@@ -374,8 +374,10 @@ def pairwise_tests(
     n_resamples: int = 1000,
     seed: int = 0,
     alpha: float = ALPHA,
+    pairs: Sequence[tuple[str, str]] | None = None,
 ) -> dict[str, Any]:
-    """AUC and accuracy tests between every pair of models on the same cases, Holm-adjusted.
+    """AUC and accuracy tests between every pair of models (or the given ``pairs``) on the same
+    cases, Holm-adjusted.
 
     AUC: DeLong for binary tasks, else a paired bootstrap of the macro AUC. Accuracy: McNemar on
     the models' hard decisions (multi-label: a case is right when every label is). Holm's
@@ -385,7 +387,7 @@ def pairwise_tests(
 
     y = np.asarray(y)
     tests: list[dict[str, Any]] = []
-    for a, b in itertools.combinations(names, 2):
+    for a, b in itertools.combinations(names, 2) if pairs is None else pairs:
         if task == "binary":
             try:
                 r = delong_test(y, probs[a], probs[b], alpha=alpha)

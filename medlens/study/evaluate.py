@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import csv
 import io
+import shutil
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -144,6 +145,21 @@ def evaluate(
         models[name] = entry
 
     pairwise = _pairwise(names, preds, models, task, split, n_resamples, seed)
+    from medlens.study.ensembles import ensembles_section
+
+    ensembles, ensemble_preds = ensembles_section(
+        names,
+        {n: infos[n].get("kind") for n in names},
+        preds,
+        models,
+        task=task,
+        class_names=list(infos[names[0]]["class_names"]),
+        split=split,
+        n_resamples=n_resamples,
+        seed=seed,
+        target_risk=target_risk,
+        log=say,
+    )
     from medlens.study.shortcuts import leak_checks
 
     leaks = leak_checks(  # splitting (leaked splits) and shortcuts, from the source's attributes
@@ -179,10 +195,15 @@ def evaluate(
     written: list[Path] = [run.comparison, *(run.root / g["file"] for g in gallery), *subgroup_figures]
     for name in names:
         model_dir = run.model(name)
-        written += _write_decisions(model_dir, cards[name], preds[name], models[name], split)
+        written += write_decisions(model_dir, task, cards[name].class_names, preds[name], models[name], split)
         write_card(model_dir.info, _calibrated_card(cards[name], models[name]))
         written.append(model_dir.info)
-    for entry in models.values():
+    shutil.rmtree(run.ensembles_dir, ignore_errors=True)  # this stage's folder: no ensemble of an earlier run stays
+    for name, entry in (ensembles or {}).get("models", {}).items():
+        written += write_decisions(
+            run.ensemble(name), task, infos[names[0]]["class_names"], ensemble_preds[name], entry, split
+        )
+    for entry in [*models.values(), *(ensembles or {}).get("models", {}).values()]:
         entry.pop("_calibrated", None)
         entry.pop("_calibrated_val", None)
 
@@ -207,6 +228,7 @@ def evaluate(
             "by_metric": C.best_by_metric(models, split),
         },
         "pairwise": pairwise,
+        **({"ensembles": ensembles} if ensembles else {}),
         "localization": localization,
         "figures": {"dir": run.figures.name, "gradcam_gallery": gallery},
     }
@@ -220,7 +242,7 @@ def evaluate(
     say(f"wrote {run.comparison}")
     from medlens.manifest import record_files
 
-    record_files(run.root, written, "evaluate")
+    record_files(run.root, written, "evaluate", forget="ensembles/")
     if report:
         from medlens.study.report_writer import write_report
 
@@ -325,7 +347,9 @@ def _calibrated_card(card: Any, entry: dict[str, Any]) -> Any:
     return card.with_update("evaluate", **fields)
 
 
-def _write_decisions(model_dir: ModelDir, card: Any, preds: tuple, entry: dict[str, Any], split: str) -> list[Path]:
+def write_decisions(
+    model_dir: ModelDir, task: str, class_names: Sequence[str], preds: tuple, entry: dict[str, Any], split: str
+) -> list[Path]:
     """decisions_{val,SPLIT}.csv: per case the calibrated probabilities and the decision that the
     metrics counted (the threshold rule of the bundle, with this stage's threshold)."""
     threshold = entry["decision_threshold"]
@@ -334,10 +358,10 @@ def _write_decisions(model_dir: ModelDir, card: Any, preds: tuple, entry: dict[s
         ("val", preds[0], entry["_calibrated_val"]),
         (split, preds[1], entry["_calibrated"]),
     ):
-        decided = C.decisions(calibrated, card.task, threshold)
+        decided = C.decisions(calibrated, task, threshold)
         buf = io.StringIO()
         writer = csv.writer(buf, lineterminator="\n")
-        writer.writerow(["id", "label", *[f"prob_{c}" for c in card.class_names], "decision"])
+        writer.writerow(["id", "label", *[f"prob_{c}" for c in class_names], "decision"])
         for i, label, p, d in zip(ids, y, calibrated, decided):
             label_text = ";".join(str(int(v)) for v in np.ravel(label))
             decision = ";".join(str(int(v)) for v in np.ravel(d))

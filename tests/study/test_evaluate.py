@@ -46,14 +46,15 @@ def test_evaluate_reruns_from_artifacts_identically(tiny_run):
     assert verify_manifest(run.root) == []  # model.json changed, the manifest followed
 
 
-def _write_model(run: RunDir, name: str, val: tuple, test: tuple) -> None:
+def write_model(run: RunDir, name: str, val: tuple, test: tuple, kind: str = "classical") -> None:
+    """A binary model's card and predictions_{val,test}.csv, without training (ids, labels, p(pos))."""
     d = run.model(name).create()
     write_json(
         d.info,
         {
             "name": name,
             "model": name,
-            "kind": "classical",
+            "kind": kind,
             "task": "binary",
             "dims": 2,
             "class_names": ["neg", "pos"],
@@ -94,8 +95,8 @@ def test_temperature_and_thresholds_come_from_validation(tmp_path):
     run = RunDir(tmp_path / "run").create()
     val = _cases(rng, 300, confidence=0.97, accuracy=0.75, prefix="v")
     test = _cases(rng, 300, confidence=0.6, accuracy=0.9, prefix="t")
-    _write_model(run, "a", val, test)
-    _write_model(run, "b", val, _cases(rng, 300, confidence=0.7, accuracy=0.8, prefix="t"))
+    write_model(run, "a", val, test)
+    write_model(run, "b", val, _cases(rng, 300, confidence=0.7, accuracy=0.8, prefix="t"))
     record_files(run.root, artifact_files(run.root), "test")
 
     c = evaluate(run.root, n_resamples=200, seed=0, report=False)
@@ -128,7 +129,7 @@ def test_a_model_that_calls_every_case_one_class_is_warned(tmp_path):
     val = _cases(rng, 200, confidence=0.9, accuracy=0.85, prefix="v")
     n = 120
     test = ([f"t{i}" for i in range(n)], rng.integers(0, 2, n), 0.95 + rng.uniform(0, 0.04, n))  # all "pos"
-    _write_model(run, "a", val, test)
+    write_model(run, "a", val, test)
     record_files(run.root, artifact_files(run.root), "test")
     c = evaluate(run.root, n_resamples=200, seed=0, report=False)
     warnings = c["models"]["a"]["warnings"]
