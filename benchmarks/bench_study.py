@@ -422,9 +422,9 @@ def summarize(ds: str, res: dict[str, Any], args) -> tuple[str, list[str]]:
         "| model | seed | test AUC [95% CI] | test ACC [95% CI] |"
         + (" ACC@thr (val) |" if binary else "")
         + (" ACC, exact duplicates removed [95% CI] | ACC, exact + near removed [95% CI] |" if dedup_cols else "")
-        + " fit s |"
+        + " val AUC | fit s |"
     )
-    sep = "|---|---|---:|---:|" + ("---:|" if binary else "") + ("---:|---:|" if dedup_cols else "") + "---:|"
+    sep = "|---|---|---:|---:|" + ("---:|" if binary else "") + ("---:|---:|" if dedup_cols else "") + "---:|---:|"
     lines = [head, sep]
     achieved: dict[str, list[float]] = {"auc": [], "acc": []}
     best_deep: dict[str, float] = {}
@@ -437,7 +437,7 @@ def summarize(ds: str, res: dict[str, Any], args) -> tuple[str, list[str]]:
                     f"| {label} | {s} | failed: {e['error'][:90]} | |"
                     + (" |" if binary else "")
                     + (" | |" if dedup_cols else "")
-                    + " |"
+                    + " | |"
                 )
                 continue
             m = ci_metrics(e["y"], e["probs"], task, n_res)
@@ -453,7 +453,7 @@ def summarize(ds: str, res: dict[str, Any], args) -> tuple[str, list[str]]:
                     e["y"], e["probs"], task, n_res, np.array([i not in dedup["any"] for i in e["ids"]])
                 )
                 row += f" {fmt_ci(e['m_exact'], 'acc')} | {fmt_ci(e['m_dedup'], 'acc')} |"
-            lines.append(row + f" {e['fit_s']:.0f} |")
+            lines.append(row + f" {f3(_val_auc(e['val'], task))} | {e['fit_s']:.0f} |")
         if len(good) > 1:
             aucs = [e["m"]["auc"]["value"] for e in good.values() if "auc" in e.get("m", {})]
             accs = [e["m"]["acc"]["value"] for e in good.values() if "acc" in e.get("m", {})]
@@ -464,7 +464,8 @@ def summarize(ds: str, res: dict[str, Any], args) -> tuple[str, list[str]]:
             if dedup_cols:
                 for key in ("m_exact", "m_dedup"):
                     row += f" {mean_sd([e[key]['acc']['value'] for e in good.values() if 'acc' in e.get(key, {})])} |"
-            lines.append(row + f" {statistics.mean(e['fit_s'] for e in good.values()):.0f} |")
+            val_aucs = [_val_auc(e["val"], task) for e in good.values()]
+            lines.append(row + f" {mean_sd(val_aucs)} | {statistics.mean(e['fit_s'] for e in good.values()):.0f} |")
             ids, y, p = _aligned_mean(good, "test")
             if len(ids) >= 10:
                 m = ci_metrics(y, p, task, n_res)
@@ -476,7 +477,8 @@ def summarize(ds: str, res: dict[str, Any], args) -> tuple[str, list[str]]:
                     for dup in (dedup["exact"], dedup["any"]):
                         keep = np.array([i not in dup for i in ids])
                         row += f" {fmt_ci(ci_metrics(y, p, task, n_res, keep), 'acc')} |"
-                lines.append(row + f" {sum(e['fit_s'] for e in good.values()):.0f} |")
+                ens_val = _val_auc(_aligned_mean(good, "val"), task)
+                lines.append(row + f" {f3(ens_val)} | {sum(e['fit_s'] for e in good.values()):.0f} |")
                 if r["kind"] == "deep" and "auc" in m:
                     best_deep[f"{label} ensemble"] = m["auc"]["value"]
                     achieved["auc"].append(m["auc"]["value"])
@@ -583,6 +585,14 @@ def _aligned_mean(good: dict, split: str) -> tuple[list[str], np.ndarray, np.nda
     pos0 = {i: k for k, i in enumerate(tables[0][0])}
     y = tables[0][1][[pos0[i] for i in ids]]
     return ids, y, np.mean(rows, axis=0)
+
+
+def _val_auc(val: tuple, task: str) -> float | None:
+    """Validation AUC of (ids, labels, probabilities): what a recipe is chosen by."""
+    from medlens.evaluation.metrics import classification_metrics
+
+    _, y, p = val
+    return classification_metrics(y, p, task, None).get("auc") if len(y) else None
 
 
 def ensembles_table(res: dict[str, Any], args) -> list[str]:
