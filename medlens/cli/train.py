@@ -217,12 +217,17 @@ def pretrain(
         ..., "--out", "-o", help="The encoder's weights file (.safetensors); its card goes beside it."
     ),
     model: str = typer.Option("cnn-small", "--model", "-m", help="The network whose encoder to pretrain."),
-    method: str = typer.Option("simclr", "--method", help="simclr (contrastive: two random views of each image)."),
+    method: str = typer.Option(
+        "simclr",
+        "--method",
+        help="simclr (contrastive: two random views of each image) | mim (masked patches rebuilt; vit only).",
+    ),
     epochs: int = typer.Option(20, "--epochs", help="Epochs over the training and validation images."),
     batch_size: int = typer.Option(256, "--batch-size", help="Images per batch (each gives two views)."),
     img_size: int = typer.Option(None, "--img-size", help="Input side (default: as train chooses it)."),
     lr: float = typer.Option(1e-3, "--lr", help="AdamW learning rate (cosine schedule)."),
-    temperature: float = typer.Option(0.2, "--temperature", help="Temperature of the contrastive loss."),
+    temperature: float = typer.Option(0.2, "--temperature", help="Temperature of the contrastive loss (simclr)."),
+    mask_ratio: float = typer.Option(0.6, "--mask-ratio", help="Share of each image's patches masked (mim)."),
     seed: int = typer.Option(
         0, "--seed", help="Seed of the splits (train with the same seed so its test images stay unseen) and the views."
     ),
@@ -252,6 +257,7 @@ def pretrain(
         img_size=img_size,
         lr=lr,
         temperature=temperature,
+        mask_ratio=mask_ratio,
         seed=seed,
         max_samples=max_samples,
         accelerator=accelerator,

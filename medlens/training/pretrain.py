@@ -8,6 +8,11 @@ projection learn to find each view's partner among the 2N views of a batch (NT-X
 classifier's own names, so ``medlens train --weights`` loads them into the same network and
 trains a fresh head. Under DDP each process contrasts its own batch (no gathering of negatives).
 
+Method ``mim`` (masked image modelling, for ``vit``; SimMIM, Xie et al., CVPR 2022, with the
+mask applied to the pixels): each image gets one lightly augmented view, a random ``mask_ratio``
+of its patches is set to zero, and a linear decoder must give back the masked patches' pixels
+from the ViT's patch tokens (L1 loss on the masked patches only). The decoder is discarded.
+
 Which images: the training and validation splits of SOURCE as ``medlens train`` plans them with
 the same seed and fractions (the source's own splits when it has them); the test split is never
 read. A source without labels (a DICOM or NIfTI archive) is split the same way, so an archive
@@ -41,10 +46,11 @@ from medlens import __version__
 from medlens.errors import MedlensError
 from medlens.runs import ModelDir, is_global_zero, read_json, sha256_file, write_json
 
-METHODS = ("simclr",)
+METHODS = ("simclr", "mim")
 ENCODER_KIND = "medlens-encoder"  # safetensors metadata "kind" and the card's "kind"
 CARD_SCHEMA = 1
 SPLITS_USED = ("train", "val")
+METHOD_SETTINGS = {"simclr": ("temperature", "projection_dim"), "mim": ("mask_ratio",)}
 
 
 @dataclass
@@ -60,8 +66,9 @@ class PretrainConfig:
     img_size: int | None = None  # native size, capped, as train
     lr: float = 1e-3
     weight_decay: float = 1e-4
-    temperature: float = 0.2
-    projection_dim: int = 128
+    temperature: float = 0.2  # simclr
+    projection_dim: int = 128  # simclr
+    mask_ratio: float = 0.6  # mim: share of patches masked
     seed: int = 0  # the split's seed too: train with the same seed keeps its test images unseen
     val_fraction: float = 0.15
     test_fraction: float = 0.15
@@ -93,6 +100,8 @@ class PretrainConfig:
             )
         if not (self.lr > 0 and self.temperature > 0):
             raise MedlensError("--lr and --temperature must be positive")
+        if not 0 < self.mask_ratio < 1:
+            raise MedlensError(f"--mask-ratio must lie in (0, 1), not {self.mask_ratio}")
         if not 0 < self.val_fraction < 1 or not 0 <= self.test_fraction < 1:
             raise MedlensError("val/test fractions must lie in (0, 1)")
         return self
@@ -119,8 +128,23 @@ def nt_xent(z: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Te
     return F.cross_entropy(sim, partner), (sim.argmax(dim=1) == partner).float().mean()
 
 
-class ContrastiveModule(L.LightningModule):
-    """The encoder of ``model_name`` and a projection head, trained with :func:`nt_xent`."""
+def patchify(x: torch.Tensor, patch: tuple[int, int]) -> torch.Tensor:
+    """Images (N, C, H, W) as rows of patch pixels (N, patches, C * ph * pw), patches in
+    row-major order of the grid (the order of the ViT's patch tokens)."""
+    n, c, h, w = x.shape
+    ph, pw = patch
+    return x.reshape(n, c, h // ph, ph, w // pw, pw).permute(0, 2, 4, 1, 3, 5).reshape(n, -1, c * ph * pw)
+
+
+def patch_mask_pixels(masked: torch.Tensor, grid: tuple[int, int], patch: tuple[int, int]) -> torch.Tensor:
+    """A per-patch mask (N, patches; row-major) as a pixel mask (N, 1, H, W)."""
+    n = masked.shape[0]
+    (gh, gw), (ph, pw) = grid, patch
+    return masked.reshape(n, 1, gh, 1, gw, 1).expand(n, 1, gh, ph, gw, pw).reshape(n, 1, gh * ph, gw * pw)
+
+
+class _EncoderModule(L.LightningModule):
+    """The encoder of ``model_name`` (its head removed) and what a method trains beside it."""
 
     def __init__(
         self,
@@ -132,12 +156,11 @@ class ContrastiveModule(L.LightningModule):
         lr: float,
         weight_decay: float,
         epochs: int,
-        temperature: float,
-        projection_dim: int,
         augmentation: dict,
         seed: int,
         optimizer: str = "adamw",
         scheduler: str = "cosine",
+        **method_settings: Any,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -148,8 +171,7 @@ class ContrastiveModule(L.LightningModule):
             in_channels=in_channels, num_outputs=2, spatial_dims=spatial_dims, img_size=img_size
         )
         self.head = head_name(self.net)
-        width = remove_head(self.net)
-        self.projector = nn.Sequential(nn.Linear(width, width), nn.ReLU(inplace=True), nn.Linear(width, projection_dim))
+        self.width = remove_head(self.net)
         self._generator: torch.Generator | None = None
 
     def on_fit_start(self) -> None:
@@ -161,18 +183,17 @@ class ContrastiveModule(L.LightningModule):
     def on_fit_end(self) -> None:
         self.net.to(memory_format=torch.contiguous_format)
 
-    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+    def view(self, x: torch.Tensor) -> torch.Tensor:
+        """One random view of the batch."""
         from medlens.data.transforms import augment_batch
 
-        x = batch[0]
-        views = torch.cat([augment_batch(x, self.hparams.augmentation, self._generator) for _ in range(2)])
-        if views.dim() == 4:
-            views = views.contiguous(memory_format=torch.channels_last)
-        loss, top1 = nt_xent(self.projector(self.net(views)), float(self.hparams.temperature))
-        common = dict(on_step=False, on_epoch=True, batch_size=len(x), sync_dist=True)
-        self.log("train_loss", loss, prog_bar=True, **common)
-        self.log("train_top1", top1, **common)
-        return loss
+        v = augment_batch(x, self.hparams.augmentation, self._generator)
+        return v.contiguous(memory_format=torch.channels_last) if v.dim() == 4 else v
+
+    def log_step(self, n: int, **values: torch.Tensor) -> None:
+        common = dict(on_step=False, on_epoch=True, batch_size=n, sync_dist=True)
+        for i, (name, value) in enumerate(values.items()):
+            self.log(name, value, prog_bar=i == 0, **common)
 
     def configure_optimizers(self):
         from medlens.training.lightning_module import optimisers
@@ -180,11 +201,59 @@ class ContrastiveModule(L.LightningModule):
         return optimisers(self)
 
 
+class ContrastiveModule(_EncoderModule):
+    """SimCLR: the encoder and a projection head, trained with :func:`nt_xent` on two views."""
+
+    def __init__(self, model_name: str, *, temperature: float, projection_dim: int, **kw: Any):
+        super().__init__(model_name, temperature=temperature, projection_dim=projection_dim, **kw)
+        width = self.width
+        self.projector = nn.Sequential(nn.Linear(width, width), nn.ReLU(inplace=True), nn.Linear(width, projection_dim))
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        x = batch[0]
+        views = torch.cat([self.view(x) for _ in range(2)])
+        loss, top1 = nt_xent(self.projector(self.net(views)), float(self.hparams.temperature))
+        self.log_step(len(x), train_loss=loss, train_top1=top1)
+        return loss
+
+
+class MaskedImageModule(_EncoderModule):
+    """Masked image modelling for the ViT: zero a random share of each view's patches and
+    reconstruct their pixels from the patch tokens with a linear decoder (L1 on masked patches)."""
+
+    def __init__(self, model_name: str, *, mask_ratio: float, **kw: Any):
+        super().__init__(model_name, mask_ratio=mask_ratio, **kw)
+        from medlens.models.deep.networks import ViTClassifier
+
+        if not isinstance(self.net, ViTClassifier):
+            raise MedlensError(f"--method mim needs a ViT (model 'vit'), not '{model_name}': use --method simclr")
+        ph, pw = self.net.patch
+        self.decoder = nn.Linear(self.width, int(self.hparams.in_channels) * ph * pw)
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        x = self.view(batch[0])
+        n = len(x)
+        (gh, gw), (ph, pw) = self.net.grid, self.net.patch
+        masked = torch.rand(n, gh * gw, generator=self._generator) < float(self.hparams.mask_ratio)
+        masked[torch.arange(n), torch.randint(0, gh * gw, (n,), generator=self._generator)] = True  # never none
+        masked = masked.to(x.device)
+        tokens = self.net.tokens(x.masked_fill(patch_mask_pixels(masked, (gh, gw), (ph, pw)), 0.0))[:, 1:]
+        error = (self.decoder(tokens).float() - patchify(x, (ph, pw)).float()).abs().mean(dim=2)
+        loss = error[masked].mean()
+        self.log_step(n, train_loss=loss, train_masked=masked.float().mean())
+        return loss
+
+
 def pretrain(config: PretrainConfig) -> Path:
     """Pretrain ``config.model``'s encoder on SOURCE's training and validation images; returns the
     weights file (see the module doc for the files written)."""
     from medlens.data.sources import open_source
-    from medlens.data.transforms import contrastive_augmentation, looks_label_like, looks_like_hounsfield
+    from medlens.data.transforms import (
+        contrastive_augmentation,
+        default_augmentation,
+        looks_label_like,
+        looks_like_hounsfield,
+    )
     from medlens.inference.preprocess import load_inputs
     from medlens.models.registry import get_model
     from medlens.training.config import TrainConfig, resolve_config
@@ -222,19 +291,23 @@ def pretrain(config: PretrainConfig) -> Path:
         show_progress=config.progress and zero,
         desc="loading images",
     )
-    augmentation = contrastive_augmentation(dataset.dims)
-    module = ContrastiveModule(
-        config.model,
+    augmentation = (
+        contrastive_augmentation(dataset.dims) if config.method == "simclr" else default_augmentation(dataset.dims)
+    )
+    common = dict(
         in_channels=int(resolved.channels),
         spatial_dims=dataset.dims,
         img_size=resolved.img_size,
         lr=config.lr,
         weight_decay=config.weight_decay,
         epochs=config.epochs,
-        temperature=config.temperature,
-        projection_dim=config.projection_dim,
         augmentation=augmentation,
         seed=config.seed,
+    )
+    module: _EncoderModule = (
+        ContrastiveModule(config.model, temperature=config.temperature, projection_dim=config.projection_dim, **common)
+        if config.method == "simclr"
+        else MaskedImageModule(config.model, mask_ratio=config.mask_ratio, **common)
     )
     L.seed_everything(config.seed, workers=True, verbose=False)
     timer, trainer = _trainer(config, checkpoints)
@@ -274,8 +347,8 @@ def pretrain(config: PretrainConfig) -> Path:
         "images": {"n": len(ids), "per_split": {k: len(v) for k, v in used.items()}, "ids": ids},
         "held_out": held_out,
         "settings": {
-            **{k: getattr(config, k) for k in ("epochs", "batch_size", "lr", "weight_decay", "temperature")},
-            "projection_dim": config.projection_dim,
+            **{k: getattr(config, k) for k in ("epochs", "batch_size", "lr", "weight_decay")},
+            **{k: getattr(config, k) for k in METHOD_SETTINGS[config.method]},
             "optimizer": "adamw, cosine schedule",
             "precision": str(trainer.precision),
             "augmentation": augmentation,
@@ -284,7 +357,7 @@ def pretrain(config: PretrainConfig) -> Path:
             "epochs_run": int(trainer.current_epoch),
             "global_step": int(trainer.global_step),
             "final_loss": _number(last.get("train_loss")),
-            "final_top1": _number(last.get("train_top1")),
+            **({"final_top1": _number(last.get("train_top1"))} if config.method == "simclr" else {}),
             "seconds": round(time.perf_counter() - started, 1),
             **timer.summary(),
         },

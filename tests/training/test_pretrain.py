@@ -216,3 +216,38 @@ def test_one_source_by_any_path(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert source_key("set.npz") == source_key(str(tmp_path / "set.npz")) == source_key("./set.npz")
     assert source_key("synthetic:chest2d@32") == "synthetic:chest2d@32"
+
+
+def test_masked_patches_line_up_with_the_patch_rows():
+    from medlens.training.pretrain import patch_mask_pixels, patchify
+
+    x = torch.randn(2, 3, 8, 12) + 5.0  # no pixel is zero by chance
+    masked = torch.zeros(2, 2 * 3, dtype=torch.bool)
+    masked[0, 1], masked[1, 4] = True, True  # image 0: row 0, column 1; image 1: row 1, column 1
+    pixels = patch_mask_pixels(masked, (2, 3), (4, 4))
+    assert pixels[0, 0, 0:4, 4:8].all() and pixels[1, 0, 4:8, 4:8].all() and int(pixels.sum()) == 2 * 16
+    rows, rows_masked = patchify(x, (4, 4)), patchify(x.masked_fill(pixels, 0.0), (4, 4))
+    assert rows.shape == (2, 6, 3 * 16)
+    assert (rows_masked[masked] == 0).all() and torch.equal(rows_masked[~masked], rows[~masked])
+    assert torch.equal(rows[0, 5], x[0, :, 4:8, 8:12].reshape(-1))  # channel-major within a patch
+
+
+def test_masked_image_pretraining_of_the_vit_learns_and_loads_into_train(tmp_path):
+    config, weights = _pretrain(tmp_path, model="vit", method="mim", epochs=4, batch_size=32, lr=2e-3)
+    card = read_json(weights.with_suffix(".json"))
+    assert card["method"] == "mim" and card["settings"]["mask_ratio"] == 0.6 and "temperature" not in card["settings"]
+    with open(weights.with_suffix(".pretrain") / "training_log.csv", newline="") as f:
+        losses = [float(r["train_loss"]) for r in csv.DictReader(f)]
+    assert len(losses) == 4 and losses[-1] < 0.8 * losses[0]  # it learns to fill in the masked patches
+    net = get_model("vit").build(
+        in_channels=card["in_channels"], num_outputs=2, spatial_dims=2, img_size=card["img_size"]
+    )
+    loaded = load_start_weights(net, weights, config=_as_trained(weights), source_uri="elsewhere", test_ids=[])
+    assert loaded["method"] == "mim" and loaded["tensors_loaded"] == len(net.state_dict()) - len(head_keys(net))
+
+
+def test_masked_image_pretraining_needs_a_vit(tmp_path):
+    with pytest.raises(MedlensError, match="needs a ViT"):
+        _pretrain(tmp_path, model="cnn-small", method="mim")
+    with pytest.raises(MedlensError, match="mask-ratio"):
+        _pretrain(tmp_path, model="vit", method="mim", mask_ratio=1.0)

@@ -209,6 +209,7 @@ class ViTClassifier(nn.Module):
         if any(s % p for s, p in zip(size, patch)):
             raise MedlensError(f"ViT patch size {patch} does not divide img_size {size}")
         self.grid = (size[0] // patch[0], size[1] // patch[1])
+        self.patch = patch
         self.vit = ViT(
             in_channels=in_channels,
             img_size=size,
@@ -231,6 +232,11 @@ class ViTClassifier(nn.Module):
         self.cam_map = nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.vit.classification_head(self.tokens(x)[:, 0])
+
+    def tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """The normalized tokens after the last block (N, 1 + patches, hidden): the CLS token,
+        then the patches in row-major order of the patch grid (what masked-image pretraining reads)."""
         vit = self.vit
         tokens = vit.patch_embedding(x)
         tokens = torch.cat([vit.cls_token.expand(tokens.shape[0], -1, -1), tokens], dim=1)
@@ -240,8 +246,7 @@ class ViTClassifier(nn.Module):
         n, _, c = patches.shape
         fmap = self.cam_map(patches.transpose(1, 2).reshape(n, c, *self.grid))
         tokens = torch.cat([cls, fmap.reshape(n, c, -1).transpose(1, 2)], dim=1)
-        tokens = vit.norm(vit.blocks[-1](tokens))
-        return vit.classification_head(tokens[:, 0])
+        return vit.norm(vit.blocks[-1](tokens))
 
 
 def build_vit(*, in_channels: int, num_outputs: int, spatial_dims: int = 2, img_size=32, **kw) -> nn.Module:
