@@ -120,13 +120,17 @@ class Service:
         self.network = GreedyBatcher(
             self._answer, max_batch=settings.max_batch, own_thread=True, name="medlens-network"
         )
-        self.predictor = predictor or self.network.run(
-            Predictor.from_run,
-            settings.run_dir,
-            settings.model,
-            uncertainty=settings.uncertainty,
-            pseudonym_key=self.key,
-        )
+        try:
+            self.predictor = predictor or self.network.run(
+                Predictor.from_run,
+                settings.run_dir,
+                settings.model,
+                uncertainty=settings.uncertainty,
+                pseudonym_key=self.key,
+            )
+        except BaseException:
+            self.network.close()  # the model did not load: no thread left behind
+            raise
         self.audit = AuditLog(settings.resolved_audit_url())
         self.store = PredictionStore(
             settings.resolved_store_dir(), memory=settings.store_memory, disk=settings.store_disk
