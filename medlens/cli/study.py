@@ -52,8 +52,9 @@ def compare(
     pretrain_epochs: int = typer.Option(
         None,
         "--pretrain-epochs",
-        help="Also train each deep model from an encoder pretrained for N epochs without labels (SimCLR) "
-        "on the run's training and validation images, as MODEL+pretrained (outside the budget).",
+        help="Also train each deep model from weights pretrained for N epochs without labels (SimCLR; "
+        "segmentation networks: masked inpainting) on the run's training and validation images, as "
+        "MODEL+pretrained (outside the budget).",
     ),
     list_suites: bool = typer.Option(False, "--list-suites", help="Print the suites and their models, then exit."),
     no_progress: bool = typer.Option(False, "--no-progress", help="No progress bars."),

@@ -220,10 +220,15 @@ def pretrain(
     method: str = typer.Option(
         "simclr",
         "--method",
-        help="simclr (contrastive: two random views of each image) | mim (masked patches rebuilt; vit only).",
+        help="simclr (contrastive: two random views of each image) | mim (masked patches rebuilt: vit and "
+        "the segmentation networks).",
     ),
     epochs: int = typer.Option(20, "--epochs", help="Epochs over the training and validation images."),
-    batch_size: int = typer.Option(256, "--batch-size", help="Images per batch (each gives two views)."),
+    batch_size: int = typer.Option(
+        None,
+        "--batch-size",
+        help="Images per batch (default 256; a segmentation network: its training batch of patches).",
+    ),
     img_size: int = typer.Option(None, "--img-size", help="Input side (default: as train chooses it)."),
     lr: float = typer.Option(1e-3, "--lr", help="AdamW learning rate (cosine schedule)."),
     temperature: float = typer.Option(0.2, "--temperature", help="Temperature of the contrastive loss (simclr)."),

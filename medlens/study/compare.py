@@ -98,7 +98,7 @@ def compare(
         )
 
     if pretrain_epochs:
-        entries = with_pretrained(entries, pretrain_epochs, segmentation=segmentation)
+        entries = with_pretrained(entries, pretrain_epochs)
     from medlens.runs import write_yaml
     from medlens.training.run import InputCache
 
@@ -252,6 +252,7 @@ def _train_one(
                 run,
                 pretrain_epochs,
                 img_size=settings.get("img_size"),
+                patch_size=settings.get("patch_size"),
                 seed=seed,
                 max_samples=max_samples,
                 threads=threads,
@@ -267,15 +268,14 @@ PRETRAINED = "pretrained"  # RUN/pretrained/MODEL.safetensors (+ .json card): th
 PRETRAINED_SUFFIX = "+pretrained"
 
 
-def with_pretrained(entries: list[SuiteEntry], epochs: int, *, segmentation: bool) -> list[SuiteEntry]:
-    """Each deep classifier followed by the same entry named ``MODEL+pretrained``, which first
-    pretrains the model's encoder for ``epochs`` (SimCLR, :mod:`medlens.training.pretrain`) on the
-    run's training and validation images and then trains from it: the comparison's paired tests
-    show the effect. Segmentation networks have no encoder to pretrain: refused."""
+def with_pretrained(entries: list[SuiteEntry], epochs: int) -> list[SuiteEntry]:
+    """Each deep model followed by the same entry named ``MODEL+pretrained``, which first
+    pretrains the model for ``epochs`` without labels (:mod:`medlens.training.pretrain`: SimCLR
+    for a classifier's encoder, masked inpainting for a segmentation network) on the run's
+    training and validation images and then trains from it: the comparison's paired tests show
+    the effect."""
     from medlens.models.registry import get_model
 
-    if segmentation:
-        raise MedlensError("--pretrain-epochs is for classification: the segmentation networks have no encoder head")
     if epochs < 1:
         raise MedlensError(f"--pretrain-epochs must be at least 1, not {epochs}")
     out = []
@@ -294,6 +294,7 @@ def _pretrain(
     epochs: int,
     *,
     img_size: int | None,
+    patch_size: list[int] | None,
     seed: int,
     max_samples: int | None,
     threads: int | None,
@@ -302,14 +303,17 @@ def _pretrain(
     """The encoder of ``model`` pretrained on the run's training and validation images (its
     ``splits.json``, written by the models trained before), recorded in the manifest."""
     from medlens.manifest import record_files
-    from medlens.training.pretrain import PretrainConfig, pretrain
+    from medlens.models.registry import get_model
+    from medlens.training.pretrain import SEGMENTATION, PretrainConfig, pretrain
 
     config = PretrainConfig(
         source=source,
         out=str(run.root / PRETRAINED / f"{model}.safetensors"),
         model=model,
+        method="mim" if SEGMENTATION in get_model(model).tasks else "simclr",
         epochs=epochs,
         img_size=img_size,
+        patch_size=patch_size,
         seed=seed,
         max_samples=max_samples,
         splits=str(run.splits) if run.splits.is_file() else None,

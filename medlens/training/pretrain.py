@@ -12,6 +12,11 @@ Method ``mim`` (masked image modelling, for ``vit``; SimMIM, Xie et al., CVPR 20
 mask applied to the pixels): each image gets one lightly augmented view, a random ``mask_ratio``
 of its patches is set to zero, and a linear decoder must give back the masked patches' pixels
 from the ViT's patch tokens (L1 loss on the masked patches only). The decoder is discarded.
+For a segmentation network (``unet``, ``dynunet``, ``segresnet``) ``mim`` is masked inpainting:
+random training patches (as segmentation training draws them, without masks) have a
+``mask_ratio`` of their blocks (an eighth of each side) set to zero, and the network itself, with
+one output per input channel, must rebuild them (L1 on the masked voxels). Its output layer is
+then the only part ``train --weights`` does not load.
 
 Which images: the training and validation splits of SOURCE as ``medlens train`` plans them with
 the same seed and fractions (the source's own splits when it has them); the test split is never
@@ -35,9 +40,10 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import lightning as L
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -50,6 +56,8 @@ METHODS = ("simclr", "mim")
 ENCODER_KIND = "medlens-encoder"  # safetensors metadata "kind" and the card's "kind"
 CARD_SCHEMA = 1
 SPLITS_USED = ("train", "val")
+SEGMENTATION = "segmentation"  # the task of segmentation networks in the registry
+BATCH = 256  # images per batch of a classifier's pretraining (each gives two views with simclr)
 METHOD_SETTINGS = {"simclr": ("temperature", "projection_dim"), "mim": ("mask_ratio",)}
 
 
@@ -62,8 +70,9 @@ class PretrainConfig:
     model: str = "cnn-small"
     method: str = "simclr"
     epochs: int = 20
-    batch_size: int = 256
+    batch_size: int | None = None  # None: 256 images; a segmentation network's training batch of patches
     img_size: int | None = None  # native size, capped, as train
+    patch_size: list[int] | None = None  # a segmentation network's training patch (None: as train chooses it)
     lr: float = 1e-3
     weight_decay: float = 1e-4
     temperature: float = 0.2  # simclr
@@ -94,7 +103,7 @@ class PretrainConfig:
             value = getattr(self, key)
             if value is not None and int(value) < 1:
                 raise MedlensError(f"--{key.replace('_', '-')} must be at least 1, not {value}")
-        if self.batch_size < 2:
+        if self.batch_size is not None and self.batch_size < 2:
             raise MedlensError(
                 f"--batch-size must be at least 2 (each image's partner view is in its batch), not {self.batch_size}"
             )
@@ -164,15 +173,22 @@ class _EncoderModule(L.LightningModule):
     ):
         super().__init__()
         self.save_hyperparameters()
+        self.net: nn.Module = self.build_net()
+        self._generator: torch.Generator | None = None
+
+    def build_net(self) -> nn.Module:
+        """The classifier of ``model_name`` without its head (``self.head`` names it, ``self.width``
+        is the features' size)."""
         from medlens.models.deep.encoder import head_name, remove_head
         from medlens.models.registry import get_model
 
-        self.net: nn.Module = get_model(model_name).build(
-            in_channels=in_channels, num_outputs=2, spatial_dims=spatial_dims, img_size=img_size
+        h = self.hparams
+        net = get_model(h.model_name).build(
+            in_channels=h.in_channels, num_outputs=2, spatial_dims=h.spatial_dims, img_size=h.img_size
         )
-        self.head = head_name(self.net)
-        self.width = remove_head(self.net)
-        self._generator: torch.Generator | None = None
+        self.head = head_name(net)
+        self.width = remove_head(net)
+        return net
 
     def on_fit_start(self) -> None:
         self._generator = torch.Generator()
@@ -244,6 +260,49 @@ class MaskedImageModule(_EncoderModule):
         return loss
 
 
+class InpaintingModule(_EncoderModule):
+    """Masked inpainting for a segmentation network: a ``mask_ratio`` of each patch's blocks set
+    to zero, rebuilt by the network's first outputs, one per input channel (L1 on the masked voxels)."""
+
+    def __init__(self, model_name: str, *, mask_ratio: float, **kw: Any):
+        super().__init__(model_name, mask_ratio=mask_ratio, **kw)
+
+    def build_net(self) -> nn.Module:
+        from medlens.models.registry import get_model
+
+        h = self.hparams
+        self.head = "the output layer (its shape follows the number of classes)"
+        outputs = max(2, int(h.in_channels))  # the registry's segmentation networks have at least two
+        return get_model(h.model_name).build(
+            in_channels=h.in_channels, num_outputs=outputs, spatial_dims=h.spatial_dims, img_size=h.img_size
+        )
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        x = batch[0]  # patches drawn and augmented by the data loader
+        masked = block_mask(x.shape, float(self.hparams.mask_ratio), self._generator).to(x.device)
+        if x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        rebuilt = self.net(x.masked_fill(masked, 0.0))[:, : x.shape[1]]  # one output per input channel
+        error = (rebuilt.float() - x.float()).abs()
+        loss = error[masked.expand_as(error)].mean()
+        self.log_step(len(x), train_loss=loss, train_masked=masked.float().mean())
+        return loss
+
+
+def block_mask(shape: Sequence[int], ratio: float, generator: torch.Generator | None) -> torch.Tensor:
+    """A random mask (N, 1, *spatial) of blocks, each an eighth of a side (at least 1 voxel), a
+    ``ratio`` of them masked (at least one per image)."""
+    n, spatial = int(shape[0]), [int(v) for v in shape[2:]]
+    block = [max(1, side // 8) for side in spatial]
+    grid = [-(-side // b) for side, b in zip(spatial, block)]
+    masked = torch.rand(n, int(np.prod(grid)), generator=generator) < ratio
+    masked[torch.arange(n), torch.randint(0, masked.shape[1], (n,), generator=generator)] = True
+    out = masked.reshape(n, 1, *grid)
+    for axis, b in enumerate(block):
+        out = out.repeat_interleave(b, dim=2 + axis)
+    return out[(slice(None), slice(None), *[slice(0, side) for side in spatial])]
+
+
 def pretrain(config: PretrainConfig) -> Path:
     """Pretrain ``config.model``'s encoder on SOURCE's training and validation images; returns the
     weights file (see the module doc for the files written)."""
@@ -266,11 +325,23 @@ def pretrain(config: PretrainConfig) -> Path:
     dataset = open_source(config.source, seed=config.seed)
     if spec.kind != "deep" or dataset.dims not in spec.dims:
         raise MedlensError(f"'{config.model}' is not a deep network for {dataset.dims}D images (see `medlens models`)")
+    segmentation = SEGMENTATION in spec.tasks
+    if segmentation and config.method != "mim":
+        raise MedlensError(
+            f"'{config.model}' is a segmentation network: it has no head to contrast features at; use --method mim"
+        )
     used, held_out = _images(dataset, config)
     ids = [i for k in SPLITS_USED for i in used[k]]
     first = dataset.load(ids[0]).image
     resolved = resolve_config(
-        TrainConfig(source=config.source, model=config.model, img_size=config.img_size, seed=config.seed),
+        TrainConfig(
+            source=config.source,
+            model=config.model,
+            task=SEGMENTATION if segmentation else None,
+            img_size=config.img_size,
+            patch_size=config.patch_size,
+            seed=config.seed,
+        ),
         spec=spec,
         dims=dataset.dims,
         modality=dataset.modality,
@@ -282,39 +353,64 @@ def pretrain(config: PretrainConfig) -> Path:
     checkpoints = ModelDir(work)
     if zero:
         _prepare_work(checkpoints, resume=config.resume)
-    x, _ = load_inputs(
-        dataset,
-        ids,
-        size=resolved.img_size,
-        channels=resolved.channels,
-        preprocessing=resolved.preprocessing,
-        show_progress=config.progress and zero,
-        desc="loading images",
-    )
-    augmentation = (
-        contrastive_augmentation(dataset.dims) if config.method == "simclr" else default_augmentation(dataset.dims)
-    )
     common = dict(
-        in_channels=int(resolved.channels),
+        in_channels=int(resolved.channels or 1),
         spatial_dims=dataset.dims,
-        img_size=resolved.img_size,
         lr=config.lr,
         weight_decay=config.weight_decay,
         epochs=config.epochs,
-        augmentation=augmentation,
         seed=config.seed,
     )
-    module: _EncoderModule = (
-        ContrastiveModule(config.model, temperature=config.temperature, projection_dim=config.projection_dim, **common)
-        if config.method == "simclr"
-        else MaskedImageModule(config.model, mask_ratio=config.mask_ratio, **common)
-    )
+    module: _EncoderModule
+    if segmentation:
+        assert resolved.patch_size is not None  # resolve_config sets it for segmentation
+        loader = _patch_loader(dataset, ids, resolved, config.batch_size, progress=config.progress and zero)
+        augmentation = resolved.augmentation or {}
+        module = InpaintingModule(
+            config.model,
+            mask_ratio=config.mask_ratio,
+            img_size=resolved.patch_size,
+            augmentation=augmentation,
+            **common,
+        )
+    else:
+        x, _ = load_inputs(
+            dataset,
+            ids,
+            size=resolved.img_size,
+            channels=resolved.channels,
+            preprocessing=resolved.preprocessing,
+            show_progress=config.progress and zero,
+            desc="loading images",
+        )
+        augmentation = (
+            contrastive_augmentation(dataset.dims) if config.method == "simclr" else default_augmentation(dataset.dims)
+        )
+        loader = _loader(torch.as_tensor(x), min(config.batch_size or BATCH, len(x)), config.seed)
+        module = (
+            ContrastiveModule(
+                config.model,
+                temperature=config.temperature,
+                projection_dim=config.projection_dim,
+                img_size=resolved.img_size,
+                augmentation=augmentation,
+                **common,
+            )
+            if config.method == "simclr"
+            else MaskedImageModule(
+                config.model,
+                mask_ratio=config.mask_ratio,
+                img_size=resolved.img_size,
+                augmentation=augmentation,
+                **common,
+            )
+        )
     L.seed_everything(config.seed, workers=True, verbose=False)
     timer, trainer = _trainer(config, checkpoints)
     started = time.perf_counter()
     trainer.fit(
         module,
-        train_dataloaders=_loader(torch.as_tensor(x), min(config.batch_size, len(x)), config.seed),
+        train_dataloaders=loader,
         ckpt_path=str(checkpoints.last_checkpoint) if config.resume else None,
         weights_only=True,
     )
@@ -341,13 +437,15 @@ def pretrain(config: PretrainConfig) -> Path:
         "dims": dataset.dims,
         "in_channels": int(resolved.channels),
         "img_size": resolved.img_size,
+        **({"patch_size": resolved.patch_size} if segmentation else {}),
         "preprocessing": resolved.preprocessing,
         "source": config.source,
         "source_key": source_key(dataset.uri),
         "images": {"n": len(ids), "per_split": {k: len(v) for k, v in used.items()}, "ids": ids},
         "held_out": held_out,
         "settings": {
-            **{k: getattr(config, k) for k in ("epochs", "batch_size", "lr", "weight_decay")},
+            **{k: getattr(config, k) for k in ("epochs", "lr", "weight_decay")},
+            "batch_size": loader.batch_size,
             **{k: getattr(config, k) for k in METHOD_SETTINGS[config.method]},
             "optimizer": "adamw, cosine schedule",
             "precision": str(trainer.precision),
@@ -421,6 +519,46 @@ def _prepare_work(work: ModelDir, *, resume: bool) -> None:
     work.root.mkdir(parents=True)
 
 
+def _patch_loader(
+    dataset: Any, ids: list[str], resolved: Any, batch_size: int | None, *, progress: bool
+) -> torch.utils.data.DataLoader:
+    """Random training patches of the images as ``train`` draws them for a segmentation network
+    (no masks: anywhere in the image), ``patches_per_case`` per image and epoch."""
+    from medlens import progress as bars
+    from medlens.inference.segment import segmentation_input
+    from medlens.training.datamodule import PatchDataset
+
+    images = []
+    for i in bars.track(ids, desc="loading images", disable=not progress):
+        sample = dataset.load(i)
+        images.append(
+            segmentation_input(
+                sample.image,
+                channels=resolved.channels,
+                preprocessing=resolved.preprocessing,
+                dims=dataset.dims,
+                origin=sample.origin,
+            )
+        )
+    patches = PatchDataset(
+        images,
+        [np.zeros(image.shape[1:], dtype=np.uint8) for image in images],
+        patch=resolved.patch_size,
+        patches_per_case=resolved.patches_per_case,
+        pos_fraction=0.0,
+        augmentation=resolved.augmentation,
+        seed=resolved.seed,
+    )
+    size = int(batch_size or resolved.batch_size)
+    return torch.utils.data.DataLoader(
+        patches,
+        batch_size=size,
+        shuffle=True,
+        drop_last=len(patches) > size,
+        generator=torch.Generator().manual_seed(resolved.seed),
+    )
+
+
 def _loader(x: torch.Tensor, batch_size: int, seed: int) -> torch.utils.data.DataLoader:
     from medlens.training.datamodule import TensorBatches, pass_through
 
@@ -484,7 +622,7 @@ def load_start_weights(net: nn.Module, path: str | Path, *, config: Any, source_
     pretrained on this source, on none of this run's test images. Another input size or
     preprocessing than the pretraining's is allowed and listed in ``warnings``.
     """
-    from medlens.models.deep.encoder import head_keys
+    from medlens.models.deep.encoder import output_keys
     from medlens.models.deep.weights import load_weights
 
     path = Path(path)
@@ -503,7 +641,12 @@ def load_start_weights(net: nn.Module, path: str | Path, *, config: Any, source_
                 path,
             )
     report = load_weights(net, path, strict=False)
-    if report.unexpected or report.mismatched or set(report.missing) - set(head_keys(net)):
+    spatial_dims = len(config.patch_size) if config.patch_size else int(card.get("dims") or 2)
+    size = config.patch_size or config.img_size
+    head = set(
+        output_keys(config.model, in_channels=int(config.channels or 1), spatial_dims=spatial_dims, img_size=size)
+    )
+    if report.unexpected or (set(report.mismatched) | set(report.missing)) - head:
         raise MedlensError(f"the encoder does not fit the network: {report.summary()}", path)
     differs = [k for k in ("img_size", "preprocessing") if card.get(k) != json.loads(json.dumps(getattr(config, k)))]
     return {

@@ -244,3 +244,31 @@ def test_compare_trains_each_deep_model_from_scratch_and_pretrained(tmp_path):
     assert stages["pretrained/cnn-small.safetensors"] == "pretrain:cnn-small"
     assert stages["models/cnn-small+pretrained/model.safetensors"] == "train:cnn-small+pretrained"
     assert verify_manifest(run.root) == []
+
+
+def test_compare_pretrains_a_segmentation_network_by_inpainting(tmp_path):
+    """--pretrain-epochs on a segmentation source: unet+pretrained starts from masked-inpainting
+    weights made on the run's training and validation images, and the evaluation pairs it with unet."""
+    from medlens.study.compare import compare
+
+    run = compare(
+        "synthetic:chest2d-seg@32",
+        "unet",
+        tmp_path / "run",
+        epochs=1,
+        max_samples=12,
+        threads=1,
+        show_progress=False,
+        n_resamples=200,
+        pretrain_epochs=1,
+    )
+    c = read_json(run.comparison)
+    assert set(c["models"]) == {"unet", "unet+pretrained"}
+    encoder = read_json(run.root / "pretrained" / "unet.json")
+    assert encoder["method"] == "mim" and encoder["patch_size"]
+    assert read_json(run.model("unet+pretrained").info)["pretrained"]["sha256"] == encoder["weights_sha256"]
+    splits = read_json(run.splits)["splits"]
+    assert set(encoder["images"]["ids"]) <= set(splits["train"]) | set(splits["val"])
+    tests = c["segmentation"]["pairwise"]["tests"]  # the paired Wilcoxon tests on per-case Dice and HD95
+    assert any({t["a"], t["b"]} == {"unet", "unet+pretrained"} for t in tests)
+    assert verify_manifest(run.root) == []

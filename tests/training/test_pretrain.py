@@ -40,7 +40,9 @@ def _pretrain(tmp_path, **kw):
 def _as_trained(weights, **changes):
     """The settings of a training that uses the encoder as it was pretrained (model, size, steps)."""
     card = read_json(weights.with_suffix(".json"))
-    return SimpleNamespace(**{k: card[k] for k in ("model", "img_size", "preprocessing")} | changes)
+    settings = {k: card[k] for k in ("model", "img_size", "preprocessing")}
+    settings |= {"channels": card["in_channels"], "patch_size": card.get("patch_size")}
+    return SimpleNamespace(**settings | changes)
 
 
 @pytest.fixture(scope="module")
@@ -251,3 +253,41 @@ def test_masked_image_pretraining_needs_a_vit(tmp_path):
         _pretrain(tmp_path, model="cnn-small", method="mim")
     with pytest.raises(MedlensError, match="mask-ratio"):
         _pretrain(tmp_path, model="vit", method="mim", mask_ratio=1.0)
+
+
+def test_a_segmentation_network_pretrains_by_inpainting_and_train_loads_all_but_its_output_layer(tmp_path):
+    from medlens.models.deep.encoder import output_keys
+    from medlens.training.pretrain import block_mask
+
+    mask = block_mask((3, 1, 16, 20), 0.5, torch.Generator().manual_seed(0))
+    assert mask.shape == (3, 1, 16, 20) and all(m.any() for m in mask)  # blocks of 2 x 2, at least one per image
+    source = "synthetic:chest2d-seg@32"
+    _, weights = _pretrain(
+        tmp_path, source=source, model="unet", method="mim", epochs=3, batch_size=8, lr=3e-3, max_samples=16
+    )
+    card = read_json(weights.with_suffix(".json"))
+    assert card["method"] == "mim" and card["patch_size"] and card["head"].startswith("the output layer")
+    with open(weights.with_suffix(".pretrain") / "training_log.csv", newline="") as f:
+        losses = [float(r["train_loss"]) for r in csv.DictReader(f)]
+    assert losses[-1] < 0.8 * losses[0]  # it learns to fill in the masked blocks
+    config = TrainConfig(
+        source=source,
+        model="unet",
+        out=str(tmp_path / "run"),
+        epochs=1,
+        max_samples=16,
+        threads=1,
+        progress=False,
+        accelerator="cpu",
+        weights=str(weights),
+    )
+    card = read_json(train(config).model("unet").info)
+    keys = output_keys("unet", in_channels=1, spatial_dims=2, img_size=card["patch_size"])
+    net = get_model("unet").build(in_channels=1, num_outputs=2, spatial_dims=2, img_size=card["patch_size"])
+    assert card["pretrained"]["kind"] == "encoder" and card["pretrained"]["method"] == "mim"
+    assert 0 < len(keys) < 10 and card["pretrained"]["tensors_loaded"] == len(net.state_dict()) - len(keys)
+
+
+def test_simclr_needs_a_classifier(tmp_path):
+    with pytest.raises(MedlensError, match="segmentation network"):
+        _pretrain(tmp_path, source="synthetic:chest2d-seg@32", model="unet", method="simclr")

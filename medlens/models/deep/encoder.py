@@ -9,6 +9,8 @@ everything before it.
 
 from __future__ import annotations
 
+from typing import Any, Sequence
+
 from torch import nn
 
 from medlens.errors import MedlensError
@@ -37,3 +39,18 @@ def remove_head(net: nn.Module) -> int:
     parent_name, _, child = name.rpartition(".")
     setattr(net.get_submodule(parent_name) if parent_name else net, child, nn.Identity())
     return int(head.in_features)
+
+
+def output_keys(model: str, *, in_channels: int, spatial_dims: int, img_size: Any) -> list[str]:
+    """State-dict keys of registry network ``model`` whose shapes depend on its number of outputs
+    (a classifier's head; a segmentation network's output layer): found by building it twice."""
+    from medlens.models.registry import get_model
+
+    def shapes(n: int) -> dict[str, Sequence[int]]:
+        net = get_model(model).build(
+            in_channels=in_channels, num_outputs=n, spatial_dims=spatial_dims, img_size=img_size
+        )
+        return {k: tuple(v.shape) for k, v in net.state_dict().items()}
+
+    two, three = shapes(2), shapes(3)
+    return [k for k in two if two[k] != three.get(k)]
