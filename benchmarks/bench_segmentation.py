@@ -18,6 +18,9 @@ medlens's own. Parts (``--only``):
     whose modality is "MRI"), so the plan normalises by z-score over nonzero voxels, as nnU-Net
     does for MR.
     Test: mean Dice of anterior (label 1) and posterior (label 2) with 95% bootstrap CIs, HD95 (mm).
+    With ``--pretrain-epochs N`` the first candidate is also trained as ``MODEL+pretrained``: the
+    same plan, started from ``medlens pretrain --method mim`` weights (masked inpainting on the
+    run's training and validation cases), and paired with MODEL on the test cases.
 ``chase``
     CHASE_DB1 vessels, first annotator: the usual 20 training (children 01-10) / 8 test (11-14)
     images; validation is carved out of the 20 training images (15%, whole children), so the
@@ -117,6 +120,9 @@ def write_fixed_splits(part: str, source: str, run_dir: Path) -> dict[str, list[
     return splits
 
 
+PRETRAINED = "+pretrained"  # the name suffix of a network trained from pretrained weights
+
+
 def train_model(part: str, source: str, run_dir: Path, model: str, seed: int, minutes: float, args) -> float:
     """Train ``model`` into ``run_dir`` (cached); its wall seconds, planning included."""
     from medlens.runs import read_json, write_json
@@ -159,6 +165,9 @@ def run_part(part: str, source: str, args) -> dict[str, Any]:
         baseline_s = None
         if seed == args.seeds[0]:
             baseline_s = train_model(part, source, run_dir, BASELINE, seed, minutes, args)
+        pretrained_s = None
+        if args.pretrain_epochs and part == "hippocampus":
+            pretrained_s = train_pretrained(source, run_dir, args.candidates[0], seed, args)
         comparison = evaluate(run_dir, n_resamples=args.resamples, seed=0, report=not args.quick)
         val = {m: read_json(run_dir / "models" / m / "metrics.json")["val"]["mean_dice"] for m in args.candidates}
         chosen = sorted(val, key=lambda m: (-val[m], m))[0]
@@ -168,6 +177,7 @@ def run_part(part: str, source: str, args) -> dict[str, Any]:
             "chosen": chosen,
             "minutes": sum(wall.values()) / 60,
             "baseline_minutes": None if baseline_s is None else baseline_s / 60,
+            "pretrained_minutes": None if pretrained_s is None else pretrained_s / 60,
             "test": comparison["segmentation"]["models"],
             "pairwise": comparison["segmentation"]["pairwise"],
             "n": comparison["n"],
@@ -178,6 +188,89 @@ def run_part(part: str, source: str, args) -> dict[str, Any]:
         }
         print(f"  {part} seed {seed}: chosen {chosen} (validation mean Dice {val})", flush=True)
     return {"seeds": seeds, "splits_file": str(args.work / part / f"seed{args.seeds[0]}" / "splits.json")}
+
+
+def train_pretrained(source: str, run_dir: Path, model: str, seed: int, args) -> float:
+    """MODEL+pretrained beside MODEL in ``run_dir`` (cached): ``pretrain --method mim`` (masked
+    inpainting) for ``--pretrain-epochs`` on the run's training and validation cases (its
+    splits.json; never test), then training with MODEL's own plan from those weights. Its wall
+    seconds, pretraining included."""
+    from medlens.runs import read_json, write_json
+    from medlens.training.config import TrainConfig
+    from medlens.training.pretrain import PretrainConfig, pretrain
+    from medlens.training.run import train
+
+    name = f"{model}{PRETRAINED}"
+    timing_file = run_dir / f"timing-{name}.json"
+    if (run_dir / "models" / name / "metrics.json").is_file() and timing_file.is_file():
+        return float(read_json(timing_file)["seconds"])
+    plan_file = run_dir / f"plan-{model}.json"
+    settings: dict[str, Any] = {"seed": seed, "accelerator": "cpu", "threads": args.threads, "progress": not args.quick}
+    if plan_file.is_file():
+        settings["plan"] = str(plan_file)
+    elif args.quick:
+        cap, quick = QUICK["hippocampus"]
+        settings.update(max_samples=cap, **quick)
+    patch = read_json(plan_file)["config"].get("patch_size") if plan_file.is_file() else settings.get("patch_size")
+    print(f"hippocampus seed {seed}: pretraining {model} ({args.pretrain_epochs} epochs, masked inpainting) ...")
+    started = time.perf_counter()
+    weights = pretrain(
+        PretrainConfig(
+            source=source,
+            out=str(run_dir / "pretrained" / f"{model}.safetensors"),
+            model=model,
+            method="mim",
+            epochs=args.pretrain_epochs,
+            patch_size=patch,
+            seed=seed,
+            splits=str(run_dir / "splits.json"),
+            max_samples=settings.get("max_samples"),
+            accelerator="cpu",
+            threads=args.threads,
+            progress=not args.quick,
+        )
+    )
+    train(TrainConfig(source=source, model=model, name=name, out=str(run_dir), weights=str(weights), **settings))
+    seconds = time.perf_counter() - started
+    write_json(timing_file, {"seconds": seconds})
+    print(f"  {seconds / 60:.1f} min", flush=True)
+    return seconds
+
+
+def pretrained_md(res: dict[str, Any], args) -> list[str]:
+    """Per seed: the network from scratch against the same network from masked-inpainting weights,
+    on the same test cases (the evaluation stage's Wilcoxon signed-rank on per-case Dice, Holm)."""
+    model = args.candidates[0]
+    name = f"{model}{PRETRAINED}"
+    rows = []
+    for seed, s in res["seeds"].items():
+        if name not in s["test"]:
+            continue
+        tests = [
+            t
+            for t in (s["pairwise"] or {}).get("tests", [])
+            if {t["a"], t["b"]} == {model, name} and t["metric"] == "dice"
+        ]
+        p = "; ".join(
+            f"{HIPPOCAMPUS_CLASSES.get(t['class'], t['class'])} {t['p_holm']:.2g}" for t in tests if "p_holm" in t
+        )
+        rows.append(
+            f"| {seed} | {ci(s['test'][model]['mean_over_classes']['dice'])} | "
+            f"{ci(s['test'][name]['mean_over_classes']['dice'])} | {p} | {s['pretrained_minutes']:.1f} min |"
+        )
+    if not rows:
+        return []
+    return [
+        "",
+        f"Pretraining without labels (`--pretrain-epochs {args.pretrain_epochs}`): `{model}` from scratch against "
+        f"`{name}`, the same plan started from `medlens pretrain --method mim` weights (masked inpainting on the "
+        "run's training and validation cases, never test). Test mean Dice with 95% CIs; Holm-adjusted Wilcoxon p "
+        "of the per-case Dice, per class.",
+        "",
+        f"| seed | {model} | {name} | Wilcoxon p (Holm) | pretrain + train wall time |",
+        "|---|---|---|---|---|",
+        *rows,
+    ]
 
 
 # -- CHASE_DB1's second annotator, HRF -----------------------------------------------------------------
@@ -399,6 +492,7 @@ def hippocampus_md(res: dict[str, Any], args) -> str:
         f"{met(max(minutes) <= GOALS['minutes_per_seed'])}. Published: {PUBLISHED['hippocampus']}.",
         "",
         *baseline_md(first, args.seeds[0], ["dice", "hd95"], lambda c: HIPPOCAMPUS_CLASSES.get(c, c)),
+        *pretrained_md(res, args),
     ]
     problems = res.get("problems") or []
     if problems:
@@ -541,6 +635,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--minutes-per-seed", type=float, default=GOALS["minutes_per_seed"])
     parser.add_argument("--resamples", type=int, default=1000)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: one per core)")
+    parser.add_argument(
+        "--pretrain-epochs",
+        type=int,
+        default=0,
+        help="hippocampus: also train the first candidate from masked-inpainting weights (MODEL+pretrained)",
+    )
     parser.add_argument("--quick", action="store_true", help="tiny settings (smoke run, < 3 min); never records")
     parser.add_argument("--no-record", action="store_true")
     parser.add_argument(
