@@ -269,6 +269,14 @@ def _one_in(
     """Train one model into ``run_out`` and add its test/val predictions to ``results[label]``."""
 
     settings = dict(settings, seed=seed, max_samples=n_cap, threads=args.threads)
+    done = run_out / "models" / model
+    if args.reuse and (done / "metrics.json").is_file() and (done / "predictions_test.csv").is_file():
+        from medlens.runs import RunDir, read_json
+
+        model_dir = RunDir(run_out).model(model)
+        _add_entry(results, label, seed, model_dir, read_json(model_dir.metrics))
+        print(f"  {ds:15s} {label:16s} seed {seed}  reused {run_out}", flush=True)
+        return
     shared = run_out.parent / "fingerprint.json"  # same source: reuse it (train() computes it per run directory)
     if shared.is_file() and not (run_out / "fingerprint.json").is_file():
         run_out.mkdir(parents=True, exist_ok=True)
@@ -771,6 +779,11 @@ def main(argv: list[str] | None = None) -> int:
         help="train nothing: rebuild the cross-dataset table (section study-summary) from the run directories",
     )
     parser.add_argument("--estimate-only", action="store_true", help="print the time estimate and stop")
+    parser.add_argument(
+        "--reuse",
+        action="store_true",
+        help="a model already trained in its run folder (metrics and test predictions) is read, not trained again",
+    )
     args = parser.parse_args(argv)
     datasets = [d.strip() for d in args.datasets.split(",") if d.strip()]
     unknown = [d for d in datasets if d not in DATASETS]

@@ -146,14 +146,28 @@ _B0_BLOCKS = [
 ]
 
 
+EFFICIENTNET_NORM = ("batch", {"eps": 1e-3, "momentum": 0.1})  # MONAI's eps; PyTorch's momentum
+
+
 def build_efficientnet_b0(
     *, in_channels: int, num_outputs: int, spatial_dims: int = 2, img_size=224, **kw
 ) -> nn.Module:
-    """``efficientnet-b0``: MONAI EfficientNet-B0 with paddings computed for ``img_size``."""
+    """``efficientnet-b0``: MONAI EfficientNet-B0 with paddings computed for ``img_size``.
+
+    BatchNorm keeps PyTorch's running-statistics momentum (0.1), not MONAI's TensorFlow-style 0.01:
+    with 0.01 the statistics lag the weights over a short schedule. On PneumoniaMNIST (10 epochs,
+    seed 0, validation split): mean p(pneumonia) 0.84 against a prevalence of 0.74, ACC at 0.5
+    0.746, AUC 0.984; with 0.1: mean p 0.74, ACC 0.945, AUC 0.985 (chosen on validation). The
+    momentum only acts in training: trained weights load and answer the same either way."""
     size = max(spatial_size(img_size, 2))
     if size == 224 and not kw:
         return EfficientNetBN(
-            "efficientnet-b0", pretrained=False, spatial_dims=2, in_channels=in_channels, num_classes=num_outputs
+            "efficientnet-b0",
+            pretrained=False,
+            spatial_dims=2,
+            in_channels=in_channels,
+            num_classes=num_outputs,
+            norm=EFFICIENTNET_NORM,
         )
     params: dict[str, Any] = dict(width_coefficient=1.0, depth_coefficient=1.0, dropout_rate=0.2, drop_connect_rate=0.2)
     params.update(kw)
@@ -163,7 +177,7 @@ def build_efficientnet_b0(
         in_channels=in_channels,
         num_classes=num_outputs,
         image_size=size,
-        norm=("batch", {"eps": 1e-3, "momentum": 0.01}),
+        norm=EFFICIENTNET_NORM,
         **params,
     )
 
