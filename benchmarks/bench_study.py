@@ -109,9 +109,9 @@ DEEP: dict[str, list[str]] = {
 CLASSICAL = ["svm", "random-forest", "elm"]
 CLASSICAL_FOR = {"brain_tumor_mri": ["svm", "elm"]}  # features of 7000 larger images cost minutes per model
 
-TARGETS = {  # (metric, minimum) the issue asks for
-    "pneumoniamnist": [("auc", 0.985), ("acc", 0.92)],
-    "retinamnist": [("auc", 0.75), ("acc", 0.53)],
+TARGETS = {  # (metric, minimum): issue 15 for PneumoniaMNIST and RetinaMNIST, the study's first issue for the others
+    "pneumoniamnist": [("auc", 0.975), ("acc", 0.90)],
+    "retinamnist": [("auc", 0.76), ("acc", 0.55)],
     "adrenalmnist3d": [("auc", 0.86)],
     "brain_tumor_mri": [("acc", 0.95)],
 }
@@ -501,7 +501,8 @@ def summarize(ds: str, res: dict[str, Any], args) -> tuple[str, list[str]]:
         if vals:
             best = max(vals)
             notes.append(
-                f"target deep {metric.upper()} >= {minimum}: best {best:.3f} -> {'met' if best >= minimum else 'NOT met'}"
+                f"target deep {metric.upper()} >= {minimum}: best deep row (one seed or a recipe's ensemble of "
+                f"seeds) {best:.3f} -> {'met' if best >= minimum else 'NOT met'}"
             )
     return "\n".join(lines), notes
 
