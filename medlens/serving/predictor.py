@@ -236,11 +236,7 @@ class Predictor:
 
         Content that is not DICOM, NIfTI, PNG, JPEG or TIFF raises :class:`UnsupportedMediaError`.
         """
-        return self.answer([self.prepare_bytes(data, filename)], explain=explain)[0]
-
-    def prepare_bytes(self, data: bytes, filename: str) -> _Prepared:
-        """Uploaded bytes read, checked and preprocessed (what :meth:`answer` takes); see :meth:`predict_bytes`."""
-        return self.prepare(self.read_bytes(data, filename))
+        return self._predict(self.read_bytes(data, filename), explain=explain)
 
     def read_bytes(self, data: bytes, filename: str) -> _Input:
         """Uploaded bytes read (no torch; :meth:`prepare` is the next step); see :meth:`predict_bytes`.
