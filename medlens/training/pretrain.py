@@ -524,22 +524,10 @@ def _patch_loader(
 ) -> torch.utils.data.DataLoader:
     """Random training patches of the images as ``train`` draws them for a segmentation network
     (no masks: anywhere in the image), ``patches_per_case`` per image and epoch."""
-    from medlens import progress as bars
-    from medlens.inference.segment import segmentation_input
     from medlens.training.datamodule import PatchDataset
+    from medlens.training.segmentation import load_cases
 
-    images = []
-    for i in bars.track(ids, desc="loading images", disable=not progress):
-        sample = dataset.load(i)
-        images.append(
-            segmentation_input(
-                sample.image,
-                channels=resolved.channels,
-                preprocessing=resolved.preprocessing,
-                dims=dataset.dims,
-                origin=sample.origin,
-            )
-        )
+    images, _ = load_cases(dataset, ids, resolved, None, desc="loading images", show_progress=progress, masks=False)
     patches = PatchDataset(
         images,
         [np.zeros(image.shape[1:], dtype=np.uint8) for image in images],

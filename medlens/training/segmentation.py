@@ -47,25 +47,26 @@ def class_names(dataset: Dataset, masks: list[np.ndarray]) -> list[str]:
 
 
 def load_cases(
-    dataset: Dataset, ids: list[str], config: TrainConfig, n_classes: int | None, *, desc: str, show_progress: bool
+    dataset: Dataset,
+    ids: list[str],
+    config: TrainConfig,
+    n_classes: int | None,
+    *,
+    desc: str,
+    show_progress: bool,
+    masks: bool = True,
 ) -> Cases:
     """Model inputs and masks of ``ids`` (see the module doc); a case without a mask is an error,
-    and so is a label of ``n_classes`` or more (None: the source names no classes)."""
+    and so is a label of ``n_classes`` or more (None: the source names no classes). ``masks=False``:
+    the inputs only, masks neither read nor required (pretraining without labels); the mask list
+    is then empty."""
     from medlens.inference.segment import segmentation_input
 
-    images, masks = [], []
+    images, labels = [], []
     for sample_id in progress.track(ids, desc=desc, disable=not show_progress):
         sample = dataset.load(sample_id)
-        if sample.mask is None:
-            raise MedlensError("a segmentation case without a mask", sample.origin)
-        mask = np.asarray(sample.mask)
-        if mask.shape != sample.image.shape[1:]:
-            raise MedlensError(
-                f"mask shape {mask.shape} differs from image shape {sample.image.shape[1:]}", sample.origin
-            )
-        top = int(mask.max(initial=0))
-        if mask.min(initial=0) < 0 or (n_classes is not None and top >= n_classes):
-            raise MedlensError(f"mask label {top} is outside the classes 0..{(n_classes or 1) - 1}", sample.origin)
+        if masks:
+            labels.append(_checked_mask(sample, n_classes))
         images.append(
             segmentation_input(
                 sample.image,
@@ -75,8 +76,21 @@ def load_cases(
                 origin=sample.origin,
             )
         )
-        masks.append(mask.astype(np.uint8))
-    return images, masks
+    return images, labels
+
+
+def _checked_mask(sample, n_classes: int | None) -> np.ndarray:
+    """A case's mask as uint8, or a one-line error: missing, another shape than the image, or a
+    label outside the classes."""
+    if sample.mask is None:
+        raise MedlensError("a segmentation case without a mask", sample.origin)
+    mask = np.asarray(sample.mask)
+    if mask.shape != sample.image.shape[1:]:
+        raise MedlensError(f"mask shape {mask.shape} differs from image shape {sample.image.shape[1:]}", sample.origin)
+    top = int(mask.max(initial=0))
+    if mask.min(initial=0) < 0 or (n_classes is not None and top >= n_classes):
+        raise MedlensError(f"mask label {top} is outside the classes 0..{(n_classes or 1) - 1}", sample.origin)
+    return mask.astype(np.uint8)
 
 
 def fit_pixel_model(config: TrainConfig, spec: Any, cases: dict[str, Cases], model_dir: ModelDir) -> dict:
