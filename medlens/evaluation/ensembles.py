@@ -6,7 +6,10 @@
   or log-probabilities (multi-class), fitted on the **validation** predictions and labels. It takes
   no labels of the evaluated split, so it cannot see them. Its own validation probabilities are
   out-of-fold (stratified k-fold on validation), so that what is chosen on them afterwards (the
-  temperature, the decision threshold) is not chosen on cases the stacker was fitted to.
+  temperature, the decision threshold) is not chosen on cases the stacker was fitted to. Its L2
+  strength is chosen by cross-validated log-loss inside whatever it is fitted on (scikit-learn's
+  ``LogisticRegressionCV``): many members' scores on a small validation set (RetinaMNIST: 30
+  features, 120 cases) overfit the default strength.
 
 Probabilities are (N, K) rows that sum to one (binary: K = 2) or, multi-label, (N, K) per-label
 probabilities — the layout of ``predictions_*.csv``. scikit-learn does the fitting.
@@ -14,6 +17,7 @@ probabilities — the layout of ``predictions_*.csv``. scikit-learn does the fit
 
 from __future__ import annotations
 
+import warnings
 from typing import Sequence
 
 import numpy as np
@@ -22,7 +26,7 @@ from medlens.errors import MedlensError
 
 EPS = 1e-6
 STACK_FOLDS = 5
-STACK_C = 1.0  # inverse L2 strength of the stacker (scikit-learn's default)
+STACK_CS = (0.001, 0.01, 0.1, 1.0, 10.0)  # inverse L2 strengths tried, chosen by inner cross-validation
 
 
 def average(probs: Sequence[np.ndarray]) -> np.ndarray:
@@ -82,7 +86,7 @@ def _stack_one(
 ) -> tuple[np.ndarray, np.ndarray]:
     """One logistic regression: (out-of-fold val probabilities, eval probabilities); binary and
     multi-class give (N, n_classes), a multi-label column (N,)."""
-    from sklearn.linear_model import LogisticRegression
+    from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
     from sklearn.model_selection import StratifiedKFold
 
     y = np.asarray(y).astype(int)
@@ -96,7 +100,14 @@ def _stack_one(
     n_folds = int(min(folds, present.min()))
 
     def fit(x: np.ndarray, target: np.ndarray):
-        return LogisticRegression(C=STACK_C, max_iter=2000).fit(x, target)
+        inner = int(min(folds, np.bincount(target)[np.bincount(target) > 0].min()))
+        if inner < 2:  # too few cases of a class to choose the strength: scikit-learn's default
+            return LogisticRegression(max_iter=2000).fit(x, target)
+        cv = StratifiedKFold(inner, shuffle=True, random_state=seed)
+        model = LogisticRegressionCV(Cs=list(STACK_CS), cv=cv, scoring="neg_log_loss", max_iter=2000)
+        with warnings.catch_warnings():  # scikit-learn 1.9 announces new defaults of l1_ratios (still L2) and of
+            warnings.simplefilter("ignore", FutureWarning)  # its fitted attributes; neither changes this fit
+            return model.fit(x, target)
 
     def proba(model, x: np.ndarray) -> np.ndarray:
         p = np.full((len(x), max(n_classes, 2)), EPS)

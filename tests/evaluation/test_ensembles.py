@@ -57,3 +57,24 @@ def test_stacking_refuses_a_validation_split_without_two_cases_of_each_class():
     p = np.array([[0.7, 0.3]] * 4)
     with pytest.raises(MedlensError, match="two validation cases of each"):
         stack([p, p], y, [p, p], "binary")
+
+
+def test_the_stacker_chooses_a_strong_penalty_for_members_that_know_nothing():
+    """Twenty members of pure noise on sixty validation cases: scikit-learn's default strength
+    fits the noise (its test probabilities spread widely); the cross-validated one stays near the
+    prevalence."""
+    from sklearn.linear_model import LogisticRegression
+
+    from medlens.evaluation.ensembles import _features
+
+    rng = np.random.default_rng(0)
+
+    def members(n: int) -> list[np.ndarray]:
+        scores = [rng.uniform(0.05, 0.95, n) for _ in range(20)]
+        return [np.stack([1 - p, p], axis=1) for p in scores]
+
+    p_val, p_test, y_val = members(60), members(200), rng.integers(0, 2, 60)
+    _, stacked = stack(p_val, y_val, p_test, "binary")
+    default = LogisticRegression(max_iter=2000).fit(_features(p_val, "binary")[0], y_val)
+    spread_default = default.predict_proba(_features(p_test, "binary")[0])[:, 1].std()
+    assert stacked[:, 1].std() < 0.05 < 0.15 < spread_default
