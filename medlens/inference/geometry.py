@@ -131,12 +131,6 @@ def source_view(
     return SourceView(image.astype(np.float32, copy=False), heat, index)
 
 
-def view_without_torch(source_shape: Sequence[int], heatmap: np.ndarray | None) -> bool:
-    """Whether :func:`source_view` of a ``source_shape`` image with ``heatmap`` runs on NumPy alone
-    (no heatmap to resample, no display reduction): a caller may then run it on any thread."""
-    return heatmap is None and _display_shape(tuple(source_shape[-2:])) == tuple(source_shape[-2:])
-
-
 def _display_shape(shape: tuple[int, ...]) -> tuple[int, int]:
     scale = min(1.0, DISPLAY_MAX_SIDE / max(shape))
     return max(1, round(shape[0] * scale)), max(1, round(shape[1] * scale))

@@ -147,7 +147,6 @@ class Service:
             raise ApiError(400, "empty", "the upload is empty", file=filename)
         try:
             result = self.network((self.predictor.read_bytes(data, filename), explain))
-            result.make_view()  # in this thread, not the network thread: it needs no torch
         except UnsupportedMediaError as e:
             raise ApiError(415, "unsupported_media", printable(e.problem, None), file=filename) from None
         except MedlensError as e:
@@ -228,9 +227,7 @@ class Service:
         """On the network thread: (input as read, explain) -> its answer. Inputs are checked and
         preprocessed here; those without heatmap are answered in one pass, each heatmap alone."""
         prepared = [self.predictor.prepare(inp) for inp, _ in requests]
-        plain = iter(
-            self.predictor.answer([p for p, (_, explain) in zip(prepared, requests) if not explain], defer_view=True)
-        )
+        plain = iter(self.predictor.answer([p for p, (_, explain) in zip(prepared, requests) if not explain]))
         return [
             self.predictor.answer([p], explain=True)[0] if explain else next(plain)
             for p, (_, explain) in zip(prepared, requests)

@@ -25,9 +25,8 @@ import secrets
 import tempfile
 import zlib
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 import pydicom
@@ -36,7 +35,7 @@ from medlens.data.sample import ImageData
 from medlens.errors import BadInputError, MedlensError
 from medlens.inference.bundle import Bundle
 from medlens.inference.card import ModelCard
-from medlens.inference.geometry import SourceView, source_view, view_without_torch
+from medlens.inference.geometry import SourceView, source_view
 from medlens.inference.prediction import Prediction, SourceInfo
 from medlens.runs import sha256_file
 
@@ -75,12 +74,6 @@ class PredictionResult:
     mask: np.ndarray | None = None
     spacing: tuple[float, ...] | None = None
     affine: np.ndarray | None = None
-    view_maker: Callable[[], SourceView] | None = field(default=None, repr=False, compare=False)
-
-    def make_view(self) -> None:
-        """Compute ``view`` when :meth:`Predictor.answer` deferred it (``defer_view``)."""
-        if self.view is None and self.view_maker is not None:
-            self.view, self.view_maker = self.view_maker(), None
 
     @property
     def display_image(self) -> np.ndarray | None:
@@ -399,15 +392,10 @@ class Predictor:
         arr = self.check_input(inp.array, inp.source.modality, inp.name)
         return _Prepared(inp, arr, self.bundle.preprocess(arr, name=inp.name))
 
-    def answer(
-        self, batch: Sequence[_Prepared], *, explain: bool = False, defer_view: bool = False
-    ) -> list[PredictionResult]:
+    def answer(self, batch: Sequence[_Prepared], *, explain: bool = False) -> list[PredictionResult]:
         """The answers for prepared inputs: one batched pass of the network (probabilities,
         features for the guard, uncertainty draws) for a classification; each input's sliding
-        window for a segmentation. An input's answer does not depend on the batch it is in.
-
-        ``defer_view``: a display view that needs no torch is left to :meth:`PredictionResult.make_view`
-        (the service makes it in the request's thread, off the network thread)."""
+        window for a segmentation. An input's answer does not depend on the batch it is in."""
         if self.card.task == "segmentation":
             return [self._segment(p.inp, p.arr, p.x) for p in batch]
         if not batch:
@@ -444,17 +432,9 @@ class Predictor:
                 source=p.inp.source,
                 heatmap=heatmaps[i],
             )
-            make = partial(source_view, p.arr, heatmaps[i], window=p.inp.window, preprocessing=self.card.preprocessing)
-            later = defer_view and view_without_torch(np.shape(p.arr), heatmaps[i])
+            view = source_view(p.arr, heatmaps[i], window=p.inp.window, preprocessing=self.card.preprocessing)
             results.append(
-                PredictionResult(
-                    pred,
-                    list(p.inp.sources),
-                    None if later else make(),
-                    slice_uids=p.inp.slice_uids,
-                    model_input=p.x,
-                    view_maker=make if later else None,
-                )
+                PredictionResult(pred, list(p.inp.sources), view, slice_uids=p.inp.slice_uids, model_input=p.x)
             )
         return results
 

@@ -23,7 +23,6 @@ import dataclasses
 import io
 import json
 import logging
-import os
 import re
 import shutil
 import threading
@@ -140,19 +139,6 @@ class StoredPrediction:
         if status == "error":
             raise value
         return value
-
-
-def _remove_folder(folder: Path) -> None:
-    """Delete an entry's folder: its few files, then the folder. shutil.rmtree's careful walk took
-    a tenth of a core under load (one removal per prediction once the disk bound is reached); it
-    stays for what this cannot remove (a subfolder nobody should have put there)."""
-    try:
-        with os.scandir(folder) as files:
-            for f in files:
-                os.unlink(f.path)
-        os.rmdir(folder)
-    except OSError:
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _to_u8(a: np.ndarray | None) -> np.ndarray | None:
@@ -284,7 +270,7 @@ class PredictionStore:
             while len(self._disk_ids) > self.disk_limit:
                 stale.append(self._disk_ids.popitem(last=False)[0])
         for old in stale:
-            _remove_folder(self.root / old)
+            shutil.rmtree(self.root / old, ignore_errors=True)
 
     # -- reading ---------------------------------------------------------------------------------
     def get(self, prediction_id: str) -> StoredPrediction | None:

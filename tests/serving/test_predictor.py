@@ -76,20 +76,6 @@ def test_png_prediction_record(deep, tiny_run, serving_inputs):
         assert "default rule" in pred.abstain_reason
 
 
-def test_a_deferred_display_view_is_the_one_made_at_once(deep, serving_inputs):
-    """The service leaves a view that needs no torch to its request thread: made later, it is the same."""
-    prepared = deep.prepare(deep.read_bytes(serving_inputs["png"].read_bytes(), "x.png"))
-    eager = deep.answer([prepared])[0]
-    deferred = deep.answer([prepared], defer_view=True)[0]
-    assert deferred.view is None and deferred.view_maker is not None and eager.view_maker is None
-    deferred.make_view()
-    assert deferred.view_maker is None
-    np.testing.assert_array_equal(deferred.display_image, eager.display_image)
-    # a heatmap's view resamples it with torch: never deferred
-    explained = deep.answer([prepared], explain=True, defer_view=True)[0]
-    assert explained.view is not None and explained.view.heatmap is not None
-
-
 def test_nifti_and_jpeg_inputs(deep, serving_inputs):
     png = deep.predict_path(serving_inputs["png"]).prediction.probabilities
     nifti = deep.predict_path(serving_inputs["nifti"]).prediction

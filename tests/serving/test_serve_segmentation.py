@@ -118,7 +118,7 @@ class FakeSegmenter:
     def prepare(self, inp):
         return inp
 
-    def answer(self, batch, *, explain=False, defer_view=False):
+    def answer(self, batch, *, explain=False):
         return [segment(self.series) for _ in batch]
 
     def predict_dicom(self, datasets, *, explain=False):
