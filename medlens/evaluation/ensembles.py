@@ -74,6 +74,12 @@ def _features(probs: Sequence[np.ndarray], task: str) -> list[np.ndarray]:
     return [np.concatenate([np.log(a) for a in arrays], axis=1)]
 
 
+def _fold_count(y: np.ndarray, folds: int) -> int:
+    """Stratified folds ``y`` allows: ``folds``, or fewer when a class has fewer cases."""
+    counts = np.bincount(y)
+    return int(min(folds, counts[counts > 0].min()))
+
+
 def _stack_one(
     x_val: np.ndarray,
     y: np.ndarray,
@@ -97,10 +103,10 @@ def _stack_one(
             p_val, p_eval, j = fallback
             return average([p[:, j] for p in p_val]), average([p[:, j] for p in p_eval])
         raise MedlensError("stacking needs at least two validation cases of each of two classes")
-    n_folds = int(min(folds, present.min()))
+    n_folds = _fold_count(y, folds)
 
     def fit(x: np.ndarray, target: np.ndarray):
-        inner = int(min(folds, np.bincount(target)[np.bincount(target) > 0].min()))
+        inner = _fold_count(target, folds)
         if inner < 2:  # too few cases of a class to choose the strength: scikit-learn's default
             return LogisticRegression(max_iter=2000).fit(x, target)
         cv = StratifiedKFold(inner, shuffle=True, random_state=seed)
