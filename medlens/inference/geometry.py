@@ -14,10 +14,14 @@ preprocessing path does not keep; :func:`check_invertible` refuses a pipeline wi
 output, DICOM Secondary Capture): the source image as read, windowed for display the way a viewer
 would (the DICOM window when there is one, else the 0.5-99.5 percentiles), with the heatmap
 resampled onto its pixels; for a volume, the source slice where the resampled heatmap peaks.
+:func:`answer_view` is what an answer carries: the same picture, made on first use when that is
+cheap to postpone (a small 2D image without heatmap: no torch, and the source no larger to hold
+than its picture), so that the service answers before it draws.
 """
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -30,6 +34,8 @@ RESAMPLING_STEPS = {"resize"}
 GEOMETRY_KEEPING_STEPS = {"window", "zscore", "minmax", "scale"}
 DISPLAY_MAX_SIDE = 4096
 """Pictures wider or taller than this are shown reduced (area average), aspect ratio kept."""
+DEFER_MAX_PIXELS = 512 * 512
+"""2D sources up to this many pixels per channel get their picture on first use (:func:`answer_view`)."""
 
 
 @dataclass(frozen=True)
@@ -129,6 +135,55 @@ def source_view(
     if heat is not None:
         heat = np.clip(to_source_geometry(heat, shape), 0.0, 1.0)
     return SourceView(image.astype(np.float32, copy=False), heat, index)
+
+
+class DeferredView:
+    """A :class:`SourceView` without heatmap of a 2D source whose ``image`` is made on first use
+    (once, thread-safe; the source is let go then). ``shape``: the image's shape, known before."""
+
+    heatmap = None
+    slice_index = None
+
+    def __init__(self, source: np.ndarray, *, window: tuple[float, float] | None, preprocessing: dict | None):
+        check_invertible(preprocessing)
+        self._made: np.ndarray | None = None
+        self._source: tuple | None = (source, window, preprocessing)
+        self._lock = threading.Lock()
+        self.shape = _display_shape(np.shape(source)[1:])
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held: the source's until the image is made, then the image's."""
+        with self._lock:
+            if self._made is not None:
+                return int(self._made.nbytes)
+            assert self._source is not None
+            return int(np.asarray(self._source[0]).nbytes)
+
+    @property
+    def image(self) -> np.ndarray:
+        with self._lock:
+            if self._made is None:
+                assert self._source is not None
+                source, window, preprocessing = self._source
+                self._made = source_view(source, window=window, preprocessing=preprocessing).image
+                self._source = None
+            return self._made
+
+
+def answer_view(
+    source: np.ndarray,
+    heatmap: np.ndarray | None = None,
+    *,
+    window: tuple[float, float] | None = None,
+    preprocessing: dict[str, Any] | None = None,
+) -> SourceView | DeferredView:
+    """:func:`source_view`, or a :class:`DeferredView` of the same picture for a 2D source of at
+    most :data:`DEFER_MAX_PIXELS` pixels without heatmap (its picture needs no torch, so any thread
+    may make it, and holding the source until then costs no more than holding the picture)."""
+    if heatmap is None and np.ndim(source) == 3 and int(np.prod(np.shape(source)[1:])) <= DEFER_MAX_PIXELS:
+        return DeferredView(source, window=window, preprocessing=preprocessing)
+    return source_view(source, heatmap, window=window, preprocessing=preprocessing)
 
 
 def _display_shape(shape: tuple[int, ...]) -> tuple[int, int]:

@@ -55,6 +55,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from medlens import __version__
 from medlens.errors import MedlensError
+from medlens.inference.geometry import DeferredView
 from medlens.serving.audit import AuditLog, hash_identifier
 from medlens.serving.batching import GreedyBatcher
 from medlens.serving.docs import add_docs
@@ -202,7 +203,9 @@ class Service:
             raise ApiError(
                 503, "audit_unavailable", "the audit log could not record the prediction; it was not returned"
             ) from None
-        display, heat = result.heatmap_slice()
+        view = result.view  # a deferred picture is drawn after the answer (by the store's writer)
+        display = view if view is None or isinstance(view, DeferredView) else view.image
+        heat = None if view is None else view.heatmap
         answer = None
         try:
             mask = self.network.run(_stored_mask, result) if result.mask is not None else None

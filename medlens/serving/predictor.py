@@ -35,7 +35,7 @@ from medlens.data.sample import ImageData
 from medlens.errors import BadInputError, MedlensError
 from medlens.inference.bundle import Bundle
 from medlens.inference.card import ModelCard
-from medlens.inference.geometry import SourceView, source_view
+from medlens.inference.geometry import DeferredView, SourceView, answer_view, source_view
 from medlens.inference.prediction import Prediction, SourceInfo
 from medlens.runs import sha256_file
 
@@ -54,7 +54,7 @@ class PredictionResult:
     """A prediction with what it was computed from.
 
     ``sources``: the DICOM datasets of the input (empty for other formats); ``view``: the picture
-    of the prediction in the source's geometry (:func:`medlens.inference.geometry.source_view`:
+    of the prediction in the source's geometry (:func:`medlens.inference.geometry.answer_view`:
     the source image windowed for display with the heatmap on its pixels; for 3D the source slice
     where the heatmap peaks); ``slice_uids``: the SOP Instance UID of each source slice, in the
     source's slice order (DICOM input); ``model_input``: the preprocessed array (C, H, W) or
@@ -68,7 +68,7 @@ class PredictionResult:
 
     prediction: Prediction
     sources: list[pydicom.Dataset] = field(default_factory=list)
-    view: SourceView | None = None
+    view: SourceView | DeferredView | None = None
     slice_uids: list[str] = field(default_factory=list)
     model_input: np.ndarray | None = None
     mask: np.ndarray | None = None
@@ -432,7 +432,7 @@ class Predictor:
                 source=p.inp.source,
                 heatmap=heatmaps[i],
             )
-            view = source_view(p.arr, heatmaps[i], window=p.inp.window, preprocessing=self.card.preprocessing)
+            view = answer_view(p.arr, heatmaps[i], window=p.inp.window, preprocessing=self.card.preprocessing)
             results.append(
                 PredictionResult(pred, list(p.inp.sources), view, slice_uids=p.inp.slice_uids, model_input=p.x)
             )

@@ -36,6 +36,7 @@ import numpy as np
 import pydicom
 
 from medlens.errors import MedlensError
+from medlens.inference.geometry import DeferredView
 from medlens.inference.prediction import Prediction, SourceInfo
 
 log = logging.getLogger("medlens.serve")
@@ -87,12 +88,13 @@ class StoredPrediction:
     """One prediction with what its renderings need, and the renderings made so far."""
 
     prediction: Prediction  # without its heatmap (kept 2D in ``heatmap``)
-    display_image: np.ndarray | None  # 2D uint8 (0-255 for [0, 1]): a quarter of float32 at source resolution
+    display: np.ndarray | DeferredView | None  # see display_image; a DeferredView until first use
     heatmap: np.ndarray | None = None  # 2D uint8, on the display image's pixels
     sources: list[pydicom.Dataset] = field(default_factory=list)  # headers only
     mask: StoredMask | None = None  # segmentations only
     cache: dict[str, Any] = field(default_factory=dict)
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False)  # renderings nest: SR -> SEG
+    nbytes: int = field(init=False, default=0)
 
     def summary(self) -> dict[str, Any]:
         """The prediction's JSON (:meth:`Prediction.to_json`), ``has_heatmap`` from the kept heatmap;
@@ -111,10 +113,19 @@ class StoredPrediction:
         return d
 
     @property
-    def nbytes(self) -> int:
-        """Bytes of the kept images (what bounds the memory level)."""
-        kept = sum(a.nbytes for a in (self.display_image, self.heatmap) if a is not None)
-        return kept + (0 if self.mask is None else self.mask.nbytes)
+    def display_image(self) -> np.ndarray | None:
+        """2D uint8 (0-255 for [0, 1]), a quarter of float32 at source resolution; a deferred
+        picture is made here on first use (by the disk writer, or by whoever reads it first)."""
+        with self.lock:
+            if isinstance(self.display, DeferredView):
+                self.display = _to_u8(self.display.image)
+            return self.display
+
+    def __post_init__(self) -> None:
+        # bytes of the kept images (what bounds the memory level), fixed when kept: a deferred picture
+        # counts as the source it holds until it is made (never less than the picture it becomes)
+        arrays = (self.display, self.heatmap, self.mask)
+        self.nbytes = sum(a.nbytes for a in arrays if a is not None)
 
     def planes(self, index: int | None = None) -> tuple[np.ndarray | None, np.ndarray | None]:
         """(display image, heatmap) as float32 in [0, 1]; ``index``: slice ``index`` of a segmented volume
@@ -201,20 +212,25 @@ class PredictionStore:
     def put(
         self,
         prediction: Prediction,
-        display_image: np.ndarray | None,
+        display_image: np.ndarray | DeferredView | None,
         sources=(),
         *,
         heatmap: np.ndarray | None = None,
         mask: StoredMask | None = None,
     ) -> StoredPrediction:
-        """Keep ``prediction`` with its 2D display image and the 2D heatmap on its pixels (floats in [0, 1]),
-        and a segmentation's ``mask`` (its ``slices`` as floats in [0, 1], kept as uint8)."""
+        """Keep ``prediction`` with its 2D display image (floats in [0, 1], or a deferred picture made
+        on first use) and the 2D heatmap on its pixels (floats in [0, 1]), and a segmentation's
+        ``mask`` (its ``slices`` as floats in [0, 1], kept as uint8)."""
         light = dataclasses.replace(prediction, heatmap=None)
         if mask is not None:
             labels = np.asarray(mask.labels, dtype=np.uint8)
             mask = StoredMask(labels, _to_u8(mask.slices), mask.spacing, mask.affine)
         entry = StoredPrediction(
-            light, _to_u8(display_image), _to_u8(heatmap), [header_only(s) for s in sources], mask=mask
+            light,
+            display_image if isinstance(display_image, DeferredView) else _to_u8(display_image),
+            _to_u8(heatmap),
+            [header_only(s) for s in sources],
+            mask=mask,
         )
         with self._lock:
             self._keep(entry)

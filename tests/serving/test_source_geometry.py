@@ -144,3 +144,21 @@ def test_bytes_upload_of_a_512_dicom_keeps_its_size_through_the_store(tiny_run, 
         colour = np.asarray(Image.open(io.BytesIO(layer)).convert("RGB"), dtype=np.float32)
         hot, cold = hot_and_cold(colour)
         assert hot[0] > hot[2] + 100 and cold[2] > cold[0] + 100  # the colour layer alone (alpha 1)
+
+
+def test_answer_view_defers_only_small_2d_pictures_without_heatmap_and_draws_the_same_picture():
+    from medlens.inference.geometry import DEFER_MAX_PIXELS, DeferredView, SourceView, answer_view, source_view
+
+    rng = np.random.default_rng(0)
+    small = rng.normal(0.0, 1.0, (3, 40, 30)).astype(np.float32)
+    view = answer_view(small, window=(0.0, 2.0))
+    assert isinstance(view, DeferredView) and view.heatmap is None and view.slice_index is None
+    assert np.array_equal(view.image, source_view(small, window=(0.0, 2.0)).image)
+    assert view.nbytes == view.image.nbytes  # the source is let go once the picture is made
+    side = int(DEFER_MAX_PIXELS**0.5) + 1
+    for source, heat in (
+        (np.zeros((1, side, side), np.float32), None),  # large: drawn at once
+        (small, np.zeros((8, 8), np.float32)),  # heatmap: resampled with torch, on the network's thread
+        (np.zeros((1, 4, 16, 16), np.float32), None),  # volume
+    ):
+        assert isinstance(answer_view(source, heat), SourceView)

@@ -49,3 +49,27 @@ def test_one_entry_larger_than_the_limit_is_still_kept():
     pred = _prediction()
     store.put(pred, np.zeros((64, 64), np.float32))
     assert store.get(pred.id) is not None
+
+
+def test_a_deferred_picture_is_made_off_the_answer_counted_as_its_source_and_written_as_made(tmp_path):
+    """A small 2D picture without heatmap is drawn after the answer: the entry counts the source it
+    holds until then (the memory bound holds), and what the disk and a GET get is the picture
+    source_view draws, as uint8."""
+    from medlens.inference.geometry import DeferredView, answer_view, source_view
+    from medlens.serving.store import _to_u8
+
+    source = np.random.default_rng(1).normal(100.0, 20.0, (1, 64, 48)).astype(np.float32)
+    view = answer_view(source)
+    assert isinstance(view, DeferredView) and view.shape == (64, 48) and view.nbytes == source.nbytes
+    store = PredictionStore(tmp_path / "store", memory=1)
+    first, second = _prediction(), _prediction()
+    entry = store.put(first, view)
+    assert entry.nbytes == source.nbytes == store._memory_nbytes
+    store.flush()  # the writer made the picture to write it
+    assert not isinstance(entry.display, DeferredView) and entry.nbytes == source.nbytes == store._memory_nbytes
+    expected = _to_u8(source_view(source).image)
+    assert np.array_equal(entry.display_image, expected)
+    store.put(second, answer_view(source))  # the first leaves memory; read back from disk
+    store.flush()
+    assert store._memory_nbytes == source.nbytes
+    assert np.array_equal(store.get(first.id).display_image, expected)
