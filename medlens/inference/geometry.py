@@ -15,8 +15,8 @@ output, DICOM Secondary Capture): the source image as read, windowed for display
 would (the DICOM window when there is one, else the 0.5-99.5 percentiles), with the heatmap
 resampled onto its pixels; for a volume, the source slice where the resampled heatmap peaks.
 :func:`answer_view` is what an answer carries: the same picture, made on first use when that is
-cheap to postpone (a small 2D image without heatmap: no torch, and the source no larger to hold
-than its picture), so that the service answers before it draws.
+cheap to postpone (a small 2D image without heatmap: no torch, and a bounded source to hold
+meanwhile), so that the service answers before it draws.
 """
 
 from __future__ import annotations
@@ -180,7 +180,8 @@ def answer_view(
 ) -> SourceView | DeferredView:
     """:func:`source_view`, or a :class:`DeferredView` of the same picture for a 2D source of at
     most :data:`DEFER_MAX_PIXELS` pixels without heatmap (its picture needs no torch, so any thread
-    may make it, and holding the source until then costs no more than holding the picture)."""
+    may make it; the source held until then is as large as the float32 picture for a grey image,
+    three times for RGB, and at most a few MB)."""
     if heatmap is None and np.ndim(source) == 3 and int(np.prod(np.shape(source)[1:])) <= DEFER_MAX_PIXELS:
         return DeferredView(source, window=window, preprocessing=preprocessing)
     return source_view(source, heatmap, window=window, preprocessing=preprocessing)
