@@ -8,6 +8,7 @@ guard's intensity statistics, the display window) and the classical features on 
 the same index arithmetic and the same two-sided interpolation), so the values are identical
 to NumPy's, bit for bit (tests compare them); a row holding NaN gives NaN, as NumPy does.
 Written by hand: NumPy has no sort-based percentile and SciPy's ``mquantiles`` is slower.
+:func:`sorted_percentiles` is the interpolation alone, for rows a caller has sorted already.
 """
 
 from __future__ import annotations
@@ -22,7 +23,13 @@ def percentiles(a: np.ndarray, q: float | Sequence[float], axis: int | None = No
     a = np.asanyarray(a)
     if axis is None:
         a, axis = a.reshape(-1), 0
-    ordered = np.moveaxis(np.sort(a, axis=axis), axis, -1)  # (..., n)
+    return sorted_percentiles(np.moveaxis(np.sort(a, axis=axis), axis, -1), q)
+
+
+def sorted_percentiles(ordered: np.ndarray, q: float | Sequence[float]) -> np.ndarray:
+    """:func:`percentiles` along the last axis of ``ordered`` (..., n), already sorted along it:
+    for a caller that needs the sorted values for more than the percentiles."""
+    ordered = np.asanyarray(ordered)
     n = ordered.shape[-1]
     if n == 0:
         raise ValueError("percentiles of an empty array")

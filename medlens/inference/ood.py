@@ -29,7 +29,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from medlens.data.quantiles import percentiles
+from medlens.data.quantiles import percentiles, sorted_percentiles
 from medlens.errors import MedlensError
 from medlens.runs import OOD_GUARD_FILE as OOD_FILE
 
@@ -112,17 +112,26 @@ def extent(image: np.ndarray) -> list[int]:
 
 def intensity_statistics(x: np.ndarray) -> np.ndarray:
     """Histogram statistics (N, S) of model inputs (N, C, ...): channel-mean image quantiles,
-    mean, spread, share at its minimum and maximum, and each channel's mean."""
+    mean, spread, share at its minimum and maximum, and each channel's mean. One sort per image
+    gives the quantiles, the extremes and the shares near them."""
     x = np.asarray(x, dtype=np.float32)
     n, c = x.shape[:2]
     flat = x.reshape(n, c, -1)
-    grey = flat.mean(axis=1)
-    q = percentiles(grey, [1, 5, 25, 50, 75, 95, 99], axis=1).T
-    lo, hi = grey.min(axis=1, keepdims=True), grey.max(axis=1, keepdims=True)
+    grey = flat[:, 0] if c == 1 else flat.mean(axis=1)
+    ordered = np.sort(grey, axis=1)
+    q = sorted_percentiles(ordered, [1, 5, 25, 50, 75, 95, 99]).T
+    lo, hi = ordered[:, :1], ordered[:, -1:]
     tol = 0.01 * np.maximum(hi - lo, 1e-6)
-    at_min = (grey <= lo + tol).mean(axis=1, keepdims=True)
-    at_max = (grey >= hi - tol).mean(axis=1, keepdims=True)
-    parts = [q, grey.mean(axis=1, keepdims=True), grey.std(axis=1, keepdims=True), at_min, at_max]
+    size = ordered.shape[1]
+    at_min = [np.searchsorted(row, bound, side="right") for row, bound in zip(ordered, (lo + tol)[:, 0])]
+    at_max = [size - np.searchsorted(row, bound, side="left") for row, bound in zip(ordered, (hi - tol)[:, 0])]
+    parts = [
+        q,
+        grey.mean(axis=1, keepdims=True),
+        grey.std(axis=1, keepdims=True),
+        np.divide(at_min, size)[:, None],
+        np.divide(at_max, size)[:, None],
+    ]
     if c > 1:
         parts.append(flat.mean(axis=2))
     return np.concatenate(parts, axis=1).astype(np.float64)

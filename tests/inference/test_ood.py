@@ -130,3 +130,32 @@ def test_measures():
     means, precision = np.zeros((2, 2)), np.eye(2)
     means[1] = [10, 0]
     np.testing.assert_allclose(mahalanobis(np.array([[9.0, 0.0], [0.0, 3.0]]), means, precision), [1.0, 3.0])
+
+
+def _statistics_by_definition(x: np.ndarray) -> np.ndarray:
+    """intensity_statistics spelled out with NumPy's own percentile, min, max and comparisons."""
+    flat = np.asarray(x, dtype=np.float32).reshape(len(x), x.shape[1], -1)
+    grey = flat.mean(axis=1)
+    lo, hi = grey.min(axis=1, keepdims=True), grey.max(axis=1, keepdims=True)
+    tol = 0.01 * np.maximum(hi - lo, 1e-6)
+    parts = [
+        np.percentile(grey, [1, 5, 25, 50, 75, 95, 99], axis=1).T,
+        grey.mean(axis=1, keepdims=True),
+        grey.std(axis=1, keepdims=True),
+        (grey <= lo + tol).mean(axis=1, keepdims=True),
+        (grey >= hi - tol).mean(axis=1, keepdims=True),
+    ]
+    if x.shape[1] > 1:
+        parts.append(flat.mean(axis=2))
+    return np.concatenate(parts, axis=1).astype(np.float64)
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 224, 224), (3, 3, 20, 24), (2, 1, 6, 7, 8), (4, 2, 1, 9)])
+def test_intensity_statistics_from_one_sort_equal_their_definition(shape):
+    rng = np.random.default_rng(sum(shape))
+    x = np.round(rng.random(shape) * 40).astype(np.float32) / 40  # ties, as from 8-bit pictures
+    x[0, ..., : shape[-1] // 2] = 0.0  # a dark left part: a large share at the minimum
+    x[-1] = 1.0  # a constant image: every pixel at both extremes
+    got = intensity_statistics(x)
+    assert np.array_equal(got, _statistics_by_definition(x))
+    assert got[0, 9] >= 0.4 and got[-1, 9] == got[-1, 10] == 1.0  # the shares at the extremes
