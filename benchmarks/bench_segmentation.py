@@ -165,6 +165,7 @@ def run_part(part: str, source: str, args) -> dict[str, Any]:
         baseline_s = None
         if seed == args.seeds[0]:
             baseline_s = train_model(part, source, run_dir, BASELINE, seed, minutes, args)
+        notes = {m: read_json(run_dir / f"timing-{m}.json").get("note") for m in args.candidates}
         pretrained_s = None
         if args.pretrain_epochs and part == "hippocampus":
             pretrained_s = train_pretrained(source, run_dir, args.candidates[0], seed, args)
@@ -176,6 +177,7 @@ def run_part(part: str, source: str, args) -> dict[str, Any]:
             "val_mean_dice": val,
             "chosen": chosen,
             "minutes": sum(wall.values()) / 60,
+            "timing_notes": {m: note for m, note in notes.items() if note},  # written by hand beside a timing
             "baseline_minutes": None if baseline_s is None else baseline_s / 60,
             "pretrained_minutes": None if pretrained_s is None else pretrained_s / 60,
             "test": comparison["segmentation"]["models"],
@@ -242,7 +244,7 @@ def pretrained_md(res: dict[str, Any], args) -> list[str]:
     on the same test cases (the evaluation stage's Wilcoxon signed-rank on per-case Dice, Holm)."""
     model = args.candidates[0]
     name = f"{model}{PRETRAINED}"
-    rows = []
+    rows, scratch, pretrained, better, worse = [], [], [], 0, 0
     for seed, s in res["seeds"].items():
         if name not in s["test"]:
             continue
@@ -254,6 +256,11 @@ def pretrained_md(res: dict[str, Any], args) -> list[str]:
         p = "; ".join(
             f"{HIPPOCAMPUS_CLASSES.get(t['class'], t['class'])} {t['p_holm']:.2g}" for t in tests if "p_holm" in t
         )
+        scratch.append(s["test"][model]["mean_over_classes"]["dice"]["value"])
+        pretrained.append(s["test"][name]["mean_over_classes"]["dice"]["value"])
+        significant = [t for t in tests if t.get("p_holm", 1.0) < 0.05]
+        better += any(t["better"] == name for t in significant)
+        worse += any(t["better"] == model for t in significant)
         rows.append(
             f"| {seed} | {ci(s['test'][model]['mean_over_classes']['dice'])} | "
             f"{ci(s['test'][name]['mean_over_classes']['dice'])} | {p} | {s['pretrained_minutes']:.1f} min |"
@@ -270,6 +277,13 @@ def pretrained_md(res: dict[str, Any], args) -> list[str]:
         f"| seed | {model} | {name} | Wilcoxon p (Holm) | pretrain + train wall time |",
         "|---|---|---|---|---|",
         *rows,
+        f"| mean ± sd over seeds | {spread(scratch)} | {spread(pretrained)} | | |",
+        "",
+        f"Verdict (the issue's rule for GAN augmentation, applied here; stated after seed 0's figures were seen): "
+        f"helps if `{name}` is better with Holm p < 0.05 for a class in at least 2 of {len(rows)} seeds. "
+        f"Significantly better in {better}, significantly worse "
+        f"in {worse} of {len(rows)} seeds: "
+        + ("**pretraining helps** here." if better >= 2 else "**pretraining does not help measurably** here."),
     ]
 
 
@@ -490,6 +504,11 @@ def hippocampus_md(res: dict[str, Any], args) -> str:
         f"Goal mean Dice >= {GOALS['hippocampus_dice']}: {met(min(means) >= GOALS['hippocampus_dice'])} "
         f"(every seed); <= {GOALS['minutes_per_seed']:g} min per seed: "
         f"{met(max(minutes) <= GOALS['minutes_per_seed'])}. Published: {PUBLISHED['hippocampus']}.",
+        *[
+            f"Wall time of seed {seed}'s `{m}`: {note}"
+            for seed, s in seeds.items()
+            for m, note in (s.get("timing_notes") or {}).items()
+        ],
         "",
         *baseline_md(first, args.seeds[0], ["dice", "hd95"], lambda c: HIPPOCAMPUS_CLASSES.get(c, c)),
         *pretrained_md(res, args),
