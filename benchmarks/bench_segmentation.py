@@ -258,9 +258,8 @@ def pretrained_md(res: dict[str, Any], args) -> list[str]:
         )
         scratch.append(s["test"][model]["mean_over_classes"]["dice"]["value"])
         pretrained.append(s["test"][name]["mean_over_classes"]["dice"]["value"])
-        significant = [t for t in tests if t.get("p_holm", 1.0) < 0.05]
-        better += any(t["better"] == name for t in significant)
-        worse += any(t["better"] == model for t in significant)
+        better += any(t["better"] == name for t in tests)  # the evaluation stage's: set only when significant
+        worse += any(t["better"] == model for t in tests)
         rows.append(
             f"| {seed} | {ci(s['test'][model]['mean_over_classes']['dice'])} | "
             f"{ci(s['test'][name]['mean_over_classes']['dice'])} | {p} | {s['pretrained_minutes']:.1f} min |"
