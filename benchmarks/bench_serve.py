@@ -12,8 +12,8 @@ Measured on 127.0.0.1, in one run:
   under load after the first load phase (warm-up), from phase to phase and within each phase.
 
 The baseline serves the trained network in eval mode, channels-last (as medlens did up to 4de2f93);
-medlens answers with its inference network, BatchNorm folded into the convolutions (checked
-equal within 1e-5 at load). medlens does more per request than the baseline (content sniffing, checks, the uncertainty
+medlens answers with its inference network, BatchNorm folded into the convolutions and exported
+to ONNX Runtime (each checked equal within 1e-5 at load). medlens does more per request than the baseline (content sniffing, checks, the uncertainty
 method of model.json, the out-of-distribution guard, a durable audit-log commit with fsync shared by
 concurrent predictions, the prediction store); the baseline is decode + resize + min-max + forward +
 softmax and nothing else, one request at a time.
@@ -343,8 +343,9 @@ commit per group of concurrent predictions; pseudonyms on); {args.clients} concu
 phase; {repeats} latency and {repeats} throughput phases per contender, alternating; {"--quick" if args.quick else "full"} run.
 Latency: {n_lat} sequential requests per phase, p50/p95 per phase, median over phases. The load generator
 (16 client threads) runs on the same 2 cores as the servers. The baseline serves the trained network (eval mode,
-channels-last: what medlens served up to 4de2f93); medlens answers with BatchNorm folded into the convolutions
-(its inference network, checked equal within 1e-5 at load).
+channels-last: what medlens served up to 4de2f93); medlens answers with BatchNorm folded into the convolutions,
+exported to ONNX Runtime at load (the forward pass with its MC-dropout draws as one graph; each step checked
+equal to PyTorch within 1e-5 at load).
 Load average at the end: {load:.1f} on {os.cpu_count()} cores (the machine may be shared: figures are upper bounds on latency).
 
 | | p50 (ms) | p95 (ms) | p50 per phase | throughput (pred/s) | per phase | errors under load |

@@ -22,8 +22,13 @@ command line, the Python API and the benchmarks predict with it:
   window, :mod:`medlens.inference.segment`); such a bundle has no feature tap, no MC dropout and
   no out-of-distribution guard (its card says ``ood: null``).
 
+A loaded bundle answers its forward passes (and MC dropout's draws, where the network allows)
+through ONNX graphs exported at load (:meth:`Bundle.export_graphs`, :mod:`medlens.inference.graph`),
+each kept only when it equals PyTorch within 1e-5; training's in-memory bundle answers with PyTorch.
+
 Concurrency: the network stays in eval mode and runs under ``torch.no_grad``; MC dropout uses a
-private copy, Grad-CAM a per-call copy, so concurrent callers never see each other's state.
+private copy, Grad-CAM a per-call copy, so concurrent callers never see each other's state; an
+ONNX Runtime session may be run from several threads.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ from medlens.data.quantiles import percentiles
 from medlens.errors import ChecksumError, MedlensError
 from medlens.inference import uncertainty as unc
 from medlens.inference.card import ModelCard, read_card
+from medlens.inference.graph import InferenceGraph, export_graph, network_with_features
 from medlens.inference.ood import UNCHECKED, Guard, Scope
 from medlens.runs import RunDir, read_json
 
@@ -84,6 +90,8 @@ class Bundle:
         self.estimator = estimator
         self.weights_sha256 = weights_sha256
         self.weights = weights  # the weights file it was loaded from (None: built in memory by training)
+        self.graph: InferenceGraph | None = None  # plain forward passes through ONNX Runtime (:meth:`export_graphs`)
+        self.draws_graph: InferenceGraph | None = None  # MC dropout's plain output and draws in one graph
         self.abstention = _abstention_rule(card, uncertainty)
         self._mc = None
         segmenter = card.task == "segmentation"
@@ -98,6 +106,19 @@ class Bundle:
                 net.to(memory_format=torch.channels_last)
             if not segmenter and unc.needs_samples(self.abstention.method) and unc.has_dropout(net):
                 self._mc = unc.MCDropout(net, self._example_input())
+
+    def export_graphs(self) -> None:
+        """Answer forward passes through ONNX Runtime from now on (:mod:`medlens.inference.graph`):
+        the plain pass and, with MC dropout that runs the layers before its first dropout once, the
+        draws' pass; each kept only when equal to PyTorch's within the graph tolerance. A
+        segmentation network keeps PyTorch (its sliding window)."""
+        if self.net is None or self.card.task == "segmentation":
+            return
+        example = self._example_input()
+        self.graph = export_graph(network_with_features(self.net), example, name=self.name)
+        if self._mc is not None and self._mc.expands:
+            draws = self._mc.exportable(seed=self.card.seed).eval()
+            self.draws_graph = export_graph(draws, example, name=f"{self.name} (MC dropout draws)")
 
     def trained_network(self) -> Any:
         """A new copy of the network as trained (the registry's build with the weights file; no
@@ -129,7 +150,9 @@ class Bundle:
         guard = Guard.load(model_dir.root, card.ood, modality=card.modality) if card.ood else None
         common = {"name": name, "weights_sha256": sha, "weights": weights, "uncertainty": uncertainty, "guard": guard}
         if card.kind == "deep":
-            return cls(card, net=inference_network(card, weights), **common)
+            bundle = cls(card, net=inference_network(card, weights), **common)
+            bundle.export_graphs()
+            return bundle
         from medlens.models.classical.persistence import load_estimator
 
         return cls(card, estimator=load_estimator(weights, sha), **common)
@@ -213,6 +236,8 @@ class Bundle:
         x = np.asarray(x, dtype=np.float32)
         if self.estimator is not None:
             return self._classical_proba(x, features)
+        if self.graph is not None:
+            return self._graph_proba(x, batch_size, features)
         import torch
 
         assert self._tap is not None  # every network bundle has its tap
@@ -229,6 +254,18 @@ class Bundle:
             self._tap.want(False)
         probs = np.concatenate(parts) if parts else np.zeros((0, self.card.num_outputs))
         return probs, (np.concatenate(feats) if feats else None)
+
+    def _graph_proba(self, x: np.ndarray, batch_size: int, features: bool) -> tuple[np.ndarray, np.ndarray | None]:
+        import torch
+
+        assert self.graph is not None
+        parts, feats = [], []
+        for i in range(0, len(x), batch_size):
+            logits, f = self.graph.run(x[i : i + batch_size])
+            parts.append(logits_to_probs(torch.from_numpy(logits), self.task))
+            feats.append(f.astype(np.float64))
+        probs = np.concatenate(parts) if parts else np.zeros((0, self.card.num_outputs))
+        return probs, (np.concatenate(feats) if features and feats else None)
 
     def _classical_proba(self, x: np.ndarray, features: bool) -> tuple[np.ndarray, np.ndarray | None]:
         from sklearn.pipeline import Pipeline
@@ -308,6 +345,22 @@ class Bundle:
             xt = self._tensor(x)
             return raw, feats, self._calibrated(self._mc.logits(xt, seed=self.card.seed))
 
+        if self.draws_graph is not None:  # rows per input: the plain output, then the draws
+            import torch
+
+            assert self._mc is not None
+            flat, all_feats = self.draws_graph.run(x)
+            rows = 1 + self._mc.passes
+            logits = torch.from_numpy(flat).reshape(len(x), rows, -1).transpose(0, 1)
+            feats = all_feats[::rows].astype(np.float64) if features else None
+            return logits_to_probs(logits[0], self.task), feats, self._calibrated(logits[1:])
+        if self._mc is None and self.graph is not None:  # test-time augmentation through the graph
+            import torch
+
+            flat, all_feats = self.graph.run(unc.tta_views(self._tensor(x)).numpy())
+            logits = torch.from_numpy(flat).reshape(x.ndim - 1, len(x), -1)
+            feats = all_feats[: len(x)].astype(np.float64) if features else None
+            return logits_to_probs(logits[0], self.task), feats, self._calibrated(logits)
         assert self._tap is not None
         xt = self._tensor(x)
         self._tap.want(features)

@@ -26,6 +26,7 @@ from __future__ import annotations
 import copy
 import math
 import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,6 +45,24 @@ MC_MASKS_KEPT = 64  # cached mask sets (seed, layer, input shape); the cache sta
 MC_CHUNK = 32  # rows (input copies) per forward pass when the whole input is repeated (bounds memory for 3D)
 DROPOUT_TYPES = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d)
 CHANNEL_DROPOUT = (nn.Dropout1d, nn.Dropout2d, nn.Dropout3d)  # one mask value per channel
+
+
+class _Draws(nn.Module):
+    """:meth:`MCDropout.exportable`: the draws' network (a copy carrying the same mask hooks) with a feature tap."""
+
+    mc: MCDropout
+
+    def __init__(self, mc: MCDropout, seed: int):
+        from medlens.models.deep.encoder import WithFeatures
+
+        super().__init__()
+        self.net = WithFeatures(copy.deepcopy(mc.net))
+        self.seed = int(seed)
+        self.__dict__["mc"] = mc  # not a submodule: its network is copied above
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        with self.mc.drawing(len(x), seed=self.seed, plain=True):
+            return self.net(x)
 
 
 def has_dropout(net: nn.Module) -> bool:
@@ -107,6 +126,7 @@ class MCDropout:
         if x.shape[0] % self._rows:
             raise MedlensError(f"MC dropout: {x.shape[0]} rows are not whole groups of {self._rows}")
         shape = (x.shape[1], *[1] * (x.ndim - 2)) if isinstance(module, CHANNEL_DROPOUT) else tuple(x.shape[1:])
+        shape = tuple(int(v) for v in shape)  # plain ints also while the exporter traces (it gives sizes as tensors)
         key = (int(self._seed or 0), index, shape, x.dtype, self._rows, p)
         keep = self._masks.get(key)
         if keep is None:  # drawn once per seed, layer and shape: the same masks every call
@@ -136,29 +156,47 @@ class MCDropout:
         """Logits of ``passes`` dropout draws for a batch ``x`` (N, C, ...): (S, N, K); seeded.
         ``plain``: (1 + S, N, K), [0] the network without dropout, from the same pass (the layers
         before the first dropout run once for both)."""
-        n = len(x)
+        n, rows = len(x), self.passes + int(plain)
+        with self.drawing(n, seed=seed, plain=plain):
+            if self.expands:
+                out = self.net(x)
+            else:  # sample i's rows are i*R .. i*R+R-1; chunks hold whole samples
+                reps = x.repeat_interleave(rows, dim=0)
+                chunk = rows * max(1, MC_CHUNK // rows)
+                out = torch.cat([self.net(reps[i : i + chunk]) for i in range(0, len(reps), chunk)])
+        return out.reshape(n, rows, -1).transpose(0, 1)
+
+    @contextmanager
+    def drawing(self, n: int, *, seed: int, plain: bool):
+        """The hooks' state for one call on a batch of ``n`` (one caller at a time)."""
         with self._lock:
             self._seed, self._rows = int(seed), self.passes + int(plain)
+            self._batch = n if self.expands else None
             try:
-                if self.expands:
-                    self._batch = n
-                    out = self.net(x)
-                else:  # sample i's rows are i*R .. i*R+R-1; chunks hold whole samples
-                    reps = x.repeat_interleave(self._rows, dim=0)
-                    chunk = self._rows * max(1, MC_CHUNK // self._rows)
-                    out = torch.cat([self.net(reps[i : i + chunk]) for i in range(0, len(reps), chunk)])
+                yield
             finally:
                 self._batch = self._seed = None
-                rows, self._rows = self._rows, self.passes
-        return out.reshape(n, rows, -1).transpose(0, 1)
+                self._rows = self.passes
+
+    def exportable(self, *, seed: int) -> nn.Module:
+        """A module for :func:`medlens.inference.graph.export_graph`: for a batch (N, C, ...) the
+        plain output and the ``passes`` draws of ``seed``, (N * (1 + S), K) rows in input order,
+        and the head's input of every row. Only for an expanding network (:attr:`expands`)."""
+        if not self.expands:
+            raise MedlensError("MC dropout repeats the whole input for this network: no single graph for its draws")
+        return _Draws(self, seed)
+
+
+def tta_views(x: torch.Tensor) -> torch.Tensor:
+    """The test-time augmentation views of a batch (N, C, ...) stacked along the batch axis: the
+    identity, then a flip of each spatial axis ((1 + spatial dims) * N rows)."""
+    return torch.cat([x] + [torch.flip(x, dims=(axis,)) for axis in range(2, x.ndim)])
 
 
 @torch.no_grad()
 def tta_logits(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Logits of the identity and a flip of each spatial axis: (1 + spatial dims, N, K), one
-    batched pass ([0] is the plain output)."""
-    views = [x] + [torch.flip(x, dims=(axis,)) for axis in range(2, x.ndim)]
-    return net(torch.cat(views)).reshape(len(views), len(x), -1)
+    """Logits of :func:`tta_views`: (1 + spatial dims, N, K), one batched pass ([0] is the plain output)."""
+    return net(tta_views(x)).reshape(x.ndim - 1, len(x), -1)
 
 
 def needs_samples(method: str) -> bool:
@@ -249,6 +287,7 @@ __all__ = [
     "mc_dropout_copy",
     "MCDropout",
     "tta_logits",
+    "tta_views",
     "needs_samples",
     "score",
 ]

@@ -41,6 +41,22 @@ def remove_head(net: nn.Module) -> int:
     return int(head.in_features)
 
 
+class WithFeatures(nn.Module):
+    """``net`` answering (logits, the head's input flattened to (N, D)) in one forward pass: the
+    two outputs of the exported inference graph (:mod:`medlens.inference.graph`)."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+        self._seen: list[Any] = []
+        net.get_submodule(head_name(net)).register_forward_pre_hook(lambda _m, inputs: self._seen.append(inputs[0]))
+
+    def forward(self, x: Any) -> tuple[Any, Any]:
+        self._seen.clear()
+        logits = self.net(x)
+        return logits, self._seen[-1].flatten(1)
+
+
 def output_keys(model: str, *, in_channels: int, spatial_dims: int, img_size: Any) -> list[str]:
     """State-dict keys of registry network ``model`` whose shapes depend on its number of outputs
     (a classifier's head; a segmentation network's output layer): found by building it twice."""
