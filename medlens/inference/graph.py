@@ -7,7 +7,7 @@ the out-of-distribution guard reads). The graph is kept only when both outputs e
 network's within :data:`GRAPH_TOLERANCE` on seeded random inputs; otherwise (or when an operator
 does not export) the bundle answers with PyTorch, and says so in the log.
 
-Measured on the 2-core CPU of BENCHMARKS.md (one process, alternating, session 16): cnn-small at
+Measured on the 2-core CPU of BENCHMARKS.md (one process, each median of 20-200 calls, 2026-12-05): cnn-small at
 224 px batch 1: PyTorch 3.3 ms, ONNX Runtime 1.0 ms; at 28 px batch 64 17.6 vs 7.5 ms; resnet18 at
 28 px batch 64 290 vs 289 ms (no gain: its convolutions dominate either way).
 
