@@ -236,36 +236,31 @@ class Bundle:
         x = np.asarray(x, dtype=np.float32)
         if self.estimator is not None:
             return self._classical_proba(x, features)
-        if self.graph is not None:
-            return self._graph_proba(x, batch_size, features)
-        import torch
-
-        assert self._tap is not None  # every network bundle has its tap
         parts, feats = [], []
-        self._tap.want(features)
-        try:
-            with torch.no_grad():
-                for i in range(0, len(x), batch_size):
-                    logits = self.net(torch.from_numpy(np.ascontiguousarray(x[i : i + batch_size])))
-                    parts.append(logits_to_probs(logits, self.task))
-                    if features:
-                        feats.append(self._tap.take())
-        finally:
-            self._tap.want(False)
+        for i in range(0, len(x), batch_size):
+            logits, f = self._forward(x[i : i + batch_size], features)
+            parts.append(logits_to_probs(logits, self.task))
+            if f is not None:
+                feats.append(f)
         probs = np.concatenate(parts) if parts else np.zeros((0, self.card.num_outputs))
         return probs, (np.concatenate(feats) if feats else None)
 
-    def _graph_proba(self, x: np.ndarray, batch_size: int, features: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    def _forward(self, x: np.ndarray, features: bool) -> tuple[Any, np.ndarray | None]:
+        """One plain forward pass of a batch: the logits (a torch tensor) and, when ``features``,
+        the head's input (N, D) float64; through the exported graph when there is one."""
         import torch
 
-        assert self.graph is not None
-        parts, feats = [], []
-        for i in range(0, len(x), batch_size):
-            logits, f = self.graph.run(x[i : i + batch_size])
-            parts.append(logits_to_probs(torch.from_numpy(logits), self.task))
-            feats.append(f.astype(np.float64))
-        probs = np.concatenate(parts) if parts else np.zeros((0, self.card.num_outputs))
-        return probs, (np.concatenate(feats) if features and feats else None)
+        if self.graph is not None:
+            logits, f = self.graph.run(x)
+            return torch.from_numpy(logits), (f.astype(np.float64) if features else None)
+        assert self._tap is not None  # every network bundle has its tap
+        self._tap.want(features)
+        try:
+            with torch.no_grad():
+                logits = self.net(self._tensor(x))
+            return logits, (self._tap.take() if features else None)
+        finally:
+            self._tap.want(False)
 
     def _classical_proba(self, x: np.ndarray, features: bool) -> tuple[np.ndarray, np.ndarray | None]:
         from sklearn.pipeline import Pipeline
@@ -354,28 +349,22 @@ class Bundle:
             logits = torch.from_numpy(flat).reshape(len(x), rows, -1).transpose(0, 1)
             feats = all_feats[::rows].astype(np.float64) if features else None
             return logits_to_probs(logits[0], self.task), feats, self._calibrated(logits[1:])
-        if self._mc is None and self.graph is not None:  # test-time augmentation through the graph
-            import torch
-
-            flat, all_feats = self.graph.run(unc.tta_views(self._tensor(x)).numpy())
-            logits = torch.from_numpy(flat).reshape(x.ndim - 1, len(x), -1)
-            feats = all_feats[: len(x)].astype(np.float64) if features else None
+        if self._mc is None:  # test-time augmentation: every view in one batched pass, the identity first
+            views = unc.tta_views(self._tensor(x))
+            view_logits, view_feats = self._forward(views.numpy(), features)
+            logits = view_logits.reshape(x.ndim - 1, len(x), -1)  # the identity and a flip per spatial axis
+            feats = view_feats[: len(x)] if view_feats is not None else None
             return logits_to_probs(logits[0], self.task), feats, self._calibrated(logits)
         assert self._tap is not None
-        xt = self._tensor(x)
         self._tap.want(features)
         try:
-            if self._mc is not None:
-                logits = self._mc.logits(xt, seed=self.card.seed, plain=True)
-                draws = logits[1:]
-            else:
-                logits = draws = unc.tta_logits(self.net, xt)
+            logits = self._mc.logits(self._tensor(x), seed=self.card.seed, plain=True)
             feats = self._tap.take() if features else None
         finally:
             self._tap.want(False)
-        if feats is not None and len(feats) != len(x):  # the plain rows: first of each input's (MC), first view (TTA)
-            feats = feats[:: len(logits)] if self._mc is not None else feats[: len(x)]
-        return logits_to_probs(logits[0], self.task), feats, self._calibrated(draws)
+        if feats is not None and len(feats) != len(x):  # the plain rows: the first of each input's
+            feats = feats[:: len(logits)]
+        return logits_to_probs(logits[0], self.task), feats, self._calibrated(logits[1:])
 
     def _calibrated(self, draws: Any) -> np.ndarray:
         """Calibrated probabilities (S, N, K) of draws' logits (S, N, K), all rows at once."""

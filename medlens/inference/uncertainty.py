@@ -193,12 +193,6 @@ def tta_views(x: torch.Tensor) -> torch.Tensor:
     return torch.cat([x] + [torch.flip(x, dims=(axis,)) for axis in range(2, x.ndim)])
 
 
-@torch.no_grad()
-def tta_logits(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Logits of :func:`tta_views`: (1 + spatial dims, N, K), one batched pass ([0] is the plain output)."""
-    return net(tta_views(x)).reshape(x.ndim - 1, len(x), -1)
-
-
 def needs_samples(method: str) -> bool:
     """Whether ``method`` is computed from stochastic draws (else from one set of probabilities)."""
     check_method(method)
@@ -286,7 +280,6 @@ __all__ = [
     "has_dropout",
     "mc_dropout_copy",
     "MCDropout",
-    "tta_logits",
     "tta_views",
     "needs_samples",
     "score",
