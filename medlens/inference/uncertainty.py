@@ -58,7 +58,7 @@ class _Draws(nn.Module):
         super().__init__()
         self.net = WithFeatures(copy.deepcopy(mc.net))
         self.seed = int(seed)
-        self.__dict__["mc"] = mc  # not a submodule: its network is copied above
+        self.mc = mc  # not a module: its hooks' state, which the copied network reads
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         with self.mc.drawing(len(x), seed=self.seed, plain=True):
