@@ -24,8 +24,10 @@ lint: $(STAMP)
 	$(BIN)/lint-imports
 	$(BIN)/mypy
 
+# two workers (pytest-xdist): the suite's CLI processes and servers spend much of their time in
+# single-threaded start-up and waits, so two of them share a 2-core machine well
 test: lint
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2
 
 clean:
 	rm -rf $(VENV) build *.egg-info
